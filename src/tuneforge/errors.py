@@ -1,0 +1,47 @@
+"""Errors users see. Each names where the problem is (file, line, key) so nothing has to be guessed."""
+from __future__ import annotations
+
+
+class TuneforgeError(Exception):
+    """Base class: the CLI prints these without a traceback."""
+
+
+def _where(file=None, line=None, key=None) -> str:
+    parts = []
+    if file is not None:
+        parts.append(str(file) + (f":{line}" if line is not None else ""))
+    elif line is not None:
+        parts.append(f"line {line}")
+    if key is not None:
+        parts.append(f"key '{key}'")
+    return ", ".join(parts)
+
+
+class ConfigError(TuneforgeError, ValueError):
+    def __init__(self, message: str, file=None, line=None, key=None):
+        self.file, self.line, self.key, self.message = file, line, key, message
+        where = _where(file, line, key)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class DataError(TuneforgeError, ValueError):
+    def __init__(self, message: str, file=None, line=None, key=None):
+        self.file, self.line, self.key, self.message = file, line, key, message
+        where = _where(file, line, key)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class TargetNotFound(TuneforgeError, ValueError):
+    """A target module pattern matched nothing; the message lists the modules that exist."""
+
+
+class NotMergeable(TuneforgeError, TypeError):
+    """The method changes activations or inputs, not weights, so it has no weight delta to merge."""
+
+
+class ModelNotFound(TuneforgeError, FileNotFoundError):
+    pass
+
+
+class AdapterMismatch(TuneforgeError, ValueError):
+    """An adapter file does not fit the model it is loaded into (saved for another base)."""

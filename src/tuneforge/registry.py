@@ -1,0 +1,56 @@
+"""One generic name -> class registry. Methods and tasks register themselves by decorator,
+so adding one never edits a central list."""
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._items[name]
+        except KeyError:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        self._load()
+        return sorted(self._items.items())
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
+
+    def _load(self) -> None:
+        # Import the package that holds the implementations so their decorators run.
+        import importlib
+
+        importlib.import_module(_PACKAGES[self.kind])
+
+
+_PACKAGES = {"method": "tuneforge.methods", "task": "tuneforge.train.tasks"}
+METHODS: Registry = Registry("method")
+TASKS: Registry = Registry("task")
