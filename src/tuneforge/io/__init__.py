@@ -1,0 +1,10 @@
+"""Files: adapters in peft's format, merged models, training checkpoints."""
+from .adapter_files import atomic_dir, load_adapter, read_adapter_config, save_adapter  # noqa: F401
+
+
+def __getattr__(name):
+    if name == "merge":
+        from .merge import merge
+
+        return merge
+    raise AttributeError(name)

@@ -1,0 +1,250 @@
+"""The method contract and the one adapter-layer base that weight methods share.
+
+A method is a config dataclass plus a `Method` subclass registered by name. Weight methods (LoRA and its
+family, IA3, ...) wrap a frozen base layer in an `AdapterLayer` that keeps each adapter's parameters in
+per-name dicts (as peft does), which is what makes switching, disabling and mixed batches possible. The
+layer implements `forward` once; a method writes how to add its parameters, how it changes the output, and its
+weight delta when it is mergeable.
+"""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, NotMergeable
+
+BASE_ROW = "__base__"  # a mixed-batch row that uses no adapter (peft's spelling)
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base of every method's config. Fields are JSON-safe data only; names follow peft where the idea is
+    the same so adapter_config.json files read the same in both tools."""
+
+    method: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Raise ConfigError(key=...) for a bad value. Subclasses extend."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "MethodConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def check(cond: bool, key: str, message: str) -> None:
+    """Tiny helper for validate(): raise a ConfigError naming the key when cond is false."""
+    if not cond:
+        raise ConfigError(message, key=key)
+
+
+class Method:
+    """Class facts plus the operations the rest of the package calls. Subclasses set the facts and implement
+    apply / state_dict / load_state_dict; weight methods get most of it from `WeightMethod`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "weight"  # weight | input | representation | full
+    mergeable: ClassVar[bool] = False
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    paper: ClassVar[str] = ""
+    formula: ClassVar[str] = ""  # trainable-parameter formula shown by `tuneforge methods`
+    peft_type: ClassVar[str | None] = None  # peft's name for the same method, if peft has it
+
+    def select_targets(self, model: nn.Module, cfg: MethodConfig) -> list[str]:
+        return []
+
+    def apply(self, model: nn.Module, cfg: MethodConfig, adapter_name: str) -> None:
+        raise NotImplementedError
+
+    def trainable_parameters(self, model: nn.Module, adapter_name: str) -> list[tuple[str, nn.Parameter]]:
+        raise NotImplementedError
+
+    def state_dict(self, model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str) -> None:
+        raise NotImplementedError
+
+    def merge(self, model: nn.Module, adapter_name: str) -> None:
+        raise NotMergeable(f"{self.name} changes activations, not weights, so it cannot be merged")
+
+    def unmerge(self, model: nn.Module, adapter_name: str) -> None:
+        raise NotMergeable(f"{self.name} cannot be merged, so it cannot be unmerged")
+
+    def remove(self, model: nn.Module, adapter_name: str, keep_merged: bool = False) -> None:
+        """Take the adapter out; keep_merged leaves an already merged delta in the base weights (unload)."""
+        raise NotImplementedError
+
+    def set_enabled(self, model: nn.Module, adapter_name: str, enabled: bool) -> None:
+        """Disable/enable without removing (used by `disable_adapters`)."""
+
+    def set_row_adapters(self, model: nn.Module, rows: list[str] | None) -> None:
+        """Per-row adapter names for a mixed batch (None ends it)."""
+
+    def optimizer_groups(self, model, cfg, adapter_name, params, lr, weight_decay) -> list[dict] | None:
+        """Optional: split this adapter's parameters into AdamW groups (LoRA+). None = default grouping."""
+        return None
+
+    @contextmanager
+    def batch_context(self, model: nn.Module, cfg: MethodConfig, adapter_name: str, batch: dict):
+        """Optional per-batch state (ReFT positions); the loop wraps every forward in it."""
+        yield
+
+    def on_optimizer_step(self, model: nn.Module, cfg: MethodConfig, adapter_name: str) -> None:
+        """Optional hook after optimizer.step() (Delta-LoRA updates the frozen weight here)."""
+
+    def peft_config(self, cfg: MethodConfig) -> dict[str, Any]:
+        """The adapter_config.json body (without base model / task fields)."""
+        body = cfg.to_dict()
+        body["peft_type"] = self.peft_type or self.name.upper()
+        return body
+
+    @classmethod
+    def config_from_peft(cls, body: dict[str, Any]) -> MethodConfig:
+        """Build our config from an adapter_config.json written by us or by peft (unknown keys dropped)."""
+        names = {f.name for f in dataclasses.fields(cls.config_class)}
+        return cls.config_class(**{k: v for k, v in body.items() if k in names})
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base layer plus any number of named adapters of one method.
+
+    Subclasses list the attributes that hold per-adapter parameters in `adapter_attrs` (ModuleDicts or
+    ParameterDicts keyed by adapter name) and implement `update_layer`, `adapter_forward` and, when mergeable,
+    `delta_weight`.
+    """
+
+    adapter_attrs: ClassVar[tuple[str, ...]] = ()
+    per_adapter_values: ClassVar[tuple[str, ...]] = ()  # plain dicts keyed by adapter name (scaling, ...)
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+        self.row_adapters: list[str | None] | None = None
+        base_layer.requires_grad_(False)
+
+    # ---- what a subclass writes -------------------------------------------------------------------
+    def update_layer(self, adapter_name: str, cfg: MethodConfig, module_name: str = "") -> None:
+        raise NotImplementedError
+
+    def trains(self, rel_key: str) -> bool:
+        """Whether the adapter parameter at this relative key trains (LoRA-FA freezes lora_A)."""
+        return True
+
+    def saves(self, rel_key: str) -> bool:
+        """Whether it goes into the adapter file (VeRA's seeded projections need not)."""
+        return True
+
+    def after_load(self, adapter_name: str) -> None:
+        """Recompute anything derived from loaded weights."""
+
+    def adapter_forward(self, x: torch.Tensor, result: torch.Tensor, adapter_name: str, *args, **kwargs):
+        """Return the layer output with this adapter applied on top of `result = base_layer(x)`."""
+        raise NotImplementedError
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        raise NotMergeable(f"{type(self).__name__} has no weight delta")
+
+    # ---- shared machinery ---------------------------------------------------------------------------
+    @property
+    def weight(self) -> torch.Tensor:  # transformers reads .weight of some layers (tied embeddings, dtype)
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base_layer, "bias", None)
+
+    def adapter_names(self) -> list[str]:
+        names: list[str] = []
+        for attr in self.adapter_attrs:
+            for k in getattr(self, attr).keys():
+                if k not in names:
+                    names.append(k)
+        return names
+
+    def has_adapter(self, name: str) -> bool:
+        return any(name in getattr(self, attr) for attr in self.adapter_attrs)
+
+    def adapter_parameters(self, adapter_name: str) -> list[tuple[str, nn.Parameter]]:
+        """(relative key without the adapter name, parameter): the peft file layout."""
+        out = []
+        for attr in self.adapter_attrs:
+            container = getattr(self, attr)
+            if adapter_name not in container:
+                continue
+            item = container[adapter_name]
+            if isinstance(item, nn.Parameter):
+                out.append((attr, item))
+            else:
+                out.extend((f"{attr}.{n}", p) for n, p in item.named_parameters())
+        return out
+
+    def delete_adapter(self, adapter_name: str, keep_merged: bool = False) -> None:
+        if adapter_name in self.merged_adapters:
+            if keep_merged:
+                self.merged_adapters.remove(adapter_name)
+            else:
+                self.unmerge_adapter(adapter_name)
+        for attr in self.adapter_attrs:
+            container = getattr(self, attr)
+            if adapter_name in container:
+                del container[adapter_name]
+        for attr in self.per_adapter_values:
+            getattr(self, attr).pop(adapter_name, None)
+        self.active_adapters = [a for a in self.active_adapters if a != adapter_name]
+
+    def merge_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters or not self.has_adapter(adapter_name):
+            return
+        w = self.base_layer.weight
+        w.data += self.delta_weight(adapter_name).to(w.dtype)
+        self.merged_adapters.append(adapter_name)
+
+    def unmerge_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.merged_adapters:
+            return
+        w = self.base_layer.weight
+        w.data -= self.delta_weight(adapter_name).to(w.dtype)
+        self.merged_adapters.remove(adapter_name)
+
+    def unmerge_all(self) -> None:
+        for name in list(reversed(self.merged_adapters)):
+            self.unmerge_adapter(name)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.disabled or self.row_adapters is not None:
+            self.unmerge_all()
+            if self.disabled:
+                return self.base_layer(x, *args, **kwargs)
+            return self._mixed_forward(x, *args, **kwargs)
+        active = [a for a in self.active_adapters if self.has_adapter(a) and a not in self.merged_adapters]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        for name in active:
+            result = self.adapter_forward(x, result, name, *args, **kwargs)
+        return result
+
+    def _mixed_forward(self, x: torch.Tensor, *args, **kwargs):
+        rows = self.row_adapters
+        if len(rows) != x.shape[0]:
+            raise ValueError(f"mixed batch names {len(rows)} adapters for a batch of {x.shape[0]} rows")
+        result = self.base_layer(x, *args, **kwargs)
+        out = result.clone()
+        for name in dict.fromkeys(rows):
+            if name in (None, BASE_ROW) or not self.has_adapter(name):
+                continue
+            idx = torch.tensor([i for i, r in enumerate(rows) if r == name], device=x.device)
+            out[idx] = self.adapter_forward(x[idx], result[idx], name, *args, **kwargs).to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names()}, active={self.active_adapters}, merged={self.merged_adapters}"

@@ -1,0 +1,256 @@
+"""LoRA: a frozen weight W plus a trainable low-rank update, h = W x + (alpha / r) * B A x.
+
+Hu et al. 2021, https://arxiv.org/abs/2106.09685. rsLoRA scales by alpha / sqrt(r) instead (Kalajdzievski
+2023, https://arxiv.org/abs/2312.03732). Init as peft: A kaiming-uniform(a=sqrt 5), B zero, so a fresh adapter
+leaves the model unchanged; "gaussian" draws A ~ N(0, 1/r). Embeddings get A zero and B normal. Works on
+nn.Linear, transformers' Conv1D (weights stored transposed), nn.Embedding and nn.Conv2d.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import METHODS
+from .base import AdapterLayer, MethodConfig, check
+from .weight_method import WeightMethod
+
+
+@dataclasses.dataclass
+class LoraConfig(MethodConfig):
+    """LoRA hyper-parameters; field names and defaults are peft's so adapter_config.json matches."""
+
+    method = "lora"
+    r: int = 8
+    """Rank of the update B A."""
+    lora_alpha: float = 8
+    """Scale numerator: the update is multiplied by lora_alpha / r (or / sqrt(r) with use_rslora)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input path only."""
+    target_modules: Union[list[str], str, None] = None
+    """Module names (suffix match), a regex (full match), or "all-linear". None: the architecture default."""
+    exclude_modules: Union[list[str], str, None] = None
+    """Names or regex never adapted even if targeted."""
+    layers_to_transform: Union[list[int], int, None] = None
+    """Only adapt these transformer block indices."""
+    layers_pattern: Union[str, None] = None
+    """Name of the block list (layers, h, ...) when layers_to_transform is used on an unusual model."""
+    bias: str = "none"
+    """Which biases train: none, all (every bias of the model), lora_only (biases of adapted layers)."""
+    use_rslora: bool = False
+    """Scale by lora_alpha / sqrt(r): keeps the update's size stable as r grows."""
+    init_lora_weights: Union[bool, str] = True
+    """True: kaiming-uniform A, zero B (identity at start). "gaussian": A ~ N(0, 1/r). False: B random too."""
+    fan_in_fan_out: bool = False
+    """Base weight stored as (in, out), as GPT-2's Conv1D; set automatically for Conv1D."""
+    rank_pattern: dict = dataclasses.field(default_factory=dict)
+    """Regex over module names -> a different r for those modules."""
+    alpha_pattern: dict = dataclasses.field(default_factory=dict)
+    """Regex over module names -> a different lora_alpha for those modules."""
+    modules_to_save: Union[list[str], None] = None
+    """Extra modules trained in full and saved with the adapter (a new task head)."""
+
+    def validate(self) -> None:
+        check(isinstance(self.r, int) and self.r > 0, "r", f"r must be a positive integer, got {self.r!r}")
+        check(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "lora_dropout must be in [0, 1)")
+        check(self.bias in ("none", "all", "lora_only"), "bias", "bias must be none, all or lora_only")
+        check(
+            self.init_lora_weights in (True, False, "gaussian"),
+            "init_lora_weights",
+            "init_lora_weights must be true, false or 'gaussian'",
+        )
+
+    def rank_and_alpha(self, module_name: str) -> tuple[int, float]:
+        r, alpha = self.r, self.lora_alpha
+        for pattern, value in self.rank_pattern.items():
+            if re.fullmatch(pattern, module_name) or module_name.endswith("." + pattern):
+                r = value
+        for pattern, value in self.alpha_pattern.items():
+            if re.fullmatch(pattern, module_name) or module_name.endswith("." + pattern):
+                alpha = value
+        return r, alpha
+
+
+class LoraLayer(AdapterLayer):
+    """Shared LoRA bookkeeping: rank, scaling and dropout per adapter name."""
+
+    per_adapter_values = ("r", "lora_alpha", "scaling")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.lora_dropout = nn.ModuleDict()
+
+    def _set_common(self, name: str, cfg: LoraConfig, module_name: str) -> int:
+        r, alpha = cfg.rank_and_alpha(module_name)
+        self.r[name], self.lora_alpha[name] = r, alpha
+        self.scaling[name] = alpha / math.sqrt(r) if cfg.use_rslora else alpha / r
+        self.lora_dropout[name] = nn.Dropout(cfg.lora_dropout) if cfg.lora_dropout > 0 else nn.Identity()
+        if name not in self.active_adapters:
+            self.active_adapters.append(name)
+        return r
+
+    def delete_adapter(self, adapter_name: str, keep_merged: bool = False) -> None:
+        super().delete_adapter(adapter_name, keep_merged)
+        if adapter_name in self.lora_dropout:
+            del self.lora_dropout[adapter_name]
+
+    def _move_to_base(self, *modules):
+        w = self.base_layer.weight
+        for m in modules:
+            m.to(device=w.device, dtype=w.dtype if w.dtype.is_floating_point else torch.float32)
+
+
+class LoraLinear(LoraLayer):
+    """LoRA on nn.Linear and transformers' Conv1D."""
+
+    adapter_attrs = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)  # Conv1D stores (in, out)
+        w = base_layer.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+
+    def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
+        r = self._set_common(name, cfg, module_name)
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False)
+        self.reset_parameters(name, cfg.init_lora_weights)
+        self._move_to_base(self.lora_A[name], self.lora_B[name])
+
+    def reset_parameters(self, name: str, init) -> None:
+        if init is False:
+            return  # nn.Linear's own random init for A and B: a non-identity adapter (tests use this)
+        if init == "gaussian":
+            nn.init.normal_(self.lora_A[name].weight, std=1 / self.r[name])
+        else:
+            nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B[name].weight)
+
+    def lora_delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        A, B = self.lora_A[name], self.lora_B[name]
+        return B(A(self.lora_dropout[name](x.to(A.weight.dtype)))) * self.scaling[name]
+
+    def adapter_forward(self, x, result, name, *args, **kwargs):
+        return result + self.lora_delta(x, name).to(result.dtype)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]
+        return delta.T if self.fan_in_fan_out else delta
+
+
+class LoraEmbedding(LoraLayer):
+    """LoRA on nn.Embedding: the lookup goes through A^T (num_embeddings x r), then B."""
+
+    adapter_attrs = ("lora_embedding_A", "lora_embedding_B")
+
+    def __init__(self, base_layer: nn.Embedding):
+        super().__init__(base_layer)
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+
+    def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
+        r = self._set_common(name, cfg, module_name)
+        w = self.base_layer.weight
+        A = torch.zeros(r, w.shape[0], device=w.device, dtype=w.dtype)
+        B = torch.zeros(w.shape[1], r, device=w.device, dtype=w.dtype)
+        if cfg.init_lora_weights is False:
+            nn.init.normal_(A)
+            nn.init.normal_(B)
+        elif cfg.init_lora_weights == "gaussian":
+            nn.init.normal_(A, std=1 / r)
+        else:
+            nn.init.normal_(B)
+        self.lora_embedding_A[name] = nn.Parameter(A)
+        self.lora_embedding_B[name] = nn.Parameter(B)
+
+    def adapter_forward(self, x, result, name, *args, **kwargs):
+        base = self.base_layer
+        after_a = F.embedding(x, self.lora_embedding_A[name].T, base.padding_idx, base.max_norm,
+                              base.norm_type, base.scale_grad_by_freq, base.sparse)
+        return result + (after_a @ self.lora_embedding_B[name].T * self.scaling[name]).to(result.dtype)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        return (self.lora_embedding_B[name] @ self.lora_embedding_A[name]).T * self.scaling[name]
+
+
+class LoraConv2d(LoraLayer):
+    """LoRA on nn.Conv2d: A is a conv with the base kernel into r channels, B a 1x1 conv back out."""
+
+    adapter_attrs = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Conv2d):
+        super().__init__(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+
+    def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
+        r = self._set_common(name, cfg, module_name)
+        base = self.base_layer
+        self.lora_A[name] = nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride, base.padding,
+                                      dilation=base.dilation, bias=False)
+        self.lora_B[name] = nn.Conv2d(r, base.out_channels, 1, 1, bias=False)
+        if cfg.init_lora_weights is not False:
+            if cfg.init_lora_weights == "gaussian":
+                nn.init.normal_(self.lora_A[name].weight, std=1 / r)
+            else:
+                nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B[name].weight)
+        self._move_to_base(self.lora_A[name], self.lora_B[name])
+
+    def adapter_forward(self, x, result, name, *args, **kwargs):
+        A, B = self.lora_A[name], self.lora_B[name]
+        return result + (B(A(self.lora_dropout[name](x.to(A.weight.dtype)))) * self.scaling[name]).to(result.dtype)
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        if A.shape[2:] == (1, 1):
+            delta = (B.squeeze(3).squeeze(2) @ A.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
+        else:
+            delta = F.conv2d(A.permute(1, 0, 2, 3), B).permute(1, 0, 2, 3)
+        return delta * self.scaling[name]
+
+
+def _conv1d():
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+@METHODS.register("lora")
+class Lora(WeightMethod):
+    name = "lora"
+    kind = "weight"
+    mergeable = True
+    config_class = LoraConfig
+    peft_type = "LORA"
+    paper = "https://arxiv.org/abs/2106.09685"
+    formula = "sum over adapted layers of r * (in + out)  (embeddings: r * (num + dim))"
+    layer_types = ((nn.Linear, LoraLinear), (_conv1d(), LoraLinear), (nn.Embedding, LoraEmbedding),
+                   (nn.Conv2d, LoraConv2d))
+
+    def extra_trainable(self, model, cfg, adapter_name):
+        if cfg.bias == "all":
+            return [(n, p) for n, p in model.named_parameters() if n.endswith("bias") and ".lora_" not in n and ".original_module." not in n]
+        if cfg.bias == "lora_only":
+            return [
+                (f"{m}.base_layer.bias", layer.base_layer.bias)
+                for m, layer in self.layers(model, adapter_name)
+                if getattr(layer.base_layer, "bias", None) is not None
+            ]
+        return []
+
+    def peft_config(self, cfg: LoraConfig) -> dict:
+        body = super().peft_config(cfg)
+        body.update(use_dora=False, lora_bias=False)
+        return body
