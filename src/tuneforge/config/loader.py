@@ -1,0 +1,101 @@
+"""`load_config(path, overrides)` -> RunConfig, and `dump_config` to write the resolved config beside a run.
+
+The method section is validated by the method's own config class (`tuneforge.methods.make_method_config`),
+so this module never names a method; its errors get the file and line of the offending key here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .schema import RunConfig
+from .source import Source, apply_overrides, load_yaml
+from .validate import build_dataclass, suggest
+
+DEFAULT_METHOD = "lora"
+
+
+def load_config(path: str | Path | None, overrides=()) -> RunConfig:
+    """Read a YAML run config (or start from defaults when path is None), apply `section.key=value`
+    overrides, and validate everything. Raises ConfigError(file, line, key) on the first problem."""
+    if path is None:
+        data, source = {}, Source(file=None)
+    else:
+        data, source = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("a run config must be a mapping of sections (model, method, data, train, ...)",
+                          file=source.file, line=1)
+    data = apply_overrides(data, source, overrides)
+    return config_from_dict(data, source)
+
+
+def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
+    """Validate an already-parsed mapping (for configs built in Python)."""
+    source = source or Source()
+    data = dict(data)
+    method_section = data.pop("method", None)
+    config = build_dataclass(RunConfig, data, source)
+    config.method = build_method(method_section, source)
+    _check_task(config.task, source)
+    return config
+
+
+def build_method(section: Any, source: Source):
+    """`{name: lora, r: 8, ...}` -> the method's validated config dataclass."""
+    from ..methods import make_method_config
+    from ..registry import METHODS
+
+    if section is None:
+        section = {"name": DEFAULT_METHOD}
+    elif isinstance(section, str):  # `method: lora` is a fine shorthand for the defaults
+        section = {"name": section}
+    if not isinstance(section, dict):
+        raise source.error("method must be a mapping such as {name: lora, r: 8}", ("method",))
+    fields = dict(section)
+    name = fields.pop("name", None)
+    if not isinstance(name, str):
+        raise source.error("the method section needs a name (e.g. name: lora)", ("method", "name"))
+    if name not in METHODS:
+        known = METHODS.names()
+        raise source.error(
+            f"unknown method '{name}'{suggest(name, known)}; known methods: {', '.join(known)}", ("method", "name")
+        )
+    # Type-check with the generic validator first: it knows each key's line and turns "1e-4" into a float.
+    typed = build_dataclass(METHODS.get(name).config_class, fields, source, ("method",))
+    fields = {key: getattr(typed, key) for key in fields}
+    try:
+        return make_method_config(name, fields)
+    except ConfigError as err:
+        if err.file is not None:
+            raise
+        key = err.key if err.key in fields else None
+        raise source.error(err.message, ("method", key) if key else ("method",)) from None
+
+
+def _check_task(task: str, source: Source) -> None:
+    from ..registry import TASKS
+
+    known = TASKS.names()
+    if task not in known:
+        raise source.error(f"unknown task '{task}'{suggest(task, known)}; known tasks: {', '.join(known)}",
+                           ("task",))
+
+
+def dump_config(config: RunConfig) -> dict:
+    """The resolved config as plain data, in the layout load_config reads (method flattened with its name),
+    so `yaml.safe_dump(dump_config(cfg))` can be loaded again to repeat the run."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "method" and value is not None:
+            body = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+            out["method"] = {"name": type(value).method, **body}
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = dataclasses.asdict(value)
+        else:
+            out[f.name] = value
+    return out

@@ -1,0 +1,161 @@
+"""The typed run configuration. Plain data only (names, numbers, paths), so the same dataclasses feed YAML,
+`--set` overrides, the resolved config written next to a run, and the docs. Each field's docstring is the
+string right below it (the litgpt convention).
+
+Relative paths (data files, output_dir) are kept as written and resolve against the current working
+directory of the process that runs the config, not against the config file's folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from ..data.config import DataConfig
+from ..errors import ConfigError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    """Base model: a packaged alias (smollm2-135m-instruct, all-minilm-l6-v2), a local directory, a .gguf file
+    or a Hugging Face hub id."""
+
+    kind: Literal["causal-lm", "encoder", "sequence-classification"] = "causal-lm"
+    """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
+    sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
+
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU)."""
+
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), or a torch device string such as cpu or cuda:1."""
+
+    num_labels: int | None = None
+    """Classes of the classifier head; only for kind sequence-classification."""
+
+    def validate(self) -> None:
+        if self.num_labels is not None and self.kind != "sequence-classification":
+            raise ConfigError("num_labels only applies to kind 'sequence-classification'", key="num_labels")
+        if self.num_labels is not None and self.num_labels < 1:
+            raise ConfigError("num_labels must be at least 1", key="num_labels")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 1
+    """Passes over the training set (ignored when max_steps is set)."""
+
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; overrides epochs."""
+
+    micro_batch_size: int = 4
+    """Rows per forward/backward pass; lower it when memory is short."""
+
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step: the effective batch is micro_batch_size x grad_accum_steps. The loss is
+    normalised over all target tokens of the step, so accumulation gives the same update as one big batch."""
+
+    learning_rate: float = 2e-4
+    """Peak AdamW learning rate (after warmup)."""
+
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+
+    warmup_steps: int = 0
+    """Linear warmup from 0 to learning_rate over this many steps (takes precedence over warmup_ratio)."""
+
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of the total steps, used when warmup_steps is 0."""
+
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """How the learning rate decays after warmup: cosine or linear to 0, or constant."""
+
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; null disables clipping."""
+
+    bf16: bool = False
+    """Autocast forward passes to bfloat16 (useful on GPUs; slower than fp32 on CPUs without AMX)."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 25% slower."""
+
+    eval_every: int | None = None
+    """Evaluate on the validation set every N optimizer steps (and at the end); null = only at the end."""
+
+    eval_batches: int | None = None
+    """Cap on validation batches per evaluation; null = the whole validation set."""
+
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps; null = only at the end."""
+
+    keep_last: int = 2
+    """How many step checkpoints to keep on disk (older ones are deleted)."""
+
+    seed: int = 42
+    """Seed for adapter initialisation, data order and dropout, so a run can be reproduced."""
+
+    log_every: int = 1
+    """Log loss, learning rate and throughput every N optimizer steps."""
+
+    def validate(self) -> None:
+        positive = ("epochs", "micro_batch_size", "grad_accum_steps", "log_every", "keep_last")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be at least 1", key=key)
+        for key in ("max_steps", "eval_every", "eval_batches", "save_every"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be at least 1 (or null)", key=key)
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate must be positive", key="learning_rate")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay must not be negative", key="weight_decay")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps must not be negative", key="warmup_steps")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("warmup_ratio must be in [0, 1)", key="warmup_ratio")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError("max_grad_norm must be positive (or null to disable clipping)", key="max_grad_norm")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    num_samples: int = 16
+    """Validation prompts to generate replies for when scoring generation metrics."""
+
+    max_new_tokens: int = 64
+    """Longest generated reply, in tokens."""
+
+    metrics: list[str] = dataclasses.field(default_factory=lambda: ["rouge"])
+    """Metrics to report (e.g. rouge, bleu, accuracy, f1, perplexity)."""
+
+    def validate(self) -> None:
+        if self.num_samples < 0:
+            raise ConfigError("num_samples must not be negative", key="num_samples")
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens must be at least 1", key="max_new_tokens")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The base model to adapt."""
+
+    method: Any = None
+    """The adaptation method: a MethodConfig built by tuneforge.methods.make_method_config from the YAML
+    section `method: {name: lora, r: 8, ...}`; LoRA with its defaults when the section is absent."""
+
+    task: str = "sft"
+    """Training objective, by registered task name (sft, classify, embed, reward, dpo, ppo)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Training and validation data and how it becomes token sequences."""
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    """Optimisation: steps, batch sizes, learning-rate schedule, checkpoints."""
+
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    """What evaluation generates and measures."""
+
+    output_dir: str = "runs/default"
+    """Where the adapter, checkpoints, logs and the resolved config are written (relative to the working dir)."""

@@ -1,0 +1,155 @@
+"""Generate replies from a base model, optionally with an adapter: the API behind `tuneforge generate` and
+the before/after samples the trainer shows.
+
+Prompts are batched with left padding, so every row's last prompt token sits at the same position and the
+new tokens line up; generation stops at the tokenizer's end-of-turn token and only the new text is returned.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+DEFAULT_BASE = "smollm2-135m-instruct"
+
+
+def generate(
+    base: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    prompt: str | list[str] | None = None,
+    *,
+    prompts: list[str] | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    device: str = "auto",
+    seed: int | None = None,
+) -> list[str]:
+    """Load `base` (+ `adapter`) and return one reply per prompt.
+
+    base defaults to the adapter's recorded base model (adapter_config.json), else smollm2-135m-instruct.
+    prompt may be a string or a list; `prompts=` is the same as a list."""
+    from ..models import load_model, load_tokenizer
+
+    texts = _prompt_list(prompt, prompts)
+    if base is None:
+        base = _adapter_base(adapter) or DEFAULT_BASE
+    model = load_model(base, dtype=dtype, device=device)
+    tokenizer = load_tokenizer(base)
+    if adapter is not None:
+        from ..io import load_adapter
+
+        load_adapter(model, adapter)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return generate_with(
+        model, tokenizer, texts, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+        top_p=top_p, chat=chat, system_prompt=system_prompt, batch_size=batch_size,
+    )
+
+
+@torch.no_grad()
+def generate_with(
+    model,
+    tokenizer,
+    prompts: str | list[str],
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    chat: bool = True,
+    system_prompt: str | None = None,
+    batch_size: int = 8,
+) -> list[str]:
+    """Replies from an already-loaded model (adapters as they are: active, merged or disabled).
+
+    chat=True wraps each prompt as a user turn (after `system_prompt`, if given) with the tokenizer's chat
+    template; chat=False feeds the raw text. Greedy unless do_sample; the model is put in eval mode for the call
+    and its previous mode restored."""
+    texts = _prompt_list(prompts, None)
+    if chat and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this tokenizer has no chat template; pass chat=False to use raw prompts")
+    inputs = [_render(tokenizer, text, chat, system_prompt) for text in texts]
+    stop_ids = _stop_token_ids(model, tokenizer)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids,
+                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+    if do_sample:
+        options.update(temperature=temperature, top_p=top_p)
+    else:  # silence transformers' "temperature is ignored" warnings for greedy decoding
+        options.update(temperature=None, top_p=None, top_k=None)
+    device = next(model.parameters()).device
+    replies: list[str] = []
+    with _eval_mode(model), _left_padding(tokenizer):
+        for start in range(0, len(inputs), batch_size):
+            batch = tokenizer(inputs[start : start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=not chat)
+            batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            output = model.generate(**batch, **options)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return replies
+
+
+def _prompt_list(prompt, prompts) -> list[str]:
+    if prompt is not None and prompts is not None:
+        raise ValueError("pass prompt or prompts, not both")
+    value = prompts if prompts is not None else prompt
+    if value is None:
+        raise ValueError("no prompt given")
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _render(tokenizer, text: str, chat: bool, system_prompt: str | None) -> str:
+    if not chat:
+        return text
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": text})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS of the tokenizer and of the model's generation config (ChatML models end a turn with <|im_end|>)."""
+    ids: list[int] = []
+    candidates = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    for value in candidates:
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and token_id not in ids:
+                ids.append(int(token_id))
+    if not ids:
+        raise ValueError("the tokenizer has no eos token, so generation could not stop")
+    return ids
+
+
+def _adapter_base(adapter) -> str | None:
+    if adapter is None:
+        return None
+    from ..io import read_adapter_config
+
+    return read_adapter_config(adapter).get("base_model_name_or_path") or None
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _left_padding(tokenizer):
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side

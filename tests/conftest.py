@@ -1,0 +1,33 @@
+"""Shared test set-up: no network, and tiny models for the fast tests."""
+import os
+
+# Tests must never reach the hub: a hub id fails fast and clearly instead of hanging on retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def tiny_model():
+    from tuneforge.models import tiny_llama
+
+    return tiny_llama()
+
+
+@pytest.fixture
+def tiny_tok():
+    from tuneforge.models import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_base_dir(tmp_path):
+    """A tiny Llama + its tokenizer saved as a local model directory (what users point --base at)."""
+    from tuneforge.models import tiny_llama, tiny_tokenizer
+
+    path = tmp_path / "base"
+    tiny_llama().save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
