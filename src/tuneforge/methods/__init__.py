@@ -1,5 +1,8 @@
-"""Adaptation methods behind one contract. Importing this package registers every method file."""
-from . import lora  # noqa: F401  (registers)
+"""Adaptation methods behind one contract. Importing this package registers every method file in it, so a
+new method is one new file (plus one row in tests/methods/cases.py)."""
+import importlib
+import pkgutil
+
 from .api import (  # noqa: F401
     active_adapters,
     adapter_state_dict,
@@ -24,3 +27,8 @@ from .api import (  # noqa: F401
     unmerge_adapters,
 )
 from .base import AdapterLayer, Method, MethodConfig  # noqa: F401
+
+_INFRA = {"api", "base", "targeting", "weight_method", "modules_to_save"}
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name not in _INFRA and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")

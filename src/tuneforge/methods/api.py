@@ -148,7 +148,9 @@ def mixed_batch(model: nn.Module, row_adapters: list):
 
 
 def trainable_parameters(model: nn.Module, adapter_name: str | None = None) -> list[tuple[str, nn.Parameter]]:
+    """(name in model.named_parameters(), parameter) for everything the adapters train."""
     names = [adapter_name] if adapter_name else list(list_adapters(model))
+    real_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     out, seen = [], set()
     for name in names:
         cfg = _require(model, name)
@@ -158,7 +160,7 @@ def trainable_parameters(model: nn.Module, adapter_name: str | None = None) -> l
         for n, p in params:
             if id(p) not in seen:
                 seen.add(id(p))
-                out.append((n, p))
+                out.append((real_names.get(id(p), n), p))
     return out
 
 
