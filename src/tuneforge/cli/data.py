@@ -1,0 +1,38 @@
+"""`tuneforge data ...`: look at the data a run config will train on."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
+
+
+@data_app.callback()
+def _data() -> None:
+    """Inspect training data (what the model is trained on, token lengths, packing)."""
+
+
+@data_app.command("preview")
+def preview_cmd(
+    config: str = typer.Argument(..., help="Run config YAML."),
+    n: int = typer.Option(3, "--n", help="How many examples to show."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key: a.b=value (repeatable)."),
+) -> None:
+    """Show examples with trained tokens marked ⟦…⟧, then token-length statistics."""
+    typer.echo(preview_config(config, n=n, overrides=set_ or []))
+
+
+def preview_config(config_path: str, n: int = 3, overrides: list[str] = ()) -> str:
+    """The API behind `tuneforge data preview`: load the run config and its model's tokenizer, preview train."""
+    from tuneforge.config import load_config
+    from tuneforge.data import preview
+    from tuneforge.models import load_tokenizer
+
+    cfg = load_config(config_path, list(overrides))
+    tokenizer = load_tokenizer(cfg.model.name)
+    return preview(cfg.data.train, tokenizer, cfg.data, n=n)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
