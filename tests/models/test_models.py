@@ -131,6 +131,7 @@ def test_gguf_cache_is_atomic_and_reused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(packaged, "_convert_gguf", working)
     first = packaged.converted_gguf(gguf)
     assert "converting GGUF m.gguf (once)" in capsys.readouterr().err
+    packaged._announced.clear()  # as in a new process
     second = packaged.converted_gguf(gguf)
     assert first == second and len(calls) == 1 and (first / "config.json").is_file()
     assert "using cached conversion" in capsys.readouterr().err

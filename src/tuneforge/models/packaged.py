@@ -107,6 +107,7 @@ def gguf_cache_dir(gguf_path: str | os.PathLike) -> Path:
 
 
 _COMPLETE_MARKER = "tuneforge-conversion.json"
+_announced: set[Path] = set()
 
 
 def converted_gguf(gguf_path: str | os.PathLike) -> Path:
@@ -117,7 +118,9 @@ def converted_gguf(gguf_path: str | os.PathLike) -> Path:
     gguf_path = Path(gguf_path)
     target = gguf_cache_dir(gguf_path)
     if (target / _COMPLETE_MARKER).exists():
-        print(f"using cached conversion at {target}", file=sys.stderr)
+        if target not in _announced:  # model and tokenizer both come from here: say it once per process
+            _announced.add(target)
+            print(f"using cached conversion at {target}", file=sys.stderr)
         return target
     print(f"converting GGUF {gguf_path.name} (once), cached at {target}", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,7 @@ def converted_gguf(gguf_path: str | os.PathLike) -> Path:
                 return target
             shutil.rmtree(target)
         os.rename(tmp, target)
+        _announced.add(target)
     except OSError:
         if (target / _COMPLETE_MARKER).exists():  # lost a race to another process: use its result
             return target
