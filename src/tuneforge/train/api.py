@@ -1,0 +1,116 @@
+"""`train(config)`: the Python API behind `tuneforge train`, gluing the packages in the one direction data flows:
+config -> base model -> method -> task data -> the loop -> adapter files.
+
+Output directory after a run:
+    config.yaml      the resolved config (every default filled in), loadable again to repeat the run
+    adapter/         the trained adapter in peft's layout (adapter_config.json + adapter_model.safetensors)
+    checkpoints/     resumable step-N checkpoints (see checkpoint.py)
+    metrics.jsonl    one JSON line per logged step / evaluation (see report.py)
+    loss.png         train and eval loss against step
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .loop import TrainResult, run_training
+
+
+def resolve_config(config_or_path, overrides=()):
+    """A RunConfig from a YAML path, a mapping, or a RunConfig (overrides apply to all three)."""
+    from ..config import RunConfig, Source, apply_overrides, config_from_dict, dump_config, load_config
+
+    overrides = list(overrides or ())
+    if isinstance(config_or_path, (str, os.PathLike)):
+        return load_config(config_or_path, overrides)
+    if isinstance(config_or_path, RunConfig):
+        if not overrides:
+            return config_or_path
+        config_or_path = dump_config(config_or_path)
+    if isinstance(config_or_path, dict):
+        source = Source()
+        return config_from_dict(apply_overrides(dict(config_or_path), source, overrides), source)
+    raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
+
+
+def write_config(cfg, path: Path) -> Path:
+    """The resolved config as YAML, written atomically (JSON round trip turns tuples into plain lists)."""
+    import yaml
+
+    from ..config import dump_config
+
+    data = json.loads(json.dumps(dump_config(cfg), default=str))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def _load_model(cfg):
+    from ..models import load_model
+
+    m = cfg.model
+    return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device)
+
+
+def dry_run_report(cfg, model) -> dict:
+    """What would train: the targeted modules and the trainable / total parameter counts."""
+    from ..methods import add_adapter, count_parameters, mark_trainable, select_targets
+
+    targets = select_targets(model, cfg.method)
+    add_adapter(model, cfg.method)
+    mark_trainable(model)
+    trainable, total = count_parameters(model)
+    return {"method": type(cfg.method).method, "targets": targets, "trainable": trainable, "total": total}
+
+
+def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool = True, dry_run: bool = False):
+    """Run a config end to end and return the TrainResult. With dry_run, print what would be adapted and how
+    many parameters would train, and return that as a dict without training. resume=False starts over even
+    when output_dir holds checkpoints (they are deleted)."""
+    from ..io import save_adapter
+    from ..methods import add_adapter, mark_trainable
+    from ..models import load_tokenizer
+    from ..registry import TASKS
+
+    cfg = resolve_config(config_or_path, overrides)
+    task = TASKS.get(cfg.task)()
+    model = _load_model(cfg)
+    if dry_run:
+        info = dry_run_report(cfg, model)
+        print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
+        for name in info["targets"]:
+            print(f"  {name}")
+        share = 100.0 * info["trainable"] / max(1, info["total"])
+        print(f"trainable parameters: {info['trainable']:,} of {info['total']:,} ({share:.3f}%)")
+        return info
+
+    torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of what the seed reproduces
+    add_adapter(model, cfg.method)
+    mark_trainable(model)
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_examples, eval_examples = task.prepare(cfg, tokenizer)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = write_config(cfg, out / "config.yaml")
+    result: TrainResult = run_training(
+        model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress
+    )
+    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
+    print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
+    if result.train_loss is not None:
+        print(f"final train loss {result.train_loss:.4f}")
+    for key, value in result.eval_metrics.items():
+        print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
+    print(f"adapter     {adapter_dir}")
+    print(f"config      {config_path}")
+    print(f"metrics     {result.metrics_path}")
+    if result.plot_path is not None:
+        print(f"loss plot   {result.plot_path}")
+    if result.checkpoint_dir is not None:
+        print(f"checkpoint  {result.checkpoint_dir}")
+    return result

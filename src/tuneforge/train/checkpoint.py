@@ -1,0 +1,161 @@
+"""Training checkpoints that resume exactly.
+
+Layout of `output_dir/checkpoints/step-N/`:
+
+    trainable.safetensors   every parameter with requires_grad (name -> tensor): adapters or the full model
+    optimizer.pt            optimizer.state_dict()
+    scheduler.pt            scheduler.state_dict()
+    rng.pt                  python, numpy, torch CPU (and CUDA) generator states
+    state.json              global step, data position (epoch, index in epoch), counters, metrics history
+
+Why each piece: resuming must reproduce the uninterrupted run bit for bit, so everything that feeds the next
+step is stored: weights, Adam moments, the lr step, the dropout generators and where in the data we were.
+Only trainable parameters are written (frozen base weights are reloaded from the base model).
+
+A checkpoint is written into a hidden temporary directory beside the final one and renamed into place, so
+a crash mid-write never leaves a half checkpoint that a resume would pick up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import TuneforgeError
+
+FORMAT = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    """All generators that dropout, sampling or user code may draw from, as torch.load(weights_only)-safe data."""
+    version, keys, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(keys, dtype=torch.int64), gauss],
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(int(k) for k in keys.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """name -> CPU copy of every parameter that trains (copies, so tied or viewed tensors save cleanly)."""
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under root, oldest first (temporary directories are never listed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename tmp onto final; an existing final (same step saved twice) is moved aside first, then removed."""
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: dict,
+    rng: dict | None = None,
+    keep_last: int | None = 2,
+) -> Path:
+    """Write step-N atomically, then delete all but the newest keep_last checkpoints (keep_last < 1 keeps all).
+    `rng` overrides the current generator states (the loop passes the states of the last finished step)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(root, keep_last)
+    return final
+
+
+def prune(root: str | os.PathLike, keep_last: int | None) -> None:
+    """Delete old checkpoints beyond keep_last and leftovers of interrupted writes."""
+    root = Path(root)
+    for leftover in [*root.glob(".old-*"), *root.glob(".tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last is None or keep_last < 1:
+        return
+    for old in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clear(root: str | os.PathLike) -> None:
+    """Remove every checkpoint and temporary directory (a fresh run must not later resume from a stale one)."""
+    root = Path(root)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir() and (_STEP_DIR.match(path.name) or path.name.startswith((".tmp-", ".old-"))):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and generators from step-N; returns its state.json dict."""
+    path = Path(path)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    if wanted != set(tensors):
+        missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
+        raise TuneforgeError(
+            f"checkpoint {path} does not match the model's trainable parameters "
+            f"(missing: {missing[:5]}, unexpected: {extra[:5]}); start fresh with resume disabled (--no-resume)"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())

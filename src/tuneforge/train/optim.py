@@ -1,0 +1,118 @@
+"""AdamW parameter groups and the learning-rate schedule.
+
+Why groups: weight decay pulls weights towards zero; on biases, norm gains and other 1-D parameters that only
+hurts (a norm gain decayed to zero switches a channel off), so they get `weight_decay = 0` (the GPT-2 /
+nanoGPT convention). Methods may ask for their own groups (LoRA+ trains B with a larger lr), through
+`tuneforge.methods.optimizer_groups`; the no-decay split is applied inside every group they return.
+
+Why a LambdaLR: its state (`last_epoch`, base lrs) is a plain dict, so the schedule checkpoints and resumes
+exactly, and the multiplier for step k depends only on k and the run length:
+
+    warm-up (k < W):  m(k) = (k + 1) / W                      (W = warmup_steps, or ceil(warmup_ratio * T))
+    then p = (k - W) / max(1, T - W) in [0, 1):
+        cosine:   m = 0.5 * (1 + cos(pi * p))                 (Loshchilov & Hutter, arXiv:1608.03983)
+        linear:   m = 1 - p
+        constant: m = 1
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norm gains and any other tensor with fewer than two dimensions are not decayed."""
+    lowered = name.lower()
+    return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered
+
+
+def _method_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
+    """The groups the active method asks for, or None while the methods package does not offer them."""
+    try:
+        from .. import methods
+    except ImportError:
+        return None
+    fn = getattr(methods, "optimizer_groups", None)
+    return None if fn is None else list(fn(model, lr, weight_decay))
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups over the trainable parameters: each requested group split into decayed / not decayed."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = _method_groups(model, lr, weight_decay)
+    if groups is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    out: list[dict] = []
+    for group in groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        extra = {k: v for k, v in group.items() if k != "params"}
+        decay = [p for p in params if not _no_decay(names.get(id(p), ""), p)]
+        keep = [p for p in params if _no_decay(names.get(id(p), ""), p)]
+        if decay:
+            out.append({"weight_decay": weight_decay, **extra, "params": decay})
+        if keep:
+            out.append({**extra, "weight_decay": 0.0, "params": keep})
+    if not out:
+        raise ConfigError("the model has no trainable parameters; did the method mark any?", key="method")
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter, arXiv:1711.05101) over `param_groups`, lr and decay from the TrainConfig."""
+    groups = param_groups(model, cfg.learning_rate, cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def warmup_steps(cfg, total_steps: int) -> int:
+    """warmup_steps when set, else ceil(warmup_ratio * total_steps)."""
+    if cfg.warmup_steps:
+        return int(cfg.warmup_steps)
+    return int(math.ceil(float(cfg.warmup_ratio or 0.0) * total_steps))
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """m(k) from the module docstring: the factor on each group's base lr for 0-based optimizer step k."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR following `lr_multiplier`; a partial of a module function keeps its state picklable."""
+    kind = cfg.lr_schedule
+    if kind not in SCHEDULES:
+        raise ConfigError(f"unknown lr_schedule {kind!r}; choose one of {', '.join(SCHEDULES)}", key="train.lr_schedule")
+    fn = partial(lr_multiplier, warmup=warmup_steps(cfg, total_steps), total=total_steps, kind=kind)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+
+
+def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """After loading a scheduler state, set each group's lr from this run's schedule at the restored step
+    (the same expression LambdaLR uses), so a resume with a different run length follows the new schedule."""
+    step = scheduler.last_epoch
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def on_optimizer_step(model: nn.Module) -> None:
+    """Let methods act after each optimizer step (Delta-LoRA); a no-op until the methods package offers it."""
+    try:
+        from .. import methods
+    except ImportError:
+        return
+    fn = getattr(methods, "on_optimizer_step", None)
+    if fn is not None:
+        fn(model)

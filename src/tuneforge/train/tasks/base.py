@@ -1,0 +1,79 @@
+"""The Task protocol: everything the one training loop needs to know about an objective, and nothing more.
+
+The loop asks a task to turn examples into a batch (`collate`), how many target tokens/items a batch holds
+(`num_targets`) and for the *summed* loss over them (`loss_sum`). Summing, not averaging, is what lets the loop
+normalise over all targets of an optimizer step, so gradient accumulation over micro-batches with unequal
+target counts gives exactly the gradient of one big batch:
+
+    loss(step) = sum_b loss_sum(b) / sum_b num_targets(b)
+
+Tasks register by name (`@TASKS.register("sft")`) in their own file under train/tasks/ and are built with no
+arguments (`TASKS.get(name)()`); `prepare` takes what they need from the run config and tokenizer.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+from contextlib import nullcontext
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+
+    def prepare(self, run_cfg: Any, tokenizer: Any) -> tuple[list, list]:
+        """Read and tokenise the run's data: (train_examples, eval_examples)."""
+
+    def collate(self, examples: list) -> dict[str, torch.Tensor]:
+        """Examples -> one batch of tensors (on CPU; the loop moves it to the model's device)."""
+
+    def num_targets(self, batch: dict) -> int:
+        """How many loss terms `loss_sum` adds up for this batch."""
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The loss summed (not averaged) over the batch's targets, as a scalar tensor with grad."""
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        """Metrics over held-out batches (called in eval mode, under no_grad)."""
+
+
+def batch_context(model: nn.Module, batch: dict):
+    """The methods package's per-batch context (ReFT positions, per-row adapters); a no-op without it."""
+    try:
+        methods = importlib.import_module("tuneforge.methods")
+    except ImportError:
+        return nullcontext()
+    fn = getattr(methods, "batch_context", None)
+    return nullcontext() if fn is None else fn(model, batch)
+
+
+class BaseTask:
+    """Shared parts: token counting for throughput and the mean-loss evaluate."""
+
+    name = ""
+
+    def num_tokens(self, batch: dict) -> int:
+        """Real (non-padding) input tokens, for tokens/s: the collate's own count when it gives one (packed
+        rows cannot be told from padding by their mask), else the 2-D attention mask, else every position."""
+        if "num_tokens" in batch:
+            return int(batch["num_tokens"])
+        mask = batch.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            return int(mask.sum())
+        return int(batch["input_ids"].numel())
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
+        """eval_loss = total loss / total targets over all batches; perplexity = exp(eval_loss)."""
+        total, count = 0.0, 0
+        for batch in batches:
+            with batch_context(model, batch):
+                total += float(self.loss_sum(model, batch))
+            count += int(self.num_targets(batch))
+        if count == 0:
+            return {}
+        mean = total / count
+        return {"eval_loss": mean, "perplexity": math.exp(mean) if mean < 700 else math.inf}

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning of a causal LM: next-token cross-entropy on the target (label != -100) tokens.
+
+    loss_sum = sum_{t : labels[t+1] != -100} -log softmax(W h_t)[labels[t+1]]
+
+Why the head is applied by hand: `model(...).logits` is a (batch, seq, vocab) fp32 tensor; at a 49k vocab and
+2k tokens that is 400 MB per row, most of it for prompt and pad positions that carry no loss. We run the base
+transformer, keep only the hidden states whose next token is a target, and apply the output embedding to those,
+in chunks whose logits are recomputed during backward rather than kept, so at most `chunk_size x vocab`
+logits exist at once. Models whose head does more than a linear
+map (logit soft-capping, logit scaling) or whose layout we do not know use the plain full-logits path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...registry import TASKS
+from .base import BaseTask
+
+IGNORE = -100
+# model types whose causal-LM head is exactly `lm_head(last_hidden_state)`
+FUSED_HEAD_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2", "starcoder2", "gpt_neox", "gpt2"}
+)
+
+
+def fused_head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(base transformer, output head) when the fused path is known to equal the model's own logits."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in FUSED_HEAD_TYPES:
+        return None
+    prefix = getattr(model, "base_model_prefix", None)
+    base = getattr(model, prefix, None) if prefix else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or base is model or head is None:
+        return None
+    return base, head
+
+
+@TASKS.register("sft")
+class SFTTask(BaseTask):
+    """Causal-LM SFT over chat or alpaca records (see `tuneforge.data.build_sft_examples`)."""
+
+    name = "sft"
+
+    def __init__(self, pad_token_id: int | None = None, chunk_size: int = 1024, fused_head: bool | None = None):
+        self.pad_token_id = pad_token_id
+        self.chunk_size = chunk_size
+        self.fused_head = fused_head  # None: use it when the model type is known; False: always full logits
+
+    def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
+        """Tokenise train / validation records; pack rows of data.max_length when data.packing is on."""
+        from ...data import build_sft_examples, pack_examples, read_records
+
+        data = run_cfg.data
+        if self.pad_token_id is None:
+            self.pad_token_id = tokenizer.pad_token_id
+        splits = []
+        for path in (data.train, data.validation):
+            if path is None:
+                splits.append([])
+                continue
+            examples = build_sft_examples(read_records(path), tokenizer, data, source=path)
+            splits.append(pack_examples(examples, data.max_length) if data.packing else examples)
+        return splits[0], splits[1]
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from ...data import collate_causal
+
+        batch = collate_causal(examples, self.pad_token_id)
+        batch["num_tokens"] = torch.tensor(sum(len(ex["input_ids"]) for ex in examples))
+        return batch
+
+    def num_targets(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.is_floating_point():  # additive 4-D mask: match the weights for sdpa
+            inputs["attention_mask"] = mask.to(next(model.parameters()).dtype)
+        shifted = batch["labels"][:, 1:]
+        keep = shifted != IGNORE
+        parts = fused_head_parts(model) if self.fused_head is not False else None
+        if parts is None:
+            logits = model(**inputs, use_cache=False).logits[:, :-1]
+            return F.cross_entropy(logits[keep].float(), shifted[keep], reduction="sum")
+        base, head = parts
+        hidden = base(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
+        targets = shifted[keep]
+        recompute = torch.is_grad_enabled() and hidden.shape[0] > self.chunk_size
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], self.chunk_size):
+            h, t = hidden[start : start + self.chunk_size], targets[start : start + self.chunk_size]
+            if recompute:
+                total = total + checkpoint(_head_loss, head, h, t, use_reentrant=False)
+            else:
+                total = total + _head_loss(head, h, t)
+        return total
+
+
+def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")

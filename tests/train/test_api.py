@@ -1,0 +1,108 @@
+"""train(config) end to end on the tiny model (loader patched: nothing is downloaded), the CLI verb, and the
+rule that the training package never names a specific method."""
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tuneforge.models as models
+from tuneforge.models.tiny import tiny_llama, tiny_tokenizer
+from tuneforge.train import TrainResult
+from tuneforge.train import api
+
+RECORDS = [{"instruction": f"Say {w}", "input": "", "output": f"{w} {w}!"} for w in ("hi", "yes", "no", "ok", "why")]
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "_load_model", lambda cfg: tiny_llama(seed=1))
+    monkeypatch.setattr(models, "load_tokenizer", lambda name: tiny_tokenizer())
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return {
+        "model": {"name": "tiny-llama"},
+        "method": {"name": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]},
+        "task": "sft",
+        "data": {"train": str(data), "validation": str(data), "max_length": 64, "packing": True},
+        "train": {"max_steps": 3, "micro_batch_size": 2, "learning_rate": 1e-3},
+        "output_dir": str(tmp_path / "run"),
+    }
+
+
+def test_train_end_to_end(config, tmp_path, capsys):
+    result = api.train(config, overrides=["train.eval_every=2"], progress=False)
+    out = tmp_path / "run"
+    assert isinstance(result, TrainResult) and result.steps == 3
+    assert set(result.eval_metrics) == {"eval_loss", "perplexity"}
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["eval_every"] == 2 and resolved["method"]["name"] == "lora"
+    saved = (out / "checkpoints" / "step-3" / "trainable.safetensors")
+    from safetensors.torch import load_file
+
+    assert all("lora" in k for k in load_file(str(saved)))  # only the adapter's parameters are checkpointed
+    printed = capsys.readouterr().out
+    assert str(out / "adapter") in printed and str(out / "metrics.jsonl") in printed
+
+
+def test_dry_run(config, capsys):
+    info = api.train(config, dry_run=True)
+    assert len(info["targets"]) == 4  # q_proj and v_proj of two layers
+    assert 0 < info["trainable"] < info["total"]
+    assert "trainable parameters" in capsys.readouterr().out
+    assert not Path(config["output_dir"]).exists()
+
+
+def test_cli_verb(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import train as cli_train
+
+    calls = []
+    monkeypatch.setattr(api, "train", lambda *a, **k: calls.append((a, k)))
+    app = typer.Typer()
+    cli_train.register(app)
+
+    @app.callback()
+    def _root():
+        """Keep `train` a named subcommand, as in the real app."""
+
+    result = CliRunner().invoke(app, ["train", "run.yaml", "--set", "train.max_steps=2", "--set", "seed=1",
+                                      "--dry-run", "--no-resume"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(("run.yaml",), {"overrides": ["train.max_steps=2", "seed=1"], "progress": True,
+                                       "resume": False, "dry_run": True})]
+
+
+def _code_words(source: str) -> set[str]:
+    """Identifiers and string constants of a module, without docstrings and comments (docs may cite methods)."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value) for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+    }
+    words = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(re.findall(r"[A-Za-z0-9_]+", node.value))
+    return {w.lower() for w in words}
+
+
+def test_training_code_names_no_method():
+    """Architecture rule: the loop and its helpers stay generic (methods reach it through hooks only)."""
+    from tuneforge.registry import METHODS
+
+    root = Path(api.__file__).parent
+    for path in [*root.rglob("*.py"), root.parent / "cli" / "train.py"]:
+        named = _code_words(path.read_text()) & set(METHODS.names())
+        assert not named, f"{path} names methods {sorted(named)}"
