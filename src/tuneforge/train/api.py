@@ -80,6 +80,9 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     cfg = resolve_config(config_or_path, overrides)
     task = TASKS.get(cfg.task)()
     model = _load_model(cfg)
+    configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
+    if configure is not None:
+        cfg.method = configure(cfg.method, model)
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
@@ -93,20 +96,31 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     add_adapter(model, cfg.method)
     mark_trainable(model)
     tokenizer = load_tokenizer(cfg.model.name)
-    train_examples, eval_examples = task.prepare(cfg, tokenizer)
+    own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
+    if own_run is None:
+        train_examples, eval_examples = task.prepare(cfg, tokenizer)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = write_config(cfg, out / "config.yaml")
-    result: TrainResult = run_training(
-        model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress
-    )
+    if own_run is not None:
+        result: TrainResult = own_run(model, tokenizer, cfg, out, resume=resume, progress=progress)
+    else:
+        result = run_training(
+            model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress
+        )
     adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
+    export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
+    exported = export(model, tokenizer, cfg, out) if export is not None else None
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
     if result.train_loss is not None:
         print(f"final train loss {result.train_loss:.4f}")
     for key, value in result.eval_metrics.items():
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
+    for note in getattr(task, "data_notes", lambda: [])():  # rows a task skipped or cut, told again at the end
+        print(note)
     print(f"adapter     {adapter_dir}")
+    if exported is not None:
+        print(f"exported    {exported}")
     print(f"config      {config_path}")
     print(f"metrics     {result.metrics_path}")
     if result.plot_path is not None:

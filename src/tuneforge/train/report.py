@@ -39,8 +39,8 @@ class Reporter:
         self._file.flush()
 
     def step(self, loss: float, lr: float, tokens_per_s: float) -> None:
-        self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        self.bar.update(1)
 
     def message(self, text: str) -> None:
         self.bar.write(text)
@@ -55,6 +55,7 @@ def plot_losses(history: list[dict], path: str | os.PathLike) -> Path | None:
     Uses the Agg canvas directly, so no global matplotlib backend is switched in the caller's process."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     train = [(r["step"], r["loss"]) for r in history if "loss" in r and _finite(r["loss"])]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r and _finite(r["eval_loss"])]
@@ -67,6 +68,7 @@ def plot_losses(history: list[dict], path: str | os.PathLike) -> Path | None:
         ax.plot(*zip(*train), label="train loss", linewidth=1.2)
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", markersize=4)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per target token)")
     ax.grid(alpha=0.3)

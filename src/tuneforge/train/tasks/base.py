@@ -8,7 +8,15 @@ target counts gives exactly the gradient of one big batch:
     loss(step) = sum_b loss_sum(b) / sum_b num_targets(b)
 
 Tasks register by name (`@TASKS.register("sft")`) in their own file under train/tasks/ and are built with no
-arguments (`TASKS.get(name)()`); `prepare` takes what they need from the run config and tokenizer.
+arguments (`TASKS.get(name)()`); `prepare` takes what they need from the run config and tokenizer (a task with
+settings declares a `config_class`; the config loader puts the validated settings in `run_cfg.task_config`).
+
+Optional hooks `train()` calls when a task defines them (found with getattr, so most tasks define none):
+    configure_method(method_cfg, model) -> method_cfg   e.g. add a new classifier head to modules_to_save
+    run(model, tokenizer, run_cfg, output_dir, resume, progress) -> TrainResult   a task that is not one loss
+                                                         per batch (PPO) runs its own loop instead of the shared one
+    export(model, tokenizer, run_cfg, output_dir) -> path   extra artefacts after the adapter is saved
+    data_notes() -> list[str]                            rows the task skipped or cut, repeated at the end
 """
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def fused_head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 @TASKS.register("sft")
 class SFTTask(BaseTask):
-    """Causal-LM SFT over chat or alpaca records (see `tuneforge.data.build_sft_examples`)."""
+    """Causal-LM SFT over chat, alpaca or templated records, one data set or a mixture (see
+    `tuneforge.data.load_examples`)."""
 
     name = "sft"
 
@@ -51,19 +52,17 @@ class SFTTask(BaseTask):
         self.fused_head = fused_head  # None: use it when the model type is known; False: always full logits
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        """Tokenise train / validation records; pack rows of data.max_length when data.packing is on."""
-        from ...data import build_sft_examples, pack_examples, read_records
+        """Tokenise train / validation records (limit_train / limit_eval subsets; a multi-task mixture sampled
+        by its rates); pack rows of data.max_length when data.packing is on."""
+        from ...data import load_examples, pack_examples
 
         data = run_cfg.data
         if self.pad_token_id is None:
             self.pad_token_id = tokenizer.pad_token_id
         splits = []
-        for path in (data.train, data.validation):
-            if path is None:
-                splits.append([])
-                continue
-            examples = build_sft_examples(read_records(path), tokenizer, data, source=path)
-            splits.append(pack_examples(examples, data.max_length) if data.packing else examples)
+        for split in ("train", "validation"):
+            examples = load_examples(data, tokenizer, split)
+            splits.append(pack_examples(examples, data.max_length) if data.packing and examples else examples)
         return splits[0], splits[1]
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
