@@ -10,6 +10,7 @@ Output directory after a run:
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -33,7 +34,8 @@ def resolve_config(config_or_path, overrides=()):
         config_or_path = dump_config(config_or_path)
     if isinstance(config_or_path, dict):
         source = Source()
-        return config_from_dict(apply_overrides(dict(config_or_path), source, overrides), source)
+        data = copy.deepcopy(config_or_path)  # overrides write into nested sections: keep the caller's intact
+        return config_from_dict(apply_overrides(data, source, overrides), source)
     raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
 
 
