@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/tuneforge demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -n 2 --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/lora_sft.py

@@ -31,3 +31,12 @@ def tiny_base_dir(tmp_path):
     tiny_llama().save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets one torch thread: two workers x two threads on two cores makes
+    OpenMP spin-wait and runs many times slower than one thread each."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
