@@ -1,0 +1,25 @@
+"""`tuneforge compare CONFIG.yaml`: many methods on one task under one budget -> results.md / .csv / plot.
+A thin call of tuneforge.eval.compare.compare."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+
+def compare_cmd(
+    config: str = typer.Argument(..., help="Compare config YAML (see configs/compare/)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a shared key: a.b=value (repeatable)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated method labels to run (others keep "
+                                       "their earlier results in the table)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Train every method again even if its result is cached."),
+) -> None:
+    """Train each listed method with the same data, epochs and seed; write a table and a plot."""
+    from tuneforge.eval.compare import compare
+
+    labels = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    compare(config, overrides=set_ or [], only=labels, reuse=not rerun, echo=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)

@@ -1,0 +1,56 @@
+"""`tuneforge index build|add` and `tuneforge search`: a persisted faiss index over a corpus, and queries
+against it. Thin calls of tuneforge.index.build_index / add_to_index / search."""
+from __future__ import annotations
+
+import typer
+
+index_app = typer.Typer(help="Build or extend a vector index of a corpus for semantic search.", no_args_is_help=True)
+
+
+@index_app.command("build")
+def build_cmd(
+    model: str = typer.Option(..., "--model", help="Encoder: packaged alias, model / sentence-transformers dir, "
+                              "adapter dir or a `tuneforge train` output dir."),
+    corpus: str = typer.Option(..., "--corpus", help="Documents: .jsonl of {doc_id, text, title?}."),
+    out: str = typer.Option(..., "--out", help="Index directory to write (replaced only once complete)."),
+    kind: str = typer.Option("flat", "--kind", help="flat (exact) or hnsw (approximate)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
+) -> None:
+    """Encode every document and write a new index."""
+    from tuneforge.index import build_index
+
+    index = build_index(model, corpus, out, kind=kind, batch_size=batch_size)
+    typer.echo(f"indexed {len(index):,} documents ({index.dim}-d, {kind}) with {index.meta['model']} -> {out}")
+
+
+@index_app.command("add")
+def add_cmd(
+    index: str = typer.Argument(..., help="Index directory made by `tuneforge index build`."),
+    corpus: str = typer.Option(..., "--corpus", help="New documents: .jsonl of {doc_id, text, title?}."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
+) -> None:
+    """Encode new documents with the index's model and append them (ids must be new)."""
+    from tuneforge.index import VectorIndex, add_to_index
+
+    before = len(VectorIndex.load(index))
+    updated = add_to_index(index, corpus, batch_size=batch_size)
+    typer.echo(f"added {len(updated) - before:,} documents; {index} now holds {len(updated):,}")
+
+
+def search_cmd(
+    index: str = typer.Argument(..., help="Index directory made by `tuneforge index build`."),
+    query: str = typer.Argument(..., help="Query text."),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many documents to show."),
+    width: int = typer.Option(160, "--width", help="Characters of each document's text to show (0: all)."),
+) -> None:
+    """Print the k documents closest to the query (cosine similarity), best first."""
+    from tuneforge.index import search
+
+    for rank, hit in enumerate(search(index, query, k=k), start=1):
+        text = hit["text"] if width == 0 or len(hit["text"]) <= width else hit["text"][:width] + "..."
+        typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['doc_id']}  {text}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")
+    app.command("search")(search_cmd)

@@ -1,0 +1,170 @@
+"""`tuneforge compare`: many adaptation methods on one task under one budget, as one table and one plot.
+
+For each method of the config (see compare_config.py) this trains with `tuneforge.train.train` (same data,
+epochs and seed for all) and records: the eval metric, trainable parameters (count and % of the model's total,
+the same count `tuneforge train --dry-run` prints), wall time of training plus evaluation, peak resident memory
+of that run, and the size of the saved adapter directory. A method whose kind is "features" (a classifier fitted
+on frozen embeddings) is fitted through its own `fit`/`predict` instead of the training loop.
+
+Peak memory: on Linux the process's high-water mark (VmHWM) is reset before each method (`/proc/self/clear_refs`)
+and read after it, so each row has its own peak without a subprocess; on CUDA it is torch's peak allocation.
+Rows are written as soon as each method finishes (results.csv / results.md / metric_vs_params.png), so a long
+comparison that is interrupted keeps what it measured; running it again reuses the rows whose config is unchanged.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, TuneforgeError
+from .compare_config import CompareConfig, MethodEntry, load_compare_config
+from .compare_report import write_reports
+
+RESULT_FILE = "result.json"
+
+
+def _reset_peak() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib() -> float | None:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _method_kind(entry: MethodEntry) -> str:
+    from ..methods import method_for
+
+    return getattr(method_for(entry.run_config.method), "kind", "")
+
+
+def _train_row(entry: MethodEntry, metric: str, log) -> dict:
+    from ..train.api import train
+
+    cfg = entry.run_config
+    with contextlib.redirect_stdout(log):
+        info = train(cfg, dry_run=True)
+        result = train(cfg, progress=False, resume=False)
+    shutil.rmtree(Path(cfg.output_dir) / "checkpoints", ignore_errors=True)  # optimizer states: not the adapter
+    return {"trainable": info["trainable"], "total": info["total"], "wall_time_s": result.wall_time_s,
+            "metrics": result.eval_metrics, "adapter_bytes": _dir_bytes(Path(cfg.output_dir) / "adapter")}
+
+
+def _features_row(entry: MethodEntry, metric: str, log) -> dict:
+    """Embed with the frozen backbone, fit the method's classifier, score the validation split."""
+    from ..methods import method_for
+    from ..models import load_model, load_tokenizer
+    from ..train.tasks.classify import classification_metrics, labelled_texts
+
+    cfg = entry.run_config
+    if cfg.task != "classify":
+        raise ConfigError(f"method {type(cfg.method).method!r} fits a classifier; it needs task classify",
+                          key="task")
+    settings = cfg.method
+    if "max_length" in getattr(settings, "__dataclass_fields__", {}):  # same truncation as the trained methods
+        settings = settings.replace(max_length=cfg.data.max_length)
+    method = method_for(settings)
+    out = Path(cfg.output_dir)
+    started = time.perf_counter()
+    model = load_model(cfg.model.name, kind="encoder", dtype=cfg.model.dtype, device=cfg.model.device)
+    tokenizer = load_tokenizer(cfg.model.name)
+    labels, (train_texts, train_y), (eval_texts, eval_y) = labelled_texts(cfg)
+    with contextlib.redirect_stdout(log):
+        classifier = method.fit(model, tokenizer, train_texts, train_y, cache_dir=out / "features", cfg=settings)
+        predicted = method.predict(model, tokenizer, eval_texts, classifier, cache_dir=out / "features")
+    wall = time.perf_counter() - started
+    classifier.save(out / "adapter", base_model_name=cfg.model.name)
+    shutil.rmtree(out / "features", ignore_errors=True)
+    trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
+    total = sum(p.numel() for p in model.parameters()) + trainable
+    return {"trainable": trainable, "total": total, "wall_time_s": wall,
+            "metrics": classification_metrics(eval_y, predicted, len(labels)),
+            "adapter_bytes": _dir_bytes(out / "adapter")}
+
+
+def _fingerprint(entry: MethodEntry) -> str:
+    from ..config import dump_config
+
+    return json.dumps(dump_config(entry.run_config), sort_keys=True, default=str)
+
+
+def run_method(entry: MethodEntry, metric: str, reuse: bool = True) -> dict:
+    """Train / fit one method and return its row (cached in its run dir as result.json)."""
+    out = Path(entry.run_config.output_dir)
+    cached = out / RESULT_FILE
+    if reuse and cached.exists():
+        row = json.loads(cached.read_text())
+        if row.get("fingerprint") == _fingerprint(entry):
+            return row
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(entry.run_config.train.seed)
+    _reset_peak()
+    with open(out / "compare.log", "w") as log:
+        fields = (_features_row if _method_kind(entry) == "features" else _train_row)(entry, metric, log)
+    metrics = fields.pop("metrics")
+    if metric not in metrics:
+        raise ConfigError(f"the task reports {', '.join(k for k in metrics if k != 'confusion_matrix')}, "
+                          f"not {metric!r}", key="metric")
+    row = {"label": entry.label, "method": type(entry.run_config.method).method, "metric": metrics[metric],
+           **fields, "peak_mib": _peak_mib(), "metrics": metrics, "fingerprint": _fingerprint(entry)}
+    cached.write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _finished_rows(cc: CompareConfig) -> list[dict]:
+    """Rows of every method in the config whose cached result matches its current config, in config order."""
+    rows = []
+    for entry in cc.entries:
+        path = Path(entry.run_config.output_dir) / RESULT_FILE
+        if path.exists():
+            row = json.loads(path.read_text())
+            if row.get("fingerprint") == _fingerprint(entry):
+                rows.append(row)
+    return rows
+
+
+def compare(config_or_path, overrides=(), only: list[str] | None = None, reuse: bool = True,
+            echo=print) -> dict:
+    """Run every method of a compare config (or those labelled in `only`), write the reports, return
+    {"rows": [...], "csv", "markdown", "plot"} paths and rows."""
+    cc: CompareConfig = (config_or_path if isinstance(config_or_path, CompareConfig)
+                         else load_compare_config(config_or_path, overrides))
+    entries = cc.entries
+    if only:
+        unknown = sorted(set(only) - {e.label for e in entries})
+        if unknown:
+            raise ConfigError(f"no method labelled {', '.join(unknown)}; labels: "
+                              f"{', '.join(e.label for e in entries)}", key="only")
+        entries = [e for e in entries if e.label in only]
+    rows, paths = [], {}
+    for n, entry in enumerate(entries, start=1):
+        echo(f"[{n}/{len(entries)}] {entry.label} ...")
+        try:
+            row = run_method(entry, cc.metric, reuse)
+        except TuneforgeError as err:
+            raise TuneforgeError(f"method {entry.label!r}: {err} (see {entry.run_config.output_dir}/compare.log)")
+        rows.append(row)
+        share = 100.0 * row["trainable"] / max(1, row["total"])
+        echo(f"    {cc.metric} {row['metric']:.4f}  trainable {row['trainable']:,} ({share:.3g}%)  "
+             f"{row['wall_time_s']:.1f}s")
+        paths = write_reports(_finished_rows(cc), cc)
+    for kind in ("markdown", "csv", "plot"):
+        echo(f"{kind:9s} {paths[kind]}")
+    return {"rows": rows, **paths}

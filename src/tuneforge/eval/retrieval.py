@@ -1,0 +1,64 @@
+"""Retrieval evaluation on BEIR-style data: rank the whole corpus for every query, score with trec_eval.
+
+Metrics come from pytrec_eval (Van Gysel & de Rijke 2018, https://arxiv.org/abs/1805.01597), the Python
+binding of NIST's trec_eval that BEIR itself uses, so the numbers match published BEIR tables:
+- nDCG@10 = DCG@10 / IDCG@10, DCG@k = sum_{i<=k} rel_i / log2(i + 1)  (trec_eval `ndcg_cut_10`);
+- MRR@10 = mean over queries of 1 / rank of the first relevant document within the top 10, else 0
+  (trec_eval `recip_rank` on each query's top-10 list);
+- Recall@100 = |relevant in top 100| / |relevant|  (trec_eval `recall_100`).
+All are means over the queries that have judgements.
+
+The ranking goes through the same persisted faiss index as `tuneforge search` (see tuneforge.index).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..data.beir import load_beir
+
+DEPTH = 100
+
+
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@100 (means over the queries in qrels; a query missing from run scores 0)."""
+    import pytrec_eval
+
+    run = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in qrels}
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
+    full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    short = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    n = len(qrels)
+
+    def mean(scores: dict, key: str) -> float:
+        return sum(scores.get(q, {}).get(key, 0.0) for q in qrels) / n if n else 0.0
+
+    return {"ndcg@10": mean(full, "ndcg_cut_10"), "mrr@10": mean(short, "recip_rank"),
+            "recall@100": mean(full, "recall_100")}
+
+
+def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir=None, batch_size: int = 64,
+                       max_queries: int | None = None) -> dict:
+    """Score `model_dir` (alias, model / adapter / run directory) on a BEIR split of `data_dir`.
+
+    The corpus is encoded once into a faiss index at `index_dir` (kept for `tuneforge search`), or into a
+    temporary one; an existing `index_dir` built with the same model is reused, so a second evaluation only
+    encodes the queries. Returns the metrics plus num_queries and num_docs."""
+    from ..index import SentenceEncoder, VectorIndex, build_index
+
+    data = load_beir(data_dir, split)
+    query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
+    qrels = {q: data.qrels[q] for q in query_ids}
+    encoder = SentenceEncoder.load(model_dir)
+    with tempfile.TemporaryDirectory(prefix="tuneforge-retrieval-") as scratch:
+        path = Path(index_dir) if index_dir is not None else Path(scratch) / "index"
+        index = None
+        if (path / "meta.json").exists():
+            index = VectorIndex.load(path)
+            if index.meta.get("model") != encoder.name or set(index.doc_ids) != set(data.corpus):
+                index = None
+        if index is None:
+            index = build_index(encoder, data.corpus, path, batch_size=batch_size)
+        hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
+    run = {q: dict(row) for q, row in zip(query_ids, hits)}
+    return {**retrieval_metrics(qrels, run), "num_queries": len(query_ids), "num_docs": len(data.corpus)}

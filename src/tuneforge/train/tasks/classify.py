@@ -1,0 +1,212 @@
+"""Sequence classification: cross-entropy of a classifier head over a pooled representation of the text.
+
+    loss_sum = sum_i -log softmax(W pool(h(x_i)) + b)[y_i]
+
+The pooling is the model's own: an encoder (BERT, MiniLM) classifies its [CLS] pooler output, a decoder LM
+(Llama, SmolLM2) its last non-padding token (transformers' *ForSequenceClassification; load the model with
+`kind: sequence-classification`). The head is new and random, so whatever method adapts the backbone, the head
+must train and be saved with the adapter: `configure_method` puts it in the method's `modules_to_save` (as peft
+does for SEQ_CLS) when the method has that setting and the user left it empty.
+
+Metrics: accuracy, macro-F1 (the unweighted mean of per-class F1, so a minority class counts as much as a
+majority one) and the confusion matrix (rows = true label, columns = predicted), computed with scikit-learn.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import ConfigError, DataError
+from ...registry import TASKS
+from .base import BaseTask, batch_context
+
+HEAD_MODULES = ("classifier", "score")
+
+
+@dataclasses.dataclass
+class ClassifyConfig:
+    text_field: str = "text"
+    """Record field holding the text to classify."""
+
+    text_pair_field: Union[str, None] = None
+    """Optional second text (NLI premise/hypothesis, paraphrase pairs), encoded as a sentence pair."""
+
+    label_field: str = "label"
+    """Record field holding the label: a label name, or an integer index into `labels`."""
+
+    labels: Union[list[str], None] = None
+    """The declared label set, in head-output order. None: the distinct values of the training labels, sorted.
+    A record whose label is outside the set is an error naming its file and line."""
+
+    def validate(self) -> None:
+        if self.labels is not None:
+            if not isinstance(self.labels, list) or len(self.labels) < 2:
+                raise ConfigError("labels must be a list of at least two label names", key="labels")
+            if len(set(map(str, self.labels))) != len(self.labels):
+                raise ConfigError("labels must not repeat", key="labels")
+
+
+def label_index(value, labels: list[str], source, line) -> int:
+    """A record's label as an index into `labels`: a name from the set, or an in-range integer index."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        if str(int(value)) in labels:
+            return labels.index(str(int(value)))
+        if 0 <= int(value) < len(labels):
+            return int(value)
+    elif str(value) in labels:
+        return labels.index(str(value))
+    raise DataError(f"label {value!r} is not in the declared label set {labels}", file=source, line=line,
+                    key="label")
+
+
+def infer_labels(records: list[dict], field: str) -> list[str]:
+    values = {r[field] for r in records if field in r}
+    if all(isinstance(v, (int, bool)) for v in values):
+        return [str(v) for v in sorted(values)]
+    return sorted(map(str, values))
+
+
+def classification_metrics(labels: list[int], preds: list[int], num_labels: int) -> dict:
+    """accuracy, macro_f1 and confusion_matrix (nested lists, rows = true class) via scikit-learn."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    classes = list(range(num_labels))
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, labels=classes, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
+    }
+
+
+def labelled_texts(run_cfg) -> tuple[list[str], tuple[list[str], list[int]], tuple[list[str], list[int]]]:
+    """(label names, (train texts, label ids), (validation texts, label ids)) of a classify run config, for
+    paths that need raw text rather than token ids (a classifier on frozen embeddings). A text pair is joined
+    by a newline."""
+    from ...data import read_records, require_fields, select_records
+    from ...data.readers import line_of
+
+    cfg, data = run_cfg.task_config or ClassifyConfig(), run_cfg.data
+    fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
+    splits, labels = [], None
+    for path, limit in ((data.train, data.limit_train), (data.validation, data.limit_eval)):
+        if path is None:
+            raise ConfigError("this path needs both a train and a validation file", key="data.validation")
+        records = select_records(read_records(path), limit, data.shuffle_seed)
+        require_fields(records, fields, path)
+        labels = labels or ([str(x) for x in cfg.labels] if cfg.labels else infer_labels(records, cfg.label_field))
+        texts = [str(r[cfg.text_field]) + (f"\n{r[cfg.text_pair_field]}" if cfg.text_pair_field else "")
+                 for r in records]
+        ids = [label_index(r[cfg.label_field], labels, path, line_of(r, i)) for i, r in enumerate(records)]
+        splits.append((texts, ids))
+    return labels, splits[0], splits[1]
+
+
+@TASKS.register("classify")
+class ClassifyTask(BaseTask):
+    """Text (or text-pair) classification with a sequence-classification model."""
+
+    name = "classify"
+    config_class = ClassifyConfig
+
+    def __init__(self):
+        self.cfg = ClassifyConfig()
+        self.labels: list[str] = []
+        self.pad_token_id = 0
+
+    def configure_method(self, method_cfg, model):
+        """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
+        heads = [name for name in HEAD_MODULES if isinstance(getattr(model, name, None), nn.Module)]
+        if heads and getattr(method_cfg, "modules_to_save", "absent") is None:
+            return method_cfg.replace(modules_to_save=heads)
+        return method_cfg
+
+    def encode(self, records: list[dict], tokenizer, max_length: int, source=None) -> list[dict]:
+        """Records -> {"input_ids", ("token_type_ids"), "label"}; label errors name file and line."""
+        from ...data import require_fields
+        from ...data.readers import line_of
+
+        cfg = self.cfg
+        fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
+        require_fields(records, fields, source)
+        labels = [label_index(r[cfg.label_field], self.labels, source, line_of(r, i)) for i, r in enumerate(records)]
+        texts = [str(r[cfg.text_field]) for r in records]
+        pairs = [str(r[cfg.text_pair_field]) for r in records] if cfg.text_pair_field else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        out = []
+        for i, label in enumerate(labels):
+            ex = {"input_ids": enc["input_ids"][i], "label": label}
+            if "token_type_ids" in enc:
+                ex["token_type_ids"] = enc["token_type_ids"][i]
+            out.append(ex)
+        return out
+
+    def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
+        from ...data import read_records, select_records
+
+        self.cfg = run_cfg.task_config or ClassifyConfig()
+        data = run_cfg.data
+        if data.train is None:
+            raise ConfigError("classification needs training data", key="data.train")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        train_records = select_records(read_records(data.train), data.limit_train, data.shuffle_seed)
+        self.labels = [str(x) for x in self.cfg.labels] if self.cfg.labels else infer_labels(
+            train_records, self.cfg.label_field)
+        # record the resolved label set, so the run's config.yaml says what each head output means
+        self.cfg = dataclasses.replace(self.cfg, labels=list(self.labels))
+        run_cfg.task_config = self.cfg
+        expected = run_cfg.model.num_labels or 2
+        if len(self.labels) != expected:
+            raise ConfigError(f"the task has {len(self.labels)} labels {self.labels}, but the model head has "
+                              f"{expected} outputs; set model.num_labels: {len(self.labels)}", key="model.num_labels")
+        train = self.encode(train_records, tokenizer, data.max_length, data.train)
+        evals = []
+        if data.validation is not None:
+            records = select_records(read_records(data.validation), data.limit_eval, data.shuffle_seed)
+            evals = self.encode(records, tokenizer, data.max_length, data.validation)
+        return train, evals
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
+        width = max(len(ex["input_ids"]) for ex in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        types = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, ex in enumerate(examples):
+            n = len(ex["input_ids"])
+            ids[i, :n] = torch.tensor(ex["input_ids"])
+            mask[i, :n] = 1
+            if "token_type_ids" in ex:
+                types[i, :n] = torch.tensor(ex["token_type_ids"])
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([ex["label"] for ex in examples])}
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = types
+        return batch
+
+    def num_targets(self, batch: dict) -> int:
+        return int(batch["labels"].shape[0])
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return model(**inputs).logits.float()
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        total, labels, preds = 0.0, [], []
+        for batch in batches:
+            with batch_context(model, batch):
+                logits = self.logits(model, batch)
+            total += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
+            labels += batch["labels"].tolist()
+            preds += logits.argmax(-1).tolist()
+        if not labels:
+            return {}
+        num = max(len(self.labels), int(logits.shape[-1]))
+        return {"eval_loss": total / len(labels), **classification_metrics(labels, preds, num)}

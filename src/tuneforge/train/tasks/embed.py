@@ -1,0 +1,214 @@
+"""Embedding fine-tuning for semantic search (the losses and their formulas are in embed_losses.py).
+
+Two kinds of training data, chosen by `task.loss`:
+- `mnrl` (in-batch negatives) on (anchor, positive) pairs: a .jsonl of {anchor, positive} records, or a
+  BEIR qrels file (`qrels_train.jsonl`, with `queries_train.jsonl` and `corpus.jsonl` beside it), whose
+  relevant (query, document) pairs are used.
+- `cosent` or `cosine` on scored sentence pairs ({sentence1, sentence2, score}, STS-B style; score / score_max
+  is the target similarity).
+
+The model is a bare encoder (`model.kind: encoder`); a sentence embedding is the mean of its token vectors (or
+the [CLS] vector), compared by cosine. After training, `export` writes `sentence-transformer/` beside the
+adapter: the adapter merged into the weights, in the layout `SentenceTransformer(dir)` loads, giving the same
+embeddings (methods that cannot merge keep only the adapter, which `tuneforge index` and the evaluations load).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Literal, Union
+
+import torch
+from torch import nn
+
+from ...errors import ConfigError, DataError
+from ...registry import TASKS
+from .base import BaseTask, batch_context
+from .embed_losses import cosent, cosine_regression, multiple_negatives_ranking, pool
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    loss: Literal["mnrl", "cosent", "cosine"] = "mnrl"
+    """mnrl: in-batch negatives on (anchor, positive) pairs; cosent / cosine: on pairs with a similarity score."""
+
+    scale: float = 20.0
+    """Similarity scale s (an inverse temperature) of the mnrl and cosent losses."""
+
+    pooling: Literal["mean", "cls"] = "mean"
+    """How token vectors become one sentence vector (mean over real tokens, or the first token)."""
+
+    anchor_field: str = "anchor"
+    """mnrl records: the query / anchor text field."""
+
+    positive_field: str = "positive"
+    """mnrl records: the relevant / positive text field."""
+
+    sentence1_field: str = "sentence1"
+    """Scored records: first sentence field."""
+
+    sentence2_field: str = "sentence2"
+    """Scored records: second sentence field."""
+
+    score_field: str = "score"
+    """Scored records: gold similarity field."""
+
+    score_max: float = 5.0
+    """Gold scores are divided by this to lie in [0, 1] (5 for STS-B)."""
+
+    query_max_length: Union[int, None] = 64
+    """Token limit for anchors / queries (documents use data.max_length); None: data.max_length."""
+
+    def validate(self) -> None:
+        if self.scale <= 0:
+            raise ConfigError("scale must be positive", key="scale")
+        if self.score_max <= 0:
+            raise ConfigError("score_max must be positive", key="score_max")
+        if self.query_max_length is not None and self.query_max_length < 2:
+            raise ConfigError("query_max_length must be at least 2", key="query_max_length")
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+@TASKS.register("embed")
+class EmbedTask(BaseTask):
+    name = "embed"
+    config_class = EmbedConfig
+
+    def __init__(self):
+        self.cfg = EmbedConfig()
+        self.pad_token_id = 0
+
+    @property
+    def scored(self) -> bool:
+        return self.cfg.loss in ("cosent", "cosine")
+
+    def read(self, path) -> list[dict]:
+        """Records of a split; a BEIR qrels file becomes (query, relevant document) pairs."""
+        from ...data import read_records
+        from ...data.beir import pairs_from_qrels
+
+        records = read_records(path)
+        if not self.scored and {"query_id", "doc_id"} <= set(records[0]):
+            return pairs_from_qrels(path)
+        return records
+
+    def encode(self, records: list[dict], tokenizer, max_length: int, source) -> list[dict]:
+        from ...data import require_fields
+        from ...data.readers import line_of
+
+        c = self.cfg
+        first_len = c.query_max_length or max_length
+        if self.scored:
+            require_fields(records, [c.sentence1_field, c.sentence2_field, c.score_field], source)
+            first, second = c.sentence1_field, c.sentence2_field
+            first_len = max_length
+        else:
+            require_fields(records, [c.anchor_field, c.positive_field], source)
+            first, second = c.anchor_field, c.positive_field
+        a = tokenizer([str(r[first]) for r in records], truncation=True, max_length=first_len)["input_ids"]
+        b = tokenizer([str(r[second]) for r in records], truncation=True, max_length=max_length)["input_ids"]
+        groups: dict[str, int] = {}
+        out = []
+        for i, rec in enumerate(records):
+            ex = {"a": a[i], "b": b[i]}
+            if self.scored:
+                try:
+                    ex["score"] = float(rec[c.score_field]) / c.score_max
+                except (TypeError, ValueError):
+                    raise DataError(f"score must be a number, got {rec[c.score_field]!r}", file=source,
+                                    line=line_of(rec, i), key=c.score_field) from None
+            else:
+                key = str(rec.get("positive_id", rec[second]))
+                ex["group"] = groups.setdefault(key, len(groups))
+            out.append(ex)
+        return out
+
+    def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
+        from ...data import select_records
+
+        self.cfg = run_cfg.task_config or EmbedConfig()
+        data = run_cfg.data
+        if data.train is None:
+            raise ConfigError("embedding fine-tuning needs training data", key="data.train")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        records = select_records(self.read(data.train), data.limit_train, data.shuffle_seed)
+        train = self.encode(records, tokenizer, data.max_length, data.train)
+        evals = []
+        if data.validation is not None:
+            records = select_records(self.read(data.validation), data.limit_eval, data.shuffle_seed)
+            evals = self.encode(records, tokenizer, data.max_length, data.validation)
+        return train, evals
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Anchors / first sentences as input_ids, positives / second sentences as pair_input_ids: two forwards,
+        each padded to its own longest row (queries are much shorter than documents)."""
+        ids, mask = _pad([ex["a"] for ex in examples], self.pad_token_id)
+        pair_ids, pair_mask = _pad([ex["b"] for ex in examples], self.pad_token_id)
+        batch = {"input_ids": ids, "attention_mask": mask, "pair_input_ids": pair_ids,
+                 "pair_attention_mask": pair_mask, "num_tokens": mask.sum() + pair_mask.sum()}
+        if "score" in examples[0]:
+            batch["scores"] = torch.tensor([ex["score"] for ex in examples], dtype=torch.float32)
+        else:
+            batch["groups"] = torch.tensor([ex["group"] for ex in examples])
+        return batch
+
+    def num_targets(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def embed(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return pool(hidden, mask, self.cfg.pooling)
+
+    def embed_pair(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.embed(model, batch["input_ids"], batch["attention_mask"]),
+                self.embed(model, batch["pair_input_ids"], batch["pair_attention_mask"]))
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.cfg.loss == "mnrl":
+            return multiple_negatives_ranking(a, b, self.cfg.scale, batch.get("groups"))
+        if self.cfg.loss == "cosent":
+            return cosent(a, b, batch["scores"], self.cfg.scale)
+        return cosine_regression(a, b, batch["scores"])
+
+    def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return self.pair_loss(*self.embed_pair(model, batch), batch)
+
+    def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
+        """eval_loss per row; mnrl: in-batch top-1 accuracy; scored: Spearman of cosine against gold score."""
+        from scipy.stats import spearmanr
+
+        total, rows, hits, cosines, gold = 0.0, 0, 0, [], []
+        for batch in batches:
+            with batch_context(model, batch):
+                a, b = self.embed_pair(model, batch)
+            total += float(self.pair_loss(a, b, batch))
+            rows += a.shape[0]
+            if self.scored:
+                cosines += torch.nn.functional.cosine_similarity(a, b, dim=-1).tolist()
+                gold += batch["scores"].tolist()
+            else:
+                sims = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
+                hits += int((sims.argmax(-1) == torch.arange(a.shape[0], device=a.device)).sum())
+        if rows == 0:
+            return {}
+        metrics = {"eval_loss": total / rows}
+        if self.scored:
+            metrics["spearman"] = float(spearmanr(cosines, gold).statistic) if len(gold) > 1 else float("nan")
+        else:
+            metrics["in_batch_accuracy"] = hits / rows
+        return metrics
+
+    def export(self, model: nn.Module, tokenizer, run_cfg, output_dir):
+        """Write `sentence-transformer/` (adapter merged) when every adapter can merge; else None."""
+        from ...index.encoder import export_sentence_transformer
+
+        return export_sentence_transformer(model, tokenizer, output_dir, pooling=self.cfg.pooling,
+                                           max_seq_length=run_cfg.data.max_length)

@@ -1,0 +1,63 @@
+"""Sentence-embedding pooling and the two losses of the embed task, each returning a *sum* over rows.
+
+Multiple negatives ranking (in-batch negatives; Henderson et al. 2017, https://arxiv.org/abs/1705.00652; the
+InfoNCE form of sentence-transformers' MultipleNegativesRankingLoss). Query i's positive is document i, every
+other document of the batch is a negative:
+
+    loss_sum = sum_i -log( exp(s * cos(q_i, d_i)) / sum_j exp(s * cos(q_i, d_j)) ),   s = scale (20)
+
+A document that is the positive of two rows of one batch is not a negative for either: that entry is masked.
+
+CoSENT (Su 2022, https://kexue.fm/archives/8847; sentence-transformers' CoSENTLoss). For scored pairs, every
+pair (i, j) whose gold similarity y_i > y_j should also have cos_i > cos_j:
+
+    loss = log(1 + sum_{y_i > y_j} exp(s * (cos_j - cos_i)))
+
+It is one log-sum-exp over the whole batch, not a sum over rows, so `loss_sum` returns it multiplied by the
+batch size (the loop divides by the number of rows again). Cosine regression (`cosine`) is the plain
+sum_i (cos_i - y_i)^2 with y scaled to [0, 1].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors over real (mask = 1) positions."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    if mode == "mean":
+        return mean_pool(hidden, attention_mask)
+    if mode == "cls":
+        return hidden[:, 0]
+    raise ValueError(f"unknown pooling {mode!r}")
+
+
+def multiple_negatives_ranking(queries: torch.Tensor, docs: torch.Tensor, scale: float,
+                               positive_groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed in-batch-negative cross-entropy; rows sharing a positive group do not count as negatives."""
+    sims = scale * F.normalize(queries, dim=-1) @ F.normalize(docs, dim=-1).T
+    if positive_groups is not None:
+        same = positive_groups.unsqueeze(0) == positive_groups.unsqueeze(1)
+        same.fill_diagonal_(False)
+        sims = sims.masked_fill(same, float("-inf"))
+    target = torch.arange(sims.shape[0], device=sims.device)
+    return F.cross_entropy(sims.float(), target, reduction="sum")
+
+
+def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """CoSENT ranking loss over all ordered pairs of the batch, times the batch size (see module doc)."""
+    cos = F.cosine_similarity(a, b, dim=-1).float() * scale
+    diff = cos.unsqueeze(0) - cos.unsqueeze(1)  # diff[i, j] = cos_j - cos_i
+    keep = scores.unsqueeze(1) > scores.unsqueeze(0)  # y_i > y_j
+    diff = diff.masked_fill(~keep, float("-inf"))
+    flat = torch.cat([diff.new_zeros(1), diff.flatten()])
+    return torch.logsumexp(flat, dim=0) * a.shape[0]
+
+
+def cosine_regression(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    return ((F.cosine_similarity(a, b, dim=-1).float() - scores) ** 2).sum()

@@ -1,0 +1,101 @@
+"""The classify task: training end to end (encoder and decoder), the head saved with the adapter, metrics,
+evaluation of a saved run, and the errors bad labels give."""
+import json
+
+import pytest
+import torch
+
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.eval.classification import evaluate_classifier
+from tuneforge.train.api import train
+from tuneforge.train.tasks.classify import ClassifyTask, classification_metrics, label_index
+
+from .conftest import FIXTURES, classify_config
+
+
+def test_metrics_match_hand_computation():
+    m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], 3)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    # per-class F1: class 0 p=1/2 r=1/2 -> 0.5; class 1 p=2/3 r=1 -> 0.8; class 2 -> 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_label_index_accepts_names_and_indices_and_rejects_others():
+    labels = ["negative", "positive"]
+    assert label_index("positive", labels, "f.jsonl", 3) == 1
+    assert label_index(0, labels, "f.jsonl", 3) == 0
+    with pytest.raises(DataError, match=r"f.jsonl:7.*'neutral' is not in the declared label set"):
+        label_index("neutral", labels, "f.jsonl", 7)
+    with pytest.raises(DataError, match="f.jsonl:8"):
+        label_index(2, labels, "f.jsonl", 8)
+
+
+def test_lora_run_saves_head_and_reloaded_run_scores_the_same(tiny_bert_dir, tmp_path):
+    result = train(classify_config(tiny_bert_dir, tmp_path / "run"), progress=False)
+    metrics = result.eval_metrics
+    assert {"accuracy", "macro_f1", "confusion_matrix", "eval_loss"} <= set(metrics)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 16
+    body = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert body["modules_to_save"] == ["classifier"] and body["task_type"] == "SEQ_CLS"
+    again = evaluate_classifier(tmp_path / "run")
+    assert again["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert again["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+    assert again["labels"] == ["negative", "positive"]
+
+
+def test_decoder_classifies_by_last_token(tiny_llama_dir, tmp_path):
+    cfg = classify_config(tiny_llama_dir, tmp_path / "run", method={"name": "lora", "r": 2})
+    result = train(cfg, progress=False)
+    assert 0.0 <= result.eval_metrics["accuracy"] <= 1.0
+    body = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert body["modules_to_save"] == ["score"]
+
+
+def test_training_improves_over_a_fixed_separable_task(tiny_bert_dir, tmp_path):
+    """Two labels told apart by one word: a few epochs of full fine-tuning must learn it."""
+    rows = [{"text": f"{w} {'good' if i % 2 else 'bad'} {w}", "label": i % 2} for i, w in enumerate("abcdefgh" * 4)]
+    path = tmp_path / "toy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = classify_config(tiny_bert_dir, tmp_path / "run", method={"name": "full"}, epochs=6, learning_rate=3e-3)
+    cfg["data"].update(train=str(path), validation=str(path))
+    assert train(cfg, progress=False).eval_metrics["accuracy"] == 1.0
+
+
+def test_inferred_labels_are_recorded_in_the_run_config(tiny_bert_dir, tmp_path):
+    cfg = classify_config(tiny_bert_dir, tmp_path / "run", method={"name": "head_only"})
+    cfg["task"] = "classify"
+    train(cfg, progress=False)
+    assert "labels:\n  - '0'\n  - '1'" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_label_outside_declared_set_names_file_and_line(tiny_bert_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = (FIXTURES / "sst2_train.jsonl").read_text().splitlines()
+    lines[4] = json.dumps({"text": "meh", "label": "neutral"})
+    bad.write_text("\n".join(lines) + "\n")
+    cfg = classify_config(tiny_bert_dir, tmp_path / "run")
+    cfg["data"]["train"] = str(bad)
+    with pytest.raises(DataError, match=r"bad.jsonl:5.*'neutral'"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_head_size_must_match_label_count(tiny_bert_dir, tmp_path):
+    cfg = classify_config(tiny_bert_dir, tmp_path / "run")
+    cfg["task"]["labels"] = ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="num_labels: 3"):
+        train(cfg, progress=False)
+
+
+def test_text_pairs_are_encoded_as_one_row(tiny_bert_dir):
+    from tuneforge.models import load_tokenizer
+    from tuneforge.train.tasks.classify import ClassifyConfig
+
+    task = ClassifyTask()
+    task.cfg, task.labels = ClassifyConfig(text_field="premise", text_pair_field="hypothesis"), ["0", "1"]
+    tok = load_tokenizer(str(tiny_bert_dir))
+    examples = task.encode([{"premise": "a b", "hypothesis": "c", "label": 1}], tok, 32)
+    batch = task.collate(examples)
+    assert batch["labels"].tolist() == [1] and batch["input_ids"].shape == batch["attention_mask"].shape
+    assert torch.equal(batch["attention_mask"].sum(), torch.tensor(len(examples[0]["input_ids"])))
