@@ -24,6 +24,7 @@ _EXPORTS = {
     "load_config": "tuneforge.config",
     "train": "tuneforge.train",
     "generate": "tuneforge.eval",
+    "evaluate": "tuneforge.eval",
     "merge": "tuneforge.io",
 }
 

@@ -31,6 +31,10 @@ def preview_config(config_path: str, n: int = 3, overrides: list[str] = ()) -> s
 
     cfg = load_config(config_path, list(overrides))
     tokenizer = load_tokenizer(cfg.model.name)
+    if cfg.data.mixture:  # a multi-task run: each data set as its own template and masking render it
+        return "\n\n".join(f"=== mixture entry {source.name} ===\n"
+                             + preview(source.train, tokenizer, cfg.data.for_source(source), n=n)
+                             for source in cfg.data.mixture)
     return preview(cfg.data.train, tokenizer, cfg.data, n=n)
 
 

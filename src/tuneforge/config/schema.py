@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, Literal
 
 from ..data.config import DataConfig
+from ..eval.config import EvalSystem, EvalTask
 from ..errors import ConfigError
 
 
@@ -129,11 +130,47 @@ class EvalConfig:
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rouge"])
     """Metrics to report (e.g. rouge, bleu, accuracy, f1, perplexity)."""
 
+    tasks: list[EvalTask] = dataclasses.field(default_factory=list)
+    """Tasks `tuneforge eval` scores (data + prompt template + metrics); none = the run's validation data."""
+
+    systems: list[EvalSystem] = dataclasses.field(default_factory=list)
+    """Rows of the results table (zero-shot, few-shot, adapters); none = the base model zero-shot, plus the
+    run's trained adapter (output_dir/adapter) when it exists."""
+
+    probes: list[EvalTask] = dataclasses.field(default_factory=list)
+    """Abilities the base model already has, scored before and after fine-tuning (`tuneforge forgetting`)."""
+
+    batch_size: int = 8
+    """Prompts per generation / scoring batch."""
+
+    do_sample: bool = False
+    """Sample replies (with temperature and top_p) instead of greedy decoding."""
+
+    temperature: float = 1.0
+    """Sampling temperature (with do_sample)."""
+
+    top_p: float = 1.0
+    """Nucleus sampling mass (with do_sample)."""
+
+    seed: int = 0
+    """Seed for the scored subsets, random demonstrations and sampling."""
+
+    encoder: str = "all-minilm-l6-v2"
+    """Sentence encoder that embeds prompts to retrieve few-shot demonstrations (mean pooling, L2 norm)."""
+
     def validate(self) -> None:
         if self.num_samples < 0:
             raise ConfigError("num_samples must not be negative", key="num_samples")
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1", key="max_new_tokens")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1", key="batch_size")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be positive and top_p in (0, 1]", key="temperature")
+        for key in ("tasks", "systems", "probes"):
+            names = [item.name for item in getattr(self, key)]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{key} names must be unique, got {names}", key=key)
 
 
 @dataclasses.dataclass

@@ -7,8 +7,76 @@ import dataclasses
 
 from ..errors import ConfigError
 
-FORMATS = ("auto", "alpaca", "chat")
+FORMATS = ("auto", "alpaca", "chat", "template")
 TRAIN_ON = ("assistant", "all")
+MIXING = ("proportional", "temperature", "explicit")
+
+
+def _check_template(format: str, prompt: str | None, target: str | None) -> None:
+    if format == "template" and (prompt is None or target is None):
+        raise ConfigError("format 'template' needs both prompt and target templates", key="prompt")
+    if target is not None and prompt is None:
+        raise ConfigError("target is set but prompt is not; a template record needs both", key="prompt")
+    if prompt is not None and format in ("alpaca", "chat"):
+        raise ConfigError(f"prompt/target templates apply to format 'template', not {format!r}", key="format")
+    if prompt is not None and target is None:
+        raise ConfigError("prompt is set but target is not; a template record needs both", key="target")
+
+
+@dataclasses.dataclass
+class DataSource:
+    """One data set of a multi-task mixture, with its own layout, template and loss masking."""
+
+    name: str
+    """Short name, used in reports and per-task evaluation (scitldr, alpaca, ...)."""
+
+    train: str | None = None
+    """Training records of this data set."""
+
+    validation: str | None = None
+    """Held-out records of this data set (added to the run's validation set)."""
+
+    format: str = "auto"
+    """alpaca, chat, template or auto, as data.format."""
+
+    prompt: str | None = None
+    """User-turn template with {field} placeholders, e.g. "Summarize in one sentence:\n{document}"."""
+
+    target: str | None = None
+    """Assistant-reply template, e.g. "{summary}"."""
+
+    system_prompt: str | None = None
+    """System message for this data set's conversations that have none."""
+
+    train_on: str = "assistant"
+    """assistant or all, as data.train_on."""
+
+    limit_train: int | None = None
+    """Use only this many of its training records (seeded subset) before mixing."""
+
+    limit_eval: int | None = None
+    """Use only this many of its validation records."""
+
+    weight: float | None = None
+    """Mixing weight, required with mixing: explicit (relative; need not sum to 1)."""
+
+    def validate(self) -> None:
+        if not self.name:
+            raise ConfigError("a mixture entry needs a name", key="name")
+        if self.train is None:
+            raise ConfigError(f"mixture entry {self.name!r} has no train file", key="train")
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(f"unknown train_on {self.train_on!r}; choose one of {', '.join(TRAIN_ON)}",
+                              key="train_on")
+        _check_template(self.format, self.prompt, self.target)
+        if self.weight is not None and self.weight <= 0:
+            raise ConfigError("weight must be positive", key="weight")
+        for key in ("limit_train", "limit_eval"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be a positive number of records (or null for all)", key=key)
 
 
 @dataclasses.dataclass
@@ -20,8 +88,16 @@ class DataConfig:
     """Held-out records in the same formats, used for evaluation; none means no eval set."""
 
     format: str = "auto"
-    """Record layout: `alpaca` (instruction, input, output), `chat` (messages: [{role, content}]) or `auto`
-    (decided from the first record's keys)."""
+    """Record layout: `alpaca` (instruction, input, output), `chat` (messages: [{role, content}]), `template`
+    (any fields, mapped through `prompt` and `target`) or `auto` (template when prompt is set, else decided from
+    the first record's keys)."""
+
+    prompt: str | None = None
+    """User-turn template for records of any layout: {field} names a record field ({{ and }} are literal braces),
+    e.g. "Summarize in one sentence:\n{document}"."""
+
+    target: str | None = None
+    """Assistant-reply template, e.g. "{summary}" or "{target}"."""
 
     max_length: int = 512
     """Tokens per example (and per packed row); longer examples are cut at the end and counted as truncated."""
@@ -45,6 +121,25 @@ class DataConfig:
     shuffle_seed: int = 0
     """Seed for picking the limit_train / limit_eval subsets (the training loop shuffles batches itself)."""
 
+    mixture: list[DataSource] = dataclasses.field(default_factory=list)
+    """Several data sets in one run (multi-task training), each with its own format, template and train_on;
+    replaces train / validation. Validation sets are concatenated, so evaluation covers every task."""
+
+    mixing: str = "proportional"
+    """How a mixture is sampled (T5, Raffel et al. 2020, https://arxiv.org/abs/1910.10683, sec. 3.5.2):
+    `proportional` r_m = n_m / sum n, `temperature` r_m proportional to n_m^(1/T), `explicit` r_m proportional
+    to each entry's weight; n_m is the entry's size capped at mixing_cap."""
+
+    mixing_temperature: float = 2.0
+    """T of temperature mixing: 1 = proportional, larger flattens toward equal shares of every data set."""
+
+    mixing_cap: int | None = None
+    """Examples-proportional cap K: a data set counts as at most K examples when computing rates."""
+
+    mixture_size: int | None = None
+    """Training examples drawn per epoch from the mixture; null = the sum of the data sets' sizes. A data set
+    asked for more examples than it has is repeated (whole passes, then a random remainder)."""
+
     def validate(self) -> None:
         """Raise ConfigError naming the key of the first bad value."""
         if self.format not in FORMATS:
@@ -53,9 +148,40 @@ class DataConfig:
             raise ConfigError(
                 f"unknown train_on {self.train_on!r}; choose one of {', '.join(TRAIN_ON)}", key="train_on"
             )
+        _check_template(self.format, self.prompt, self.target)
+        self._validate_mixture()
         if self.max_length < 2:
             raise ConfigError("max_length must be at least 2 tokens", key="max_length")
         for key in ("limit_train", "limit_eval"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be a positive number of records (or null for all)", key=key)
+
+    def _validate_mixture(self) -> None:
+        if self.mixing not in MIXING:
+            raise ConfigError(f"unknown mixing {self.mixing!r}; choose one of {', '.join(MIXING)}", key="mixing")
+        if not self.mixture:
+            return
+        if self.train is not None or self.validation is not None:
+            raise ConfigError("set either train/validation or mixture, not both", key="mixture")
+        names = [source.name for source in self.mixture]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"mixture names must be unique, got {names}", key="mixture")
+        if self.mixing == "explicit" and any(source.weight is None for source in self.mixture):
+            missing = [source.name for source in self.mixture if source.weight is None]
+            raise ConfigError(f"mixing: explicit needs a weight on every entry; missing on {missing}", key="mixture")
+        if self.mixing_temperature <= 0:
+            raise ConfigError("mixing_temperature must be positive", key="mixing_temperature")
+        for key in ("mixing_cap", "mixture_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be at least 1 (or null)", key=key)
+
+    def for_source(self, source: DataSource) -> "DataConfig":
+        """The plain (single data set) config of one mixture entry: its own files, layout and masking, the
+        run's max_length, packing and seed."""
+        return dataclasses.replace(
+            self, train=source.train, validation=source.validation, format=source.format, prompt=source.prompt,
+            target=source.target, system_prompt=source.system_prompt, train_on=source.train_on,
+            limit_train=source.limit_train, limit_eval=source.limit_eval, mixture=[],
+        )

@@ -35,19 +35,52 @@ def detect_format(record: dict, source=None, line=None) -> str:
 
 
 def to_messages(record: dict, fmt: str = "auto", system_prompt: str | None = None, *, source=None,
-                line=None) -> list[dict[str, str]]:
-    """One record as `[{role, content}, ...]`. The system prompt goes first unless the record brings its own."""
+                line=None, prompt: str | None = None, target: str | None = None) -> list[dict[str, str]]:
+    """One record as `[{role, content}, ...]`. The system prompt goes first unless the record brings its own.
+    With `prompt` / `target` templates (format "template", or "auto" when a prompt is given) any record becomes
+    one user turn and one assistant reply."""
     if fmt == "auto":
-        fmt = detect_format(record, source, line)
+        fmt = "template" if prompt is not None else detect_format(record, source, line)
     if fmt == "alpaca":
         messages = _alpaca(record, source, line)
     elif fmt == "chat":
         messages = _chat(record, source, line)
+    elif fmt == "template":
+        if prompt is None or target is None:
+            raise DataError("format 'template' needs prompt and target templates", file=source, line=line,
+                            key="prompt")
+        messages = [{"role": "user", "content": fill_template(prompt, record, source, line)},
+                    {"role": "assistant", "content": fill_template(target, record, source, line)}]
     else:
-        raise DataError(f"unknown data format {fmt!r}; choose alpaca, chat or auto", file=source, line=line)
+        raise DataError(f"unknown data format {fmt!r}; choose alpaca, chat, template or auto", file=source,
+                        line=line)
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
+
+
+class _Fields(dict):
+    """The record as str.format_map sees it: a missing field is a DataError naming the field."""
+
+    def __init__(self, record: dict, source, line):
+        super().__init__(record)
+        self.source, self.line = source, line
+
+    def __missing__(self, key):
+        have = ", ".join(sorted(map(str, self))) or "none"
+        raise DataError(f"the template names field '{key}', which this record lacks (it has: {have})",
+                        file=self.source, line=self.line, key=key)
+
+
+def fill_template(template: str, record: dict, source=None, line=None) -> str:
+    """`template` with each {field} replaced by the record's value (str.format_map: {{ and }} are literal braces,
+    {field!r} and format specs work as in Python)."""
+    try:
+        return template.format_map(_Fields(record, source, line))
+    except DataError:
+        raise
+    except (ValueError, IndexError, AttributeError, KeyError) as e:
+        raise DataError(f"cannot fill the template {template!r}: {e}", file=source, line=line) from None
 
 
 def _text(record: dict, key: str, source, line, required: bool = True) -> str:
@@ -221,11 +254,12 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
 
     fmt = cfg.format
     if fmt == "auto" and records:
-        fmt = detect_format(records[0], source, line_of(records[0], 0))
+        fmt = "template" if cfg.prompt is not None else detect_format(records[0], source, line_of(records[0], 0))
     examples, lengths, truncated, dropped = [], [], 0, 0
     for i, rec in enumerate(records):
         line = line_of(rec, i)
-        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line)
+        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line, prompt=cfg.prompt,
+                               target=cfg.target)
         try:
             ids, labels = encode_conversation(tokenizer, messages, cfg.train_on)
         except DataError as e:
@@ -259,6 +293,10 @@ def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = 
     from ..errors import ConfigError
     from .readers import read_records
 
+    if cfg.mixture:
+        from .mixing import load_mixture
+
+        return load_mixture(cfg, tokenizer, split, stats=stats)
     path = cfg.train if split == "train" else cfg.validation
     if path is None:
         if split == "train":

@@ -27,11 +27,12 @@ def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
     records = select_records(records, cfg.limit_train, cfg.shuffle_seed)
     fmt = cfg.format
     if fmt == "auto" and records:
-        fmt = detect_format(records[0], source, line_of(records[0], 0))
+        fmt = "template" if cfg.prompt is not None else detect_format(records[0], source, line_of(records[0], 0))
     lines = [f"data: {source or '(in memory)'}  format: {fmt}  train_on: {cfg.train_on}  max_length: {cfg.max_length}",
              f"legend: {OPEN}trained tokens{CLOSE}; text outside the brackets is context only (no loss)", ""]
     for i, rec in enumerate(records[:n]):
-        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line_of(rec, i))
+        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line_of(rec, i), prompt=cfg.prompt,
+                               target=cfg.target)
         ids, labels = encode_conversation(tokenizer, messages, cfg.train_on)
         cut = f", cut from {len(ids)}" if len(ids) > cfg.max_length else ""
         ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]

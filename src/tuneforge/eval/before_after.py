@@ -25,7 +25,8 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
 def _prompt_and_reference(record: dict, data_cfg) -> tuple[list[dict], str]:
     from ..data import to_messages
 
-    messages = to_messages(record, data_cfg.format, data_cfg.system_prompt)
+    messages = to_messages(record, data_cfg.format, data_cfg.system_prompt, prompt=data_cfg.prompt,
+                           target=data_cfg.target)
     if messages and messages[-1]["role"] == "assistant":
         return messages[:-1], messages[-1]["content"]
     raise ValueError("a validation record has no assistant reply to compare against")

@@ -58,7 +58,7 @@ def generate(
 def generate_with(
     model,
     tokenizer,
-    prompts: str | list[str],
+    prompts: str | list[str] | list[list[dict]],
     *,
     max_new_tokens: int = 64,
     do_sample: bool = False,
@@ -71,8 +71,9 @@ def generate_with(
     """Replies from an already-loaded model (adapters as they are: active, merged or disabled).
 
     chat=True wraps each prompt as a user turn (after `system_prompt`, if given) with the tokenizer's chat
-    template; chat=False feeds the raw text. Greedy unless do_sample; the model is put in eval mode for the call
-    and its previous mode restored."""
+    template; a prompt may also be a whole conversation `[{role, content}, ...]` (few-shot demonstrations as
+    earlier turns) whose reply is generated. chat=False feeds the raw text. Greedy unless do_sample; the model is
+    put in eval mode for the call and its previous mode restored."""
     texts = _prompt_list(prompts, None)
     if chat and not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template; pass chat=False to use raw prompts")
@@ -103,12 +104,21 @@ def _prompt_list(prompt, prompts) -> list[str]:
     value = prompts if prompts is not None else prompt
     if value is None:
         raise ValueError("no prompt given")
-    return [value] if isinstance(value, str) else list(value)
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], dict)):
+        return [value]  # one text, or one conversation
+    return list(value)
 
 
 def _render(tokenizer, text: str, chat: bool, system_prompt: str | None) -> str:
     if not chat:
+        if not isinstance(text, str):
+            raise ValueError("a conversation prompt needs chat=True (the chat template renders it)")
         return text
+    if isinstance(text, list):  # a conversation
+        messages = list(text)
+        if system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

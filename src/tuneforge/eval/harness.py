@@ -1,0 +1,211 @@
+"""`evaluate(config)`: the API behind `tuneforge eval`. Scores every task of `eval.tasks` with every system of
+`eval.systems` (the base model zero-shot, few-shot with random or retrieved demonstrations, fine-tuned adapters)
+on one loaded base model, and writes:
+
+    <out>/results.md             one table per task: systems x metrics, with sample sizes
+    <out>/results.json           the same rows as data (plus the settings used)
+    <out>/predictions/<task>.<system>.jsonl   each example: prompt, references, prediction, scores
+    <out>/forgetting.md|json     with forgetting=True: the probes before vs after each adapter
+
+Adapters are loaded once each under their own name and switched between systems; base-model systems run with
+adapters disabled, so every row shares the very same base weights.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .config import EvalSystem, EvalTask
+from .report import results_markdown, slug, write_jsonl, write_text
+
+
+class EncoderCache:
+    """Builds the retrieval encoder on first use only (zero-shot and random runs never load it)."""
+
+    def __init__(self, name: str, cache_dir: Path | None):
+        self.name, self.cache_dir, self._encoder = name, cache_dir, None
+
+    def __call__(self):
+        if self._encoder is None:
+            from .icl import PromptEncoder
+
+            self._encoder = PromptEncoder(self.name, cache_dir=self.cache_dir)
+        return self._encoder
+
+
+def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, settings, encoder):
+    from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
+    from .task_data import answer_of, load_demonstrations
+
+    if not system.shots:
+        return [e.conversation for e in examples], [[] for _ in examples]
+    pool = load_demonstrations(task, settings.seed)
+    if not pool:
+        raise ConfigError(f"system {system.name!r} uses {system.shots} demonstrations, but task {task.name!r} has no "
+                          "demonstrations file", key="eval.tasks.demonstrations")
+    if system.selection == "retrieved":
+        chosen = retrieved_demonstrations(encoder(), [e.prompt for e in examples], [p.prompt for p in pool],
+                                          system.shots)
+    else:
+        chosen = random_demonstrations(len(examples), len(pool), system.shots, settings.seed)
+    conversations = [
+        with_demonstrations(e.conversation, [(pool[j].conversation, answer_of(task, pool[j])) for j in ids])
+        for e, ids in zip(examples, chosen)
+    ]
+    return conversations, [[pool[j].line for j in ids] for ids in chosen]
+
+
+def _generate(model, tokenizer, conversations, settings, max_new_tokens: int) -> list[str]:
+    """Replies in input order; prompts of similar length are batched together (less left padding)."""
+    from .generation import generate_with
+
+    order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
+    if settings.do_sample:
+        torch.manual_seed(settings.seed)
+    replies = generate_with(model, tokenizer, [conversations[i] for i in order], max_new_tokens=max_new_tokens,
+                            do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
+                            batch_size=settings.batch_size)
+    out = [""] * len(conversations)
+    for i, reply in zip(order, replies):
+        out[i] = reply
+    return out
+
+
+def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, encoder=None) -> tuple[dict, list[dict]]:
+    """(metrics, per-example predictions) of one task under one system, with the model as it is now.
+    `settings` is the run's EvalConfig (batch size, sampling, default sizes, seed)."""
+    from .metrics import classification, text_metrics
+    from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
+    from .task_data import load_task_examples
+
+    examples = load_task_examples(task, task.limit or settings.num_samples, settings.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if task.type == "perplexity":
+        scores = sequence_nll(model, [text_example(tokenizer, e.text) for e in examples], pad, settings.batch_size)
+        rows = [{"line": e.line, "text": e.text[:200], "nll": s, "tokens": n} for e, (s, n) in zip(examples, scores)]
+        return mean_loss(scores), rows
+    conversations, demo_lines = _conversations_with_demos(task, system, examples, settings, encoder)
+    rows = [{"line": e.line, "prompt": e.prompt, "references": e.references, "demonstrations": d}
+            for e, d in zip(examples, demo_lines)]
+    wanted = task.scored_metrics()
+    if task.type == "choice":
+        predicted, nlls = choose(model, tokenizer, conversations, task.choices, settings.batch_size, pad)
+        gold = [e.gold for e in examples]
+        metrics = {k: v for k, v in classification(gold, predicted, list(range(len(task.choices)))).items()
+                   if k in wanted}
+        for row, p, g, scores in zip(rows, predicted, gold, nlls):
+            row.update(prediction=task.choices[p], gold=task.choices[g], choice_nll=scores)
+        return metrics, rows
+    max_new = task.max_new_tokens or settings.max_new_tokens
+    replies = _generate(model, tokenizer, conversations, settings, max_new)
+    metrics, per_example = text_metrics([m for m in wanted if m != "loss"], replies, [e.references for e in examples])
+    for row, reply, scores in zip(rows, replies, per_example):
+        row.update(prediction=reply, scores=scores)
+    if "loss" in wanted:
+        pairs = [last_turn_example(tokenizer, conv, e.references[0]) for conv, e in zip(conversations, examples)]
+        losses = sequence_nll(model, pairs, pad, settings.batch_size)
+        metrics.update(mean_loss(losses))
+        for row, (s, n) in zip(rows, losses):
+            row["loss"] = s / max(1, n)
+    return metrics, rows
+
+
+def adapter_name_for(path) -> str:
+    """One adapter name per adapter directory, so a directory is loaded into the model once however often used."""
+    import hashlib
+
+    return "eval-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+
+
+def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
+                  predictions_dir: Path | None, encoder=None, log=print) -> list[dict]:
+    """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair."""
+    from ..io import load_adapter
+    from ..methods import disable_adapters, list_adapters, set_active_adapters
+
+    rows = []
+    for system in systems:
+        if system.adapter is not None:
+            name = adapter_name_for(system.adapter)
+            if name not in list_adapters(model):
+                load_adapter(model, system.adapter, adapter_name=name)
+            set_active_adapters(model, [name])
+        context = disable_adapters(model) if system.adapter is None and list_adapters(model) else nullcontext()
+        with context:
+            for task in tasks:
+                start = time.perf_counter()
+                metrics, predictions = run_task(model, tokenizer, task, system, settings, encoder)
+                seconds = time.perf_counter() - start
+                row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
+                       "selection": system.selection if system.shots else None, "adapter": system.adapter,
+                       "metrics": metrics, "seconds": round(seconds, 1)}
+                rows.append(row)
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
+                if predictions_dir is not None:
+                    write_jsonl(predictions_dir / f"{slug(task.name)}.{slug(system.name)}.jsonl", predictions)
+    return rows
+
+
+def default_tasks(cfg) -> list[EvalTask]:
+    """The run's own validation data as tasks (one per mixture entry), when eval.tasks is empty."""
+    from .task_data import task_from_data
+
+    data = cfg.data
+    if data.mixture:
+        return [task_from_data(s.name, data.for_source(s), s.validation, cfg.eval.metrics)
+                for s in data.mixture if s.validation]
+    if data.validation is None:
+        raise ConfigError("nothing to evaluate: add eval.tasks or set data.validation", key="eval.tasks")
+    return [task_from_data(Path(data.validation).parent.name or "validation", data, data.validation,
+                           cfg.eval.metrics)]
+
+
+def default_systems(cfg) -> list[EvalSystem]:
+    """The base model zero-shot, and the run's trained adapter when output_dir/adapter exists."""
+    systems = [EvalSystem(name="base (zero-shot)")]
+    adapter = Path(cfg.output_dir) / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        systems.append(EvalSystem(name="fine-tuned", adapter=str(adapter)))
+    return systems
+
+
+def load_base(cfg):
+    from ..models import load_model, load_tokenizer
+
+    m = cfg.model
+    return load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device), load_tokenizer(m.name)
+
+
+def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print) -> dict:
+    """Score eval.tasks x eval.systems of a run config and write the results (see the module docstring).
+
+    Returns {"rows", "markdown", "forgetting" (with forgetting=True), "paths"}."""
+    from ..train.api import resolve_config
+    from .forgetting import probe_changes
+
+    cfg = resolve_config(config_or_path, overrides)
+    tasks = cfg.eval.tasks or default_tasks(cfg)
+    systems = cfg.eval.systems or default_systems(cfg)
+    out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "eval"
+    model, tokenizer = load_base(cfg)
+    encoder = EncoderCache(cfg.eval.encoder, out / "cache")
+    rows = score_systems(model, tokenizer, cfg.eval, tasks, systems, out / "predictions", encoder, log)
+    markdown = results_markdown(rows)
+    result = {"rows": rows, "markdown": markdown}
+    if forgetting:
+        result["forgetting"] = probe_changes(model, tokenizer, cfg, systems, out, log=log)
+    settings = {k: getattr(cfg.eval, k) for k in ("num_samples", "max_new_tokens", "batch_size", "do_sample",
+                                                    "temperature", "top_p", "seed")}
+    result["paths"] = {
+        "markdown": str(write_text(out / "results.md", markdown)),
+        "json": str(write_text(out / "results.json", json.dumps({"model": cfg.model.name, "settings": settings,
+                                                                 "rows": rows}, indent=2))),
+        "predictions": str(out / "predictions"),
+    }
+    return result

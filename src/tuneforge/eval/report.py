@@ -1,0 +1,66 @@
+"""Results on disk: a Markdown table per task (systems as rows, metrics as columns), the same rows as JSON,
+and every example's prediction as JSON Lines, so a number in the table can be traced to the replies behind it.
+Files are written to a temporary name and renamed, so a crash never leaves a half-written table."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+LOWER_IS_BETTER = {"loss", "perplexity"}
+COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss", "perplexity")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    present = {k for row in rows for k in row["metrics"]}
+    return [c for c in COLUMN_ORDER if c in present] + sorted(present - set(COLUMN_ORDER))
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """One table per task: | system | n | metric ... |, with the direction of each metric in the header."""
+    out = []
+    for task in dict.fromkeys(row["task"] for row in rows):
+        task_rows = [row for row in rows if row["task"] == task]
+        columns = metric_columns(task_rows)
+        arrows = [f"{c} {'↓' if c in LOWER_IS_BETTER else '↑'}" for c in columns]
+        out.append(f"### {task}\n")
+        out.append("| system | n | " + " | ".join(arrows) + " |")
+        out.append("|---|---:|" + "---:|" * len(columns))
+        for row in task_rows:
+            cells = [_fmt(row["metrics"].get(c)) for c in columns]
+            out.append(f"| {row['system']} | {row['n']} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def change_markdown(rows: list[dict]) -> str:
+    """| probe | metric | before | after | change | for forgetting reports (rows from forgetting.compare)."""
+    out = ["| probe | system | metric | before | after | change |", "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        better = "lower" if r["metric"] in LOWER_IS_BETTER else "higher"
+        out.append(f"| {r['probe']} | {r['system']} | {r['metric']} ({better} is better) | {_fmt(r['before'])} | "
+                   f"{_fmt(r['after'])} | {r['change']:+.3f} |")
+    return "\n".join(out) + "\n"
