@@ -42,7 +42,10 @@ def budget_lines(cc) -> list[str]:
     lines.append(f"- budget: {steps}, micro_batch_size {train.micro_batch_size} x grad_accum {train.grad_accum_steps}, "
                  f"max_length {data.max_length}, seed {train.seed}; {torch.get_num_threads()} CPU thread(s), "
                  f"{os.cpu_count()} cores" + (", CUDA" if torch.cuda.is_available() else ""))
-    own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries]
+    from ..methods import method_for
+
+    own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries
+           if getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
     lines.append("- learning rates: " + "; ".join(own))
     return lines
 
