@@ -69,6 +69,8 @@ def test_results_are_reused_and_only_runs_a_subset(tiny_bert_dir, tmp_path):
     assert [r["label"] for r in first["rows"]] == ["head_only"]
     both = compare(config, echo=lambda *_: None)
     assert both["rows"][0] == first["rows"][0]  # cached, not retrained
+    again = compare(config, echo=lambda *_: None)
+    assert again["rows"] == both["rows"]  # lora too, although training filled in its modules_to_save
     changed = compare(config, overrides=["train.learning_rate=0.05"], only=["head_only"], echo=lambda *_: None)
     assert changed["rows"][0]["fingerprint"] != first["rows"][0]["fingerprint"]
 

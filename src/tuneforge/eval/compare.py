@@ -14,6 +14,7 @@ comparison that is interrupted keeps what it measured; running it again reuses t
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import shutil
 import time
@@ -58,7 +59,7 @@ def _method_kind(entry: MethodEntry) -> str:
 def _train_row(entry: MethodEntry, metric: str, log) -> dict:
     from ..train.api import train
 
-    cfg = entry.run_config
+    cfg = copy.deepcopy(entry.run_config)  # train() may fill in the method (a head to save); keep the entry as written
     with contextlib.redirect_stdout(log):
         info = train(cfg, dry_run=True)
         result = train(cfg, progress=False, resume=False)
