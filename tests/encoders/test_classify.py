@@ -99,3 +99,15 @@ def test_text_pairs_are_encoded_as_one_row(tiny_bert_dir):
     batch = task.collate(examples)
     assert batch["labels"].tolist() == [1] and batch["input_ids"].shape == batch["attention_mask"].shape
     assert torch.equal(batch["attention_mask"].sum(), torch.tensor(len(examples[0]["input_ids"])))
+
+
+def test_cli_classify_eval(tiny_bert_dir, tmp_path, capsys):
+    from tuneforge.cli.main import main
+
+    train(classify_config(tiny_bert_dir, tmp_path / "run", method={"name": "head_only"}), progress=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["classify-eval", str(tmp_path / "run"), "--data", str(FIXTURES / "sst2_train.jsonl")])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "accuracy" in out and "confusion_matrix (rows = true label" in out
+    assert "num_examples       48" in out

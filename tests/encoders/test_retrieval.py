@@ -79,3 +79,19 @@ def test_evaluate_retrieval_reuses_its_index(tiny_bert_dir, tmp_path):
 def test_evaluate_sts(tiny_bert_dir):
     m = evaluate_sts(tiny_bert_dir, FIXTURES / "stsb_validation.jsonl")
     assert m["num_pairs"] == 16 and -1.0 <= m["spearman"] <= 1.0
+
+
+def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys):
+    from tuneforge.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["retrieval-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "scifact"), "--json"])
+    assert done.value.code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "num_queries", "num_docs"}
+    with pytest.raises(SystemExit):
+        main(["sts-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "stsb_validation.jsonl")])
+    assert "spearman" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as failed:
+        main(["retrieval-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "scifact"), "--split", "test"])
+    assert failed.value.code == 2 and "splits here: train, validation" in capsys.readouterr().err
