@@ -28,10 +28,44 @@ class Case:
     inputs: str = "tokens"  # tokens | pixels
 
 
+def sizes(model, suffixes, attr="out_features"):
+    """Sum of `attr` over the modules whose full name ends with one of the suffixes."""
+    return sum(getattr(m, attr) for n, m in model.named_modules() if n.endswith(tuple(suffixes)) and hasattr(m, attr))
+
+
+def numel(model, keep=lambda name: True):
+    """Parameters (tied ones once) whose name passes keep: the count of the methods that train model tensors."""
+    return sum(p.numel() for n, p in model.named_parameters() if keep(n))
+
+
+def bottleneck_count(model, suffixes, m):
+    return sum(2 * d * m + m + d for d in [mod.out_features for n, mod in model.named_modules() if n.endswith(tuple(suffixes))])
+
+
+def tiny_bert_cls():
+    return tiny_bert(num_labels=3)
+
 CASES: list[Case] = [
     Case("lora", "lora", {"r": 4, "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
     Case("lora-rslora-dropout", "lora", {"r": 4, "use_rslora": True, "lora_dropout": 0.1,
                                           "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
     Case("lora-bert", "lora", {"r": 4, "target_modules": ["query", "value"]}, build=tiny_bert,
          expected_trainable=lambda m: lora_count(m, ("query", "value"))),
+    # IA3, BitFit, selective, freezing, bottleneck adapters (oracles and more in test_ia3.py, test_other_methods.py)
+    Case("ia3", "ia3", {}, expected_trainable=lambda m: sizes(m, ["k_proj", "v_proj"]) + sizes(m, ["down_proj"], "in_features")),
+    Case("ia3-bert", "ia3", {}, build=tiny_bert,
+         expected_trainable=lambda m: sizes(m, ["key", "value"]) + sizes(m, ["output.dense"], "in_features")),
+    Case("bitfit", "bitfit", {}, build=tiny_bert_cls, mixed_batch=False,
+         expected_trainable=lambda m: numel(m, lambda n: n.endswith(".bias") or n.startswith("classifier."))),
+    Case("selective", "selective", {"trainable_patterns": [r".*norm\.weight", r"model\.layers\.1\.mlp\..*"]},
+         mixed_batch=False, expected_trainable=lambda m: numel(m, lambda n: "norm.weight" in n or ".1.mlp." in n)),
+    Case("full", "full", {}, mixed_batch=False, expected_trainable=numel),
+    Case("head_only", "head_only", {}, build=tiny_bert_cls, mixed_batch=False,
+         expected_trainable=lambda m: numel(m, lambda n: n.startswith("classifier."))),
+    Case("last_k", "last_k", {"k": 1}, mixed_batch=False,  # + model.norm + lm_head, tied to embed_tokens
+         expected_trainable=lambda m: numel(m, lambda n: ".layers.1." in n or n in ("model.norm.weight", "model.embed_tokens.weight"))),
+    Case("bottleneck-houlsby", "bottleneck", {"config": "houlsby", "reduction_factor": 4},
+         expected_trainable=lambda m: bottleneck_count(m, ["o_proj", "down_proj"], 16)),
+    Case("bottleneck-pfeiffer-bert", "bottleneck", {"bottleneck_size": 8, "non_linearity": "gelu"}, build=tiny_bert,
+         expected_trainable=lambda m: bottleneck_count(m, ["layer.0.output.dense", "layer.1.output.dense"], 8)),
 ]

@@ -99,6 +99,8 @@ def method_for_peft_config(body: dict):
     for _, cls in METHODS.items():
         if cls.peft_type and cls.peft_type == body.get("peft_type"):
             return cls
+        if not cls.peft_type and cls.name.upper() == body.get("peft_type"):  # ours only: Method.peft_config
+            return cls
     raise AdapterMismatch(f"adapter type {body.get('peft_type')!r} is not a method tuneforge knows")
 
 

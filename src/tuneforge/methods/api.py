@@ -134,11 +134,11 @@ def mixed_batch(model: nn.Module, row_adapters: list):
             _require(model, name)
     rows = list(row_adapters)
     methods = {type(c).method for c in list_adapters(model).values()}
-    for m in methods:
-        METHODS.get(m)().set_row_adapters(model, rows)
-    for _, w in _wrappers(model):
-        w.row_adapters = rows
-    try:
+    try:  # a method may refuse the rows (one weight per layer): then every other method is reset too
+        for m in methods:
+            METHODS.get(m)().set_row_adapters(model, rows)
+        for _, w in _wrappers(model):
+            w.row_adapters = rows
         yield model
     finally:
         for m in methods:
@@ -150,7 +150,9 @@ def mixed_batch(model: nn.Module, row_adapters: list):
 def trainable_parameters(model: nn.Module, adapter_name: str | None = None) -> list[tuple[str, nn.Parameter]]:
     """(name in model.named_parameters(), parameter) for everything the adapters train."""
     names = [adapter_name] if adapter_name else list(list_adapters(model))
-    real_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    real_names: dict[int, str] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        real_names.setdefault(id(p), n)  # a tied tensor keeps its first name, as named_parameters() gives it
     out, seen = [], set()
     for name in names:
         cfg = _require(model, name)
