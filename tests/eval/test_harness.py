@@ -140,3 +140,16 @@ def test_cli_eval_prints_the_table(eval_config, tmp_path, capsys):
     assert info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "| zero-shot | 2 |" in printed and str(tmp_path / "cli" / "results.md") in printed
+
+
+def test_a_mixture_run_is_scored_per_task(tiny_base_dir, data_files, tmp_path):
+    cfg = {"model": {"name": str(tiny_base_dir)}, "output_dir": str(tmp_path / "run"),
+           "data": {"mixture": [
+               {"name": "sum", "train": data_files["sum_train"], "validation": data_files["sum_val"],
+                "prompt": "{document}", "target": "{summary}"},
+               {"name": "inst", "train": data_files["alpaca"], "validation": data_files["alpaca"], "format": "alpaca"},
+           ]},
+           "eval": {"max_new_tokens": 2, "metrics": ["rougeL"]}}
+    rows = evaluate(cfg, log=lambda *_: None)["rows"]
+    assert [(r["task"], r["system"]) for r in rows] == [("sum", "base (zero-shot)"), ("inst", "base (zero-shot)")]
+    assert set(rows[1]["metrics"]) == {"rougeL", "loss", "perplexity"}
