@@ -123,8 +123,9 @@ def adapter_name_for(path) -> str:
 
 
 def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
-                  predictions_dir: Path | None, encoder=None, log=print) -> list[dict]:
-    """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair."""
+                  predictions_dir: Path | None, encoder=None, log=print, on_row=None) -> list[dict]:
+    """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair.
+    `on_row(rows_so_far)` runs after each row (evaluate writes the results so far: a crash loses nothing done)."""
     from ..io import load_adapter
     from ..methods import disable_adapters, list_adapters, set_active_adapters
 
@@ -149,6 +150,8 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
                 log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
                 if predictions_dir is not None:
                     write_jsonl(predictions_dir / f"{slug(task.name)}.{slug(system.name)}.jsonl", predictions)
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
@@ -193,19 +196,20 @@ def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: boo
     tasks = cfg.eval.tasks or default_tasks(cfg)
     systems = cfg.eval.systems or default_systems(cfg)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "eval"
-    model, tokenizer = load_base(cfg)
-    encoder = EncoderCache(cfg.eval.encoder, out / "cache")
-    rows = score_systems(model, tokenizer, cfg.eval, tasks, systems, out / "predictions", encoder, log)
-    markdown = results_markdown(rows)
-    result = {"rows": rows, "markdown": markdown}
-    if forgetting:
-        result["forgetting"] = probe_changes(model, tokenizer, cfg, systems, out, log=log)
     settings = {k: getattr(cfg.eval, k) for k in ("num_samples", "max_new_tokens", "batch_size", "do_sample",
                                                     "temperature", "top_p", "seed")}
-    result["paths"] = {
-        "markdown": str(write_text(out / "results.md", markdown)),
-        "json": str(write_text(out / "results.json", json.dumps({"model": cfg.model.name, "settings": settings,
-                                                                 "rows": rows}, indent=2))),
-        "predictions": str(out / "predictions"),
-    }
+
+    def write_results(rows: list[dict]) -> dict:
+        return {"markdown": str(write_text(out / "results.md", results_markdown(rows))),
+                "json": str(write_text(out / "results.json", json.dumps(
+                    {"model": cfg.model.name, "settings": settings, "rows": rows}, indent=2))),
+                "predictions": str(out / "predictions")}
+
+    model, tokenizer = load_base(cfg)
+    encoder = EncoderCache(cfg.eval.encoder, out / "cache")
+    rows = score_systems(model, tokenizer, cfg.eval, tasks, systems, out / "predictions", encoder, log,
+                         on_row=write_results)
+    result = {"rows": rows, "markdown": results_markdown(rows), "paths": write_results(rows)}
+    if forgetting:
+        result["forgetting"] = probe_changes(model, tokenizer, cfg, systems, out, log=log)
     return result
