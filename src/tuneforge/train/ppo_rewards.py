@@ -1,0 +1,84 @@
+"""The rewards PPO can train against: a reward adapter on the policy's own base, or a Python function.
+
+Both are called as reward(model, rollout) -> one score per response (see `tuneforge.train.ppo.sample` for the
+rollout's fields). A reward adapter is a model trained with `task: reward` on the same base: attached as a second
+adapter with its scalar head, it scores the policy's tokens as they are, with no second copy of the weights.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import AdapterMismatch
+
+REWARD_ADAPTER = "reward"
+
+
+def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAPTER) -> nn.Linear:
+    """Add a reward adapter (trained with `task: reward` on this base) as adapter `name`, frozen, and return its
+    scalar head. The head was saved as a modules_to_save copy of the classifier's `score`; a causal LM has no such
+    module, so it becomes a Linear applied by `AdapterReward` to the last real token's hidden state."""
+    from ..io.adapter_files import base_name_of, method_for_peft_config, read_adapter_config, read_adapter_weights
+    from ..methods import active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters
+    from ..methods.weight_method import PEFT_PREFIX
+
+    body = read_adapter_config(adapter_dir)
+    saved_for, base = body.get("base_model_name_or_path"), base_name_of(model)
+    if saved_for and base and saved_for != base:
+        raise AdapterMismatch(f"{adapter_dir}: reward adapter trained on {saved_for!r}, policy base is {base!r}")
+    cfg = method_for_peft_config(body).config_from_peft(body)
+    state = read_adapter_weights(adapter_dir)
+    heads = [f"{PEFT_PREFIX}{m}." for m in (getattr(cfg, "modules_to_save", None) or [])]
+    head_state = {k.rsplit(".", 1)[1]: state.pop(k) for k in list(state) if k.startswith(tuple(heads))}
+    if "weight" not in head_state or head_state["weight"].shape[0] != 1:
+        raise AdapterMismatch(f"{adapter_dir}: no scalar reward head saved with this adapter (train it with "
+                              "task: reward and modules_to_save: [score])")
+    policy = active_adapters(model)
+    if heads:
+        cfg = cfg.replace(modules_to_save=None)
+    add_adapter(model, cfg, name)
+    load_adapter_state_dict(model, state, name)
+    set_active_adapters(model, policy)
+    mark_trainable(model, policy[0])
+    weight = head_state["weight"]
+    head = nn.Linear(weight.shape[1], 1, bias="bias" in head_state).requires_grad_(False)
+    head.load_state_dict(head_state)
+    return head.to(next(model.parameters()).device)
+
+
+class AdapterReward:
+    """r(x, y) = head(h_last), h from the base with only the reward adapter active; pooled like transformers'
+    sequence classifiers pool (the last real token), with the response's stop token left out as in training."""
+
+    def __init__(self, model: nn.Module, adapter_dir):
+        from ..methods import active_adapters
+
+        self.policy = active_adapters(model)
+        self.head = attach_reward_adapter(model, adapter_dir)
+
+    @torch.no_grad()
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        from ..methods import set_active_adapters
+
+        mask = batch["score_mask"]
+        set_active_adapters(model, [REWARD_ADAPTER])
+        try:
+            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
+                                      position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+        finally:
+            set_active_adapters(model, self.policy)
+        last = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
+        return self.head(hidden[torch.arange(mask.shape[0]), last].float()).squeeze(-1)
+
+
+class FunctionReward:
+    """r(x, y) = fn(prompt texts, response texts), the responses decoded without their stop token."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, model, batch: dict) -> torch.Tensor:
+        from .tasks.ppo import checked_rewards
+
+        scores = checked_rewards(self.fn, batch["prompts"], batch["responses"])
+        return torch.tensor(scores, dtype=torch.float32, device=batch["input_ids"].device)

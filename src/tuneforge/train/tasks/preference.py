@@ -1,0 +1,87 @@
+"""What the preference tasks (reward, DPO) share: their settings, pair data loading and the pair collate.
+
+Each example is one pair; the collate stacks the chosen rows on top of the rejected rows, and each pair is one
+loss target, so the loop averages the loss over pairs. See `tuneforge.data.preferences` for how a record
+becomes ids and which rows are skipped (and counted).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Union
+
+import torch
+
+from ...errors import ConfigError
+from .base import BaseTask
+
+
+@dataclasses.dataclass
+class PreferenceConfig:
+    template: Literal["chat", "raw"] = "chat"
+    """How a pair becomes text: chat (the tokenizer's chat template; HH "Human:/Assistant:" prompts become
+    turns) or raw (prompt + " " + reply; an empty prompt scores the reply alone)."""
+
+    max_prompt_length: Union[int, None] = None
+    """Longest prompt in tokens; longer ones keep their last tokens (counted). None: half of data.max_length."""
+
+    label_field: Union[str, None] = None
+    """Build pairs from single labelled texts instead of {prompt, chosen, rejected} records: each text whose
+    label is positive_label is paired with one whose label is not (seeded), with an empty prompt."""
+
+    text_field: str = "text"
+    """With label_field: the record field holding the text."""
+
+    positive_label: str = "1"
+    """With label_field: the label value (compared as text) of the preferred texts."""
+
+    def label_pairs(self) -> dict | None:
+        if self.label_field is None:
+            return None
+        return {"text_field": self.text_field, "label_field": self.label_field, "positive_label": self.positive_label}
+
+    def validate(self) -> None:
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ConfigError("max_prompt_length must be at least 1 (or null)", key="max_prompt_length")
+
+
+def check_prompt_budget(cfg: PreferenceConfig, max_length: int) -> None:
+    if cfg.max_prompt_length is not None and cfg.max_prompt_length >= max_length:
+        raise ConfigError(f"max_prompt_length ({cfg.max_prompt_length}) must be below data.max_length "
+                          f"({max_length}) to leave room for the replies", key="task.max_prompt_length")
+
+
+def load_preferences(task, run_cfg, tokenizer, append_eos: bool) -> tuple[list, list]:
+    """Shared `prepare` of the preference tasks: pairs of both splits, with the skip summary printed now and
+    kept on the task (`task.data_notes()`) for the end of the run."""
+    from ...data.preferences import load_pair_splits
+
+    check_prompt_budget(task.cfg, run_cfg.data.max_length)
+    task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train, evals, task.pair_stats = load_pair_splits(
+        run_cfg.data, tokenizer, template=task.cfg.template, max_prompt_length=task.cfg.max_prompt_length,
+        append_eos=append_eos, labels=task.cfg.label_pairs())
+    for line in task.data_notes():
+        print(line)
+    return train, evals
+
+
+class PreferenceTask(BaseTask):
+    """What the reward and DPO tasks share: pair data, pair collate, one target per pair."""
+
+    config_class = PreferenceConfig
+
+    def __init__(self):
+        self.cfg = self.config_class()
+        self.pad_token_id = 0
+        self.pair_stats = []
+
+    def data_notes(self) -> list[str]:
+        return [s.summary() for s in self.pair_stats]
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from ...data.preferences import collate_pairs
+
+        return collate_pairs(examples, self.pad_token_id)
+
+    def num_targets(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0] // 2)
