@@ -111,3 +111,24 @@ def test_cli_classify_eval(tiny_bert_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0 and "accuracy" in out and "confusion_matrix (rows = true label" in out
     assert "num_examples       48" in out
+
+
+def test_saved_classifier_adapter_loads_in_peft_with_the_same_logits(tiny_bert_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.io import load_adapter
+    from tuneforge.models import load_model, load_tokenizer
+
+    train(classify_config(tiny_bert_dir, tmp_path / "run", learning_rate=5e-2), progress=False)
+    tok = load_tokenizer(str(tiny_bert_dir))
+    batch = tok(["a gripping film", "dull"], padding=True, return_tensors="pt")
+    ours = load_model(str(tiny_bert_dir), kind="sequence-classification", num_labels=2, device="cpu")
+    load_adapter(ours, tmp_path / "run" / "adapter")
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    theirs = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    with torch.no_grad():
+        expected = theirs(**batch).logits
+        got = ours.eval()(**batch).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(expected, torch.zeros_like(expected))
