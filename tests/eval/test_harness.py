@@ -102,6 +102,7 @@ def test_evaluate_defaults_to_the_runs_validation_data_and_adapter(tiny_base_dir
     ({"type": "classify"}, "eval.tasks.type", "unknown task type"),
     ({"target": None, "references": None}, "eval.tasks.target", "no reference"),
     ({"limit": 0}, "eval.tasks.limit", "at least 1"),
+    ({"format": "alpaca"}, "eval.tasks.format", "apply to format 'template'"),
 ])
 def test_bad_task_config_names_file_line_key(tmp_path, data_files, task_patch, key, fragment):
     task = summary_task(data_files)

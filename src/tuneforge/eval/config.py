@@ -95,8 +95,11 @@ class EvalTask:
             raise ConfigError(f"unknown task type {self.type!r}; choose one of {', '.join(TASK_TYPES)}", key="type")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
-        if self.format == "template" and self.prompt is None:
+        if (self.format == "template" or self.type == "perplexity") and self.prompt is None:
             raise ConfigError(f"task {self.name!r} needs a prompt template", key="prompt")
+        if self.format != "template" and self.type != "perplexity" and (self.prompt or self.target):
+            raise ConfigError(f"prompt/target templates apply to format 'template', not {self.format!r}",
+                              key="format")
         unknown = [m for m in expand_metrics(self.metrics) if m not in METRICS]
         if unknown:
             known = ", ".join(("rouge", *METRICS))
