@@ -16,6 +16,12 @@ def lora_count(model, targets=("q_proj", "v_proj"), r=4):
     return n
 
 
+def out_features(model, targets=("q_proj", "v_proj")):
+    """Output sizes of the targeted linear layers (DoRA magnitudes, LoRA-FA's B, VeRA's lambda_b)."""
+    return [m.out_features for name, m in model.named_modules()
+            if name.split(".")[-1] in targets and hasattr(m, "in_features")]
+
+
 @dataclasses.dataclass
 class Case:
     id: str
@@ -51,6 +57,27 @@ CASES: list[Case] = [
                                           "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
     Case("lora-bert", "lora", {"r": 4, "target_modules": ["query", "value"]}, build=tiny_bert,
          expected_trainable=lambda m: lora_count(m, ("query", "value"))),
+    # LoRA variants (tests/methods/test_lora_variants.py holds their oracles)
+    Case("dora", "dora", {"r": 4, "target_modules": ["q_proj", "v_proj"]},
+         expected_trainable=lambda m: lora_count(m) + sum(out_features(m))),
+    Case("dora-bert-dropout", "dora", {"r": 4, "lora_dropout": 0.1, "target_modules": ["query", "value"]},
+         build=tiny_bert,
+         expected_trainable=lambda m: lora_count(m, ("query", "value")) + sum(out_features(m, ("query", "value")))),
+    Case("rslora", "rslora", {"r": 4, "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
+    Case("loraplus", "loraplus", {"r": 4, "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
+    Case("lora_fa", "lora_fa", {"r": 4, "target_modules": ["q_proj", "v_proj"]},
+         expected_trainable=lambda m: 4 * sum(out_features(m))),
+    Case("vera", "vera", {"r": 8, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+         expected_trainable=lambda m: sum(o + 8 for o in out_features(m, ("q_proj", "v_proj", "down_proj")))),
+    Case("vera-bert", "vera", {"r": 8, "target_modules": ["query", "value"]}, build=tiny_bert,
+         expected_trainable=lambda m: sum(o + 8 for o in out_features(m, ("query", "value")))),
+    Case("pissa", "pissa", {"r": 4, "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
+    Case("pissa-niter", "pissa", {"r": 4, "init_lora_weights": "pissa_niter_2",
+                                  "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
+    Case("delta_lora", "delta_lora", {"r": 4, "update_start_step": 0, "target_modules": ["q_proj", "v_proj"]},
+         expected_trainable=lora_count),
+    Case("delta_lora-start1", "delta_lora", {"r": 4, "update_start_step": 1, "target_modules": ["q_proj", "v_proj"]},
+         expected_trainable=lora_count),
     # IA3, BitFit, selective, freezing, bottleneck adapters (oracles and more in test_ia3.py, test_other_methods.py)
     Case("ia3", "ia3", {}, expected_trainable=lambda m: sizes(m, ["k_proj", "v_proj"]) + sizes(m, ["down_proj"], "in_features")),
     Case("ia3-bert", "ia3", {}, build=tiny_bert,

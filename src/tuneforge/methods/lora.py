@@ -62,8 +62,20 @@ class LoraConfig(MethodConfig):
         check(
             self.init_lora_weights in (True, False, "gaussian"),
             "init_lora_weights",
-            "init_lora_weights must be true, false or 'gaussian'",
+            "init_lora_weights must be true, false or 'gaussian' (PiSSA's init is the method 'pissa')",
         )
+
+    def doubled_rank(self) -> dict:
+        """r, lora_alpha and patterns of a rank-2r LoRA with the same scaling: the config of an adapter whose
+        factors stack two rank-r pairs, B' A' = [B1, B2] [A1; A2] (PiSSA -> LoRA, Delta-LoRA files)."""
+        alpha_factor = math.sqrt(2) if self.use_rslora else 2
+        return dict(
+            r=2 * self.r,
+            lora_alpha=self.lora_alpha * alpha_factor,
+            rank_pattern={k: 2 * v for k, v in self.rank_pattern.items()},
+            alpha_pattern={k: v * alpha_factor for k, v in self.alpha_pattern.items()},
+        )
+
 
     def rank_and_alpha(self, module_name: str) -> tuple[int, float]:
         r, alpha = self.r, self.lora_alpha
@@ -106,6 +118,16 @@ class LoraLayer(AdapterLayer):
         w = self.base_layer.weight
         for m in modules:
             m.to(device=w.device, dtype=w.dtype if w.dtype.is_floating_point else torch.float32)
+
+
+class FrozenFactors(nn.Module):
+    """A frozen copy of one adapter's factors (PiSSA's initial A0, B0; Delta-LoRA's A_K, B_K). Non-persistent
+    buffers: they follow the model across devices and dtypes but never train and never enter a state dict."""
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", A.detach().clone(), persistent=False)
+        self.register_buffer("B", B.detach().clone(), persistent=False)
 
 
 class LoraLinear(LoraLayer):
@@ -250,7 +272,18 @@ class Lora(WeightMethod):
             ]
         return []
 
+    @classmethod
+    def claims_peft_config(cls, body: dict) -> bool:
+        """Plain LoRA files. Variants that write plain LoRA files (rsLoRA, LoRA+, LoRA-FA, Delta-LoRA) load back
+        as LoRA, so only this class claims them; DoRA and PiSSA files are claimed by their own methods."""
+        init = str(body.get("init_lora_weights", True))
+        return (cls is Lora and body.get("peft_type") == "LORA" and not body.get("use_dora")
+                and not init.startswith("pissa"))
+
     def peft_config(self, cfg: LoraConfig) -> dict:
+        """LoraConfig's fields only, so a variant's extra fields (loraplus_lr_ratio, ...) never reach peft."""
         body = super().peft_config(cfg)
+        lora_fields = {f.name for f in dataclasses.fields(LoraConfig)} | {"peft_type"}
+        body = {k: v for k, v in body.items() if k in lora_fields}
         body.update(use_dora=False, lora_bias=False)
         return body
