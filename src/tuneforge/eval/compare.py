@@ -56,7 +56,7 @@ def _method_kind(entry: MethodEntry) -> str:
     return getattr(method_for(entry.run_config.method), "kind", "")
 
 
-def _train_row(entry: MethodEntry, metric: str, log) -> dict:
+def _train_row(entry: MethodEntry, log) -> dict:
     from ..train.api import train
 
     cfg = copy.deepcopy(entry.run_config)  # train() may fill in the method (a head to save); keep the entry as written
@@ -68,7 +68,7 @@ def _train_row(entry: MethodEntry, metric: str, log) -> dict:
             "metrics": result.eval_metrics, "adapter_bytes": _dir_bytes(Path(cfg.output_dir) / "adapter")}
 
 
-def _features_row(entry: MethodEntry, metric: str, log) -> dict:
+def _features_row(entry: MethodEntry, log) -> dict:
     """Embed with the frozen backbone, fit the method's classifier, score the validation split."""
     from ..methods import method_for
     from ..models import load_model, load_tokenizer
@@ -118,7 +118,7 @@ def run_method(entry: MethodEntry, metric: str, reuse: bool = True) -> dict:
     torch.manual_seed(entry.run_config.train.seed)
     _reset_peak()
     with open(out / "compare.log", "w") as log:
-        fields = (_features_row if _method_kind(entry) == "features" else _train_row)(entry, metric, log)
+        fields = (_features_row if _method_kind(entry) == "features" else _train_row)(entry, log)
     metrics = fields.pop("metrics")
     if metric not in metrics:
         raise ConfigError(f"the task reports {', '.join(k for k in metrics if k != 'confusion_matrix')}, "
