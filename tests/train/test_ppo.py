@@ -206,3 +206,39 @@ def test_bad_prompt_files_and_settings(tmp_path):
         from tuneforge.train.tasks.ppo import load_reward_function
 
         load_reward_function("no_such_module_here:f")
+
+
+@pytest.mark.slow
+def test_smollm2_policy_and_reward_adapter_share_one_base(tmp_path):
+    """On the packaged SmolLM2: a reward adapter saved from the sequence classifier scores the policy's rollouts
+    on the causal LM exactly as the classifier does, and one PPO step runs with it."""
+    from tuneforge.io import save_adapter
+    from tuneforge.methods import add_adapter
+    from tuneforge.models import load_model, load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    classifier = load_model("smollm2-135m-instruct", kind="sequence-classification", num_labels=1, device="cpu")
+    add_adapter(classifier, "lora", r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[29],
+                modules_to_save=["score"], init_lora_weights=False)
+    save_adapter(classifier, tmp_path / "rm")
+    model = load_model("smollm2-135m-instruct", device="cpu")
+    add_adapter(model, "lora", r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[28, 29])
+    cfg = PPOConfig(rollout_batch_size=2, max_new_tokens=4, ppo_epochs=1, template="raw")
+    texts = ["the film is", "a dull and"]
+    prompt_rows = [{"text": t, "ids": tok.encode(t)} for t in texts]
+    reward = ppo.AdapterReward(model, tmp_path / "rm")
+    torch.manual_seed(0)
+    batch = ppo.sample(model, tok, prompt_rows, max_new_tokens=4, temperature=1.0, greedy=False)
+    scores = reward(model, batch)
+    with torch.no_grad():
+        for i in range(2):
+            keep = batch["score_mask"][i].bool()
+            assert torch.isclose(scores[i], classifier(batch["input_ids"][i][keep][None]).logits[0, 0], atol=1e-3)
+    from tuneforge.methods import delete_adapter
+
+    delete_adapter(model, "reward")
+    train_cfg = TrainConfig(max_steps=1, micro_batch_size=2, learning_rate=1e-3, seed=0)
+    result = ppo.run_ppo(model, tok, cfg, train_cfg, prompt_rows, [], tmp_path / "run",
+                         reward_adapter=tmp_path / "rm", progress=False)
+    step = next(r for r in result.history if "kl" in r)
+    assert step["kl"] == pytest.approx(0.0, abs=1e-5) and step["clipfrac"] == 0.0
