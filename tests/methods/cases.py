@@ -51,6 +51,18 @@ def bottleneck_count(model, suffixes, m):
 def tiny_bert_cls():
     return tiny_bert(num_labels=3)
 
+
+def kv_dim(model):
+    """Key/value width per layer (kv heads x head dim): what prefix tuning trains per position and layer."""
+    c = model.config
+    return getattr(c, "num_key_value_heads", c.num_attention_heads) * (c.hidden_size // c.num_attention_heads)
+
+
+def reft_count(model, layers, per_layer, r):
+    """layers x interventions per layer x (2 r d + r)."""
+    return layers * per_layer * (2 * r * model.config.hidden_size + r)
+
+
 CASES: list[Case] = [
     Case("lora", "lora", {"r": 4, "target_modules": ["q_proj", "v_proj"]}, expected_trainable=lora_count),
     Case("lora-rslora-dropout", "lora", {"r": 4, "use_rslora": True, "lora_dropout": 0.1,
@@ -95,4 +107,23 @@ CASES: list[Case] = [
          expected_trainable=lambda m: bottleneck_count(m, ["o_proj", "down_proj"], 16)),
     Case("bottleneck-pfeiffer-bert", "bottleneck", {"bottleneck_size": 8, "non_linearity": "gelu"}, build=tiny_bert,
          expected_trainable=lambda m: bottleneck_count(m, ["layer.0.output.dense", "layer.1.output.dense"], 8)),
+    # input and representation methods (tests/methods/test_prompt_methods.py, test_reft.py hold their oracles)
+    Case("prompt_tuning", "prompt_tuning", {"num_virtual_tokens": 4}, identity_init=False,
+         expected_trainable=lambda m: 4 * m.config.hidden_size),
+    Case("prompt_tuning-bert", "prompt_tuning", {"num_virtual_tokens": 3}, build=tiny_bert, identity_init=False,
+         expected_trainable=lambda m: 3 * m.config.hidden_size),
+    Case("prefix_tuning", "prefix_tuning", {"num_virtual_tokens": 3}, identity_init=False,
+         expected_trainable=lambda m: 3 * m.config.num_hidden_layers * 2 * kv_dim(m)),
+    Case("prefix_tuning-projection", "prefix_tuning", {"num_virtual_tokens": 3, "prefix_projection": True,
+                                                       "encoder_hidden_size": 16}, identity_init=False,
+         expected_trainable=lambda m: 3 * kv_dim(m) + (kv_dim(m) * 16 + 16) + (16 + 1) * 2 * m.config.num_hidden_layers * kv_dim(m)),
+    Case("loreft", "loreft", {"low_rank_dimension": 4}, identity_init=False,
+         expected_trainable=lambda m: reft_count(m, 2, 2, 4)),
+    Case("loreft-shared-one-layer", "loreft", {"low_rank_dimension": 2, "layers": [1], "positions": "f2+l2",
+                                               "share_weights": True}, identity_init=False,
+         expected_trainable=lambda m: reft_count(m, 1, 1, 2)),
+    Case("loreft-bert", "loreft", {"low_rank_dimension": 2, "first_n": 2, "last_n": 0}, build=tiny_bert,
+         identity_init=False, expected_trainable=lambda m: reft_count(m, 2, 1, 2)),
+    Case("direft", "direft", {"low_rank_dimension": 4, "positions": "l3"}, identity_init=False,
+         expected_trainable=lambda m: reft_count(m, 2, 1, 4)),
 ]
