@@ -153,6 +153,11 @@ class AdapterLayer(nn.Module):
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         raise NotMergeable(f"{type(self).__name__} has no weight delta")
 
+    def mixed_adapters_forward(self, x: torch.Tensor, result: torch.Tensor, rows: list):
+        """Optional: every row's own adapter on top of `result` in one go (LoRA: see _mixed_lora.py); None runs
+        the per-adapter loop of a mixed batch instead."""
+        return None
+
     # ---- shared machinery ---------------------------------------------------------------------------
     @property
     def weight(self) -> torch.Tensor:  # transformers reads .weight of some layers (tied embeddings, dtype)
@@ -238,6 +243,9 @@ class AdapterLayer(nn.Module):
         if len(rows) != x.shape[0]:
             raise ValueError(f"mixed batch names {len(rows)} adapters for a batch of {x.shape[0]} rows")
         result = self.base_layer(x, *args, **kwargs)
+        batched = self.mixed_adapters_forward(x, result, rows)
+        if batched is not None:
+            return batched
         out = result.clone()
         for name in dict.fromkeys(rows):
             if name in (None, BASE_ROW) or not self.has_adapter(name):

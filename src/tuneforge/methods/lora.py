@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import METHODS
+from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, check
 from .weight_method import WeightMethod
 
@@ -165,6 +166,13 @@ class LoraLinear(LoraLayer):
 
     def adapter_forward(self, x, result, name, *args, **kwargs):
         return result + self.lora_delta(x, name).to(result.dtype)
+
+    def mixed_adapters_forward(self, x, result, rows):
+        """Inference on a mixed batch in three kernels (_mixed_lora.py); variants that change the maths do not
+        take this path."""
+        if type(self).lora_delta is not LoraLinear.lora_delta or type(self).adapter_forward is not LoraLinear.adapter_forward:
+            return None
+        return mixed_lora_forward(self, x, result, rows)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]

@@ -1,0 +1,72 @@
+"""The batched LoRA path of mixed batches (methods/_mixed_lora.py): exact against each adapter alone, refreshed
+when factors change, and stepped aside for training and for variants with other maths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneforge.methods import add_adapter, mark_trainable, mixed_batch, set_active_adapters
+from tuneforge.models import tiny_llama
+
+
+def model_with(method: str, names=("a", "b", "c"), **fields):
+    model = tiny_llama()
+    for seed, name in enumerate(names, start=1):
+        torch.manual_seed(seed)
+        add_adapter(model, method, name, r=2 + seed, target_modules=["q_proj", "v_proj", "down_proj"],
+                    init_lora_weights=False, **fields)
+    return model
+
+
+def alone(model, name, ids):
+    if name is None:
+        set_active_adapters(model, [])
+    else:
+        set_active_adapters(model, [name])
+    return model(ids).logits
+
+
+def q_layer(model):
+    return model.model.layers[0].self_attn.q_proj
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_mixed_rows_equal_each_adapter_alone(method):
+    model = model_with(method)
+    rows = ["b", None, "a", "c", "b"]
+    ids = torch.randint(0, 256, (len(rows), 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with mixed_batch(model, rows):
+            mixed = model(ids).logits
+        for i, name in enumerate(rows):
+            torch.testing.assert_close(mixed[i], alone(model, name, ids[i:i + 1])[0], atol=1e-5, rtol=1e-5)
+    batched = "_mixed_lora_stack" in q_layer(model).__dict__
+    assert batched == (method == "lora")  # DoRA's maths differs: it keeps the per-adapter loop
+
+
+def test_stacked_factors_follow_in_place_updates_and_new_adapters():
+    model = model_with("lora")
+    ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with mixed_batch(model, ["a", "b"]):
+            before = model(ids).logits
+        q_layer(model).lora_B["a"].weight.mul_(3.0)
+        with mixed_batch(model, ["a", "b"]):
+            after = model(ids).logits
+        assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
+        torch.testing.assert_close(after[0], alone(model, "a", ids[:1])[0], atol=1e-5, rtol=1e-5)
+        torch.manual_seed(9)
+        add_adapter(model, "lora", "d", r=2, target_modules=["q_proj"], init_lora_weights=False)
+        with mixed_batch(model, ["d", "a"]):
+            mixed = model(ids).logits
+        torch.testing.assert_close(mixed[0], alone(model, "d", ids[:1])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_training_a_mixed_batch_takes_the_autograd_path():
+    model = model_with("lora")
+    mark_trainable(model)  # every adapter trains
+    ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(2))
+    with mixed_batch(model, ["a", "b"]):
+        model(ids).logits.sum().backward()
+    assert "_mixed_lora_stack" not in q_layer(model).__dict__
+    assert q_layer(model).lora_B["a"].weight.grad is not None and q_layer(model).lora_B["c"].weight.grad is None
