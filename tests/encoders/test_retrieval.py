@@ -95,3 +95,15 @@ def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys):
     with pytest.raises(SystemExit) as failed:
         main(["retrieval-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "scifact"), "--split", "test"])
     assert failed.value.code == 2 and "splits here: train, validation" in capsys.readouterr().err
+
+
+def test_corpus_sample_keeps_every_judged_document(tiny_bert_dir):
+    from tuneforge.eval.retrieval import sample_corpus
+
+    data = load_beir(FIXTURES / "scifact", "validation")
+    judged = {d for docs in data.qrels.values() for d in docs}
+    sample = sample_corpus(data.corpus, data.qrels, len(judged) + 5)
+    assert judged <= set(sample) and len(sample) == len(judged) + 5
+    assert sample == sample_corpus(data.corpus, data.qrels, len(judged) + 5)  # seeded
+    m = evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", "validation", max_docs=len(judged) + 5)
+    assert m["num_docs"] == len(judged) + 5

@@ -28,12 +28,14 @@ def retrieval_eval_cmd(
     split: str = typer.Option("validation", "--split", help="Which queries_/qrels_ split to score."),
     index: Optional[str] = typer.Option(None, "--index", help="Keep (or reuse) the corpus index here."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Rank only the judged documents plus a seeded "
+                                           "sample of the others, this many in all (a quick, optimistic check)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """nDCG@10, MRR@10 and Recall@100 of ranking the whole corpus for every query (trec_eval)."""
     from tuneforge.eval.retrieval import evaluate_retrieval
 
-    _print(evaluate_retrieval(model, data, split, index_dir=index, batch_size=batch_size), as_json)
+    _print(evaluate_retrieval(model, data, split, index_dir=index, batch_size=batch_size, max_docs=max_docs), as_json)
 
 
 def sts_eval_cmd(

@@ -37,28 +37,45 @@ def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
             "recall@100": mean(full, "recall_100")}
 
 
+def sample_corpus(corpus: dict[str, str], qrels: dict[str, dict[str, int]], max_docs: int | None,
+                  seed: int = 0) -> dict[str, str]:
+    """Every judged document of the evaluated queries plus a seeded random sample of the others, max_docs in all
+    (at least the judged ones). A smaller haystack makes scores optimistic: for quick checks, not for reports
+    against published numbers."""
+    import random
+
+    if max_docs is None or max_docs >= len(corpus):
+        return corpus
+    judged = {d for docs in qrels.values() for d in docs}
+    others = sorted(set(corpus) - judged)
+    keep = judged | set(random.Random(seed).sample(others, max(0, min(len(others), max_docs - len(judged)))))
+    return {d: t for d, t in corpus.items() if d in keep}
+
+
 def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir=None, batch_size: int = 64,
-                       max_queries: int | None = None) -> dict:
+                       max_queries: int | None = None, max_docs: int | None = None) -> dict:
     """Score `model_dir` (alias, model / adapter / run directory) on a BEIR split of `data_dir`.
 
     The corpus is encoded once into a faiss index at `index_dir` (kept for `tuneforge search`), or into a
     temporary one; an existing `index_dir` built with the same model is reused, so a second evaluation only
-    encodes the queries. Returns the metrics plus num_queries and num_docs."""
+    encodes the queries. max_queries / max_docs evaluate a seeded subset (see sample_corpus). Returns the metrics
+    plus num_queries and num_docs."""
     from ..index import SentenceEncoder, VectorIndex, build_index
 
     data = load_beir(data_dir, split)
     query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     qrels = {q: data.qrels[q] for q in query_ids}
+    corpus = sample_corpus(data.corpus, qrels, max_docs)
     encoder = SentenceEncoder.load(model_dir)
     with tempfile.TemporaryDirectory(prefix="tuneforge-retrieval-") as scratch:
         path = Path(index_dir) if index_dir is not None else Path(scratch) / "index"
         index = None
         if (path / "meta.json").exists():
             index = VectorIndex.load(path)
-            if index.meta.get("model") != encoder.name or set(index.doc_ids) != set(data.corpus):
+            if index.meta.get("model") != encoder.name or set(index.doc_ids) != set(corpus):
                 index = None
         if index is None:
-            index = build_index(encoder, data.corpus, path, batch_size=batch_size)
+            index = build_index(encoder, corpus, path, batch_size=batch_size)
         hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
     run = {q: dict(row) for q, row in zip(query_ids, hits)}
-    return {**retrieval_metrics(qrels, run), "num_queries": len(query_ids), "num_docs": len(data.corpus)}
+    return {**retrieval_metrics(qrels, run), "num_queries": len(query_ids), "num_docs": len(corpus)}
