@@ -54,6 +54,7 @@ class Method:
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""  # trainable-parameter formula shown by `tuneforge methods`
     peft_type: ClassVar[str | None] = None  # peft's name for the same method, if peft has it
+    shares_base: ClassVar[bool] = True  # False when an adapter changes the base's own tensors (no multi-adapter serving)
 
     def select_targets(self, model: nn.Module, cfg: MethodConfig) -> list[str]:
         return []

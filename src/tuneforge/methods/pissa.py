@@ -95,6 +95,7 @@ class Pissa(Lora):
     name = "pissa"
     config_class = PissaConfig
     paper = "https://arxiv.org/abs/2404.02948"
+    shares_base = False  # it owns part of the base weight (W_res), so other adapters cannot run beside it
     layer_types = ((nn.Linear, PissaLinear), (_conv1d(), PissaLinear))
 
     @classmethod

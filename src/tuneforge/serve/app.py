@@ -1,0 +1,194 @@
+"""`create_app(config)`: the FastAPI application behind `tuneforge serve`, and `serve(config)` that runs it.
+
+One process holds the web app, the base model with its adapter pool and the generation engine thread; jobs
+train in worker processes (see jobs.py). Everything the server knows is in the data directory:
+
+    <data>/tuneforge.db        SQLite (WAL): files, jobs, events, models
+    <data>/files/<file id>.jsonl
+    <data>/jobs/<job id>/      run.json, output/ (adapter, checkpoints, metrics), worker.log, result.json
+    <data>/server.lock         held while a server uses the directory (two servers would race on jobs)
+"""
+from __future__ import annotations
+
+import fcntl
+import hmac
+import logging
+import re
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+
+from ..errors import TuneforgeError
+from .config import ServeConfig
+from .http_errors import ApiError, BodySizeLimit, install_handlers
+
+log = logging.getLogger("tuneforge.serve")
+MB = 2**20
+CHECKPOINT_ID = re.compile(r"^(?P<model>ft:.*:(?P<job>[0-9a-f]{24})):ckpt-step-(?P<step>\d+)$")
+
+
+class ServerState:
+    """What the routes share: config, store, jobs, model, pool, engine, and the names models are served by."""
+
+    def __init__(self, config: ServeConfig):
+        from .jobspec import load_template
+
+        config.validate()
+        self.config = config
+        self.data_dir = config.data_path
+        self.base_name = config.served_base_name()
+        self.base_names = tuple(dict.fromkeys([self.base_name, config.base]))
+        self.template = load_template(config.job_config)
+        self.adapters = find_adapters(config.adapters, reserved=set(self.base_names))
+        self.store = self.jobs = self.engine = self.pool = self.model = self.tokenizer = None
+        self._lock_handle = None
+
+    def open(self) -> None:
+        from ..models import load_model, load_tokenizer
+        from .engine import GenerationEngine
+        from .jobs import JobManager
+        from .pool import AdapterPool
+        from .store import Store
+
+        (self.data_dir / "files").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        self._lock_handle = open(self.data_dir / "server.lock", "a+")
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuneforgeError(f"another tuneforge server is using {self.data_dir}") from None
+        self.store = Store(self.data_dir / "tuneforge.db")
+        if self.config.threads:
+            import torch
+
+            torch.set_num_threads(self.config.threads)
+        self.model = load_model(self.config.base, dtype=self.config.dtype, device=self.config.device)
+        self.tokenizer = load_tokenizer(self.config.base)
+        self.pool = AdapterPool(self.model, int(self.config.adapter_cache_mb * MB))
+        self.engine = GenerationEngine(self.model, self.tokenizer, self.pool, self.config.max_batch_size,
+                                       self.config.batch_wait_ms / 1000, self.config.max_queued_requests)
+        self.engine.start()
+        self.jobs = JobManager(self.store, self.data_dir, self.base_name, self.config.max_concurrent_jobs,
+                               self.config.max_job_attempts,
+                               on_model=lambda name: log.info("fine-tuned model ready: %s", name))
+        self.jobs.start()
+
+    def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()
+        if self.engine is not None:
+            self.engine.stop()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+
+    def resolve_model(self, model_id: str):
+        """(pool key, adapter dir or checkpoint) for a model id; (None, None) for the base. 404 for an unknown
+        id. Checkpoints are `<fine-tuned model name>:ckpt-step-<N>`, as the checkpoints endpoint lists them."""
+        from .jobs import fine_tuned_name
+        from .pool import CheckpointRef
+
+        if model_id in self.base_names:
+            return None, None
+        if model_id in self.adapters:
+            return model_id, self.adapters[model_id]
+        row = self.store.get_model(model_id)
+        if row is not None:
+            return model_id, self.data_dir / row["adapter_dir"]
+        found = CHECKPOINT_ID.match(model_id)
+        job = self.store.get_job(f"ftjob-{found['job']}") if found else None
+        if job is not None and found["model"] == fine_tuned_name(self.base_name, job["suffix"], job["id"]):
+            path = self.jobs.job_dir(job["id"]) / "output" / "checkpoints" / f"step-{int(found['step'])}"
+            if (path / "trainable.safetensors").is_file():
+                return model_id, CheckpointRef(path, dict(job["method"]["adapter"]))
+        raise ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+
+
+def find_adapters(paths: list[str], reserved: set[str]) -> dict[str, Path]:
+    """Adapter name -> directory for `--adapters`: an adapter folder, or a folder of adapter folders."""
+    from ..io.adapter_files import CONFIG_NAME
+    from .config import SERVED_NAME
+    from .pool import check_servable, method_of
+
+    found: dict[str, Path] = {}
+    for given in paths:
+        path = Path(given).resolve()
+        if (path / CONFIG_NAME).is_file():
+            candidates = [path]
+        elif path.is_dir():
+            candidates = sorted(p for p in path.iterdir() if (p / CONFIG_NAME).is_file())
+        else:
+            raise TuneforgeError(f"--adapters {given}: not a directory")
+        if not candidates:
+            raise TuneforgeError(f"--adapters {given}: no adapter ({CONFIG_NAME}) in it or its subfolders")
+        for candidate in candidates:
+            try:
+                check_servable(method_of(candidate))
+            except TuneforgeError as err:
+                raise TuneforgeError(f"--adapters {candidate}: {err}") from None
+            name = candidate.name
+            if not SERVED_NAME.match(name) or name in reserved or name.startswith("ft:"):
+                raise TuneforgeError(f"--adapters {candidate}: {name!r} cannot be a model id (letters, digits, "
+                                     f"'.', '_', '-'; not the base's name)")
+            if name in found and found[name] != candidate:
+                raise TuneforgeError(f"--adapters: two adapters are named {name!r} ({found[name]}, {candidate})")
+            found[name] = candidate
+    return found
+
+
+def _authenticate(request: Request) -> None:
+    keys = request.app.state.server.config.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+        raise ApiError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """The app; the model loads and the job workers start when the app's lifespan begins."""
+    from .routes_files_jobs import router as files_jobs
+    from .routes_inference import router as inference
+
+    state = ServerState(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.open()
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    install_handlers(app)
+    app.add_middleware(BodySizeLimit, limit_bytes=int(config.max_request_mb * MB),
+                       upload_limit_bytes=int(config.max_upload_mb * MB))
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    app.include_router(files_jobs, prefix="/v1", dependencies=[Depends(_authenticate)])
+    app.include_router(inference, prefix="/v1", dependencies=[Depends(_authenticate)])
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def serve(config: ServeConfig, log_level: str = "info") -> None:
+    """Run the server until interrupted (the API behind `tuneforge serve`)."""
+    import uvicorn
+
+    config.validate()
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if not config.api_keys:
+        log.warning("no API key is set: anyone who can reach %s:%d may use this server (loopback only)",
+                    config.host, config.port)
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=log_level)
