@@ -1,4 +1,6 @@
-"""`tuneforge train CONFIG [--set a.b=c ...] [--dry-run] [--no-resume]`: a thin call of tuneforge.train.train."""
+"""`tuneforge train CONFIG [--set a.b=c ...] [--dry-run] [--no-resume] [--nproc N [--nnodes M --rdzv-endpoint H:P]]`:
+a thin call of tuneforge.train.train, or with --nproc / --nnodes of tuneforge.train.launcher.launch, which execs
+torchrun running `python -m tuneforge train CONFIG ...` in each process."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -12,15 +14,29 @@ def train_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="List targeted modules and trainable parameters; do not train."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if output_dir holds checkpoints."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (one per GPU; gloo on CPU) via torchrun."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines in the run; each runs the same command."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT all nodes meet at."),
 ) -> None:
     """Fine-tune as the config says; resumes from output_dir/checkpoints when a run was interrupted (Ctrl-C)."""
     from tuneforge.train.api import train
 
+    if (nproc > 1 or nnodes > 1) and not dry_run:
+        from tuneforge.train.launcher import launch
+
+        status = launch(config, set_ or [], nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                        resume=not no_resume, progress=not quiet, replace_process=True)  # execs torchrun
+        raise typer.Exit(status)
     try:
         train(config, overrides=set_ or [], progress=not quiet, resume=not no_resume, dry_run=dry_run)
     except KeyboardInterrupt:
         typer.echo("interrupted; run the same command again to resume", err=True)
         raise typer.Exit(130) from None
+    except Exception as err:  # one process of a torchrun group: its summary then shows this message
+        from tuneforge.train.launcher import record_failure
+
+        record_failure(err)
+        raise
 
 
 def register(app: typer.Typer) -> None:

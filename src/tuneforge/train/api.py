@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from . import launcher
 from .loop import TrainResult, run_training
 
 
@@ -81,6 +82,8 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
 
     cfg = resolve_config(config_or_path, overrides)
     task = TASKS.get(cfg.task)()
+    # launched by torchrun: join its process group first (on CUDA that picks this process's GPU)
+    own_group = not dry_run and launcher.init_from_env(cfg.model.device)
     model = _load_model(cfg)
     configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
     if configure is not None:
@@ -99,17 +102,24 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     mark_trainable(model)
     tokenizer = load_tokenizer(cfg.model.name)
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
+    if own_run is not None and launcher.launched_world_size() > 1:
+        raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
+    main = launcher.process_rank() == 0
     if own_run is None:
         train_examples, eval_examples = task.prepare(cfg, tokenizer)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config_path = write_config(cfg, out / "config.yaml")
+    config_path = write_config(cfg, out / "config.yaml") if main else out / "config.yaml"
     if own_run is not None:
         result: TrainResult = own_run(model, tokenizer, cfg, out, resume=resume, progress=progress)
     else:
         result = run_training(
             model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress
         )
+    if own_group:
+        launcher.shutdown()
+    if not main:  # process 0 alone writes the adapter and reports
+        return result
     adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
     export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
     exported = export(model, tokenizer, cfg, out) if export is not None else None

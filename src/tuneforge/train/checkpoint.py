@@ -6,6 +6,10 @@ Layout of `output_dir/checkpoints/step-N/`:
     optimizer.pt            optimizer.state_dict()
     scheduler.pt            scheduler.state_dict()
     rng.pt                  python, numpy, torch CPU (and CUDA) generator states
+    rng-rank{R}.pt          the same for process R > 0 of a multi-process run
+    sharded/                instead of trainable.safetensors + optimizer.pt when a multi-process run shards the
+                            model (FSDP): both written by every process with torch.distributed.checkpoint, and
+                            loadable by any number of processes (see distributed.py)
     state.json              global step, data position (epoch, index in epoch), counters, metrics history
 
 Why each piece: resuming must reproduce the uninterrupted run bit for bit, so everything that feeds the next
@@ -33,6 +37,7 @@ from torch import nn
 from ..errors import TuneforgeError
 
 FORMAT = 1
+SHARDED = "sharded"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -90,6 +95,13 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def temp_dir(root: str | os.PathLike, step: int) -> Path:
+    """A fresh hidden directory beside the final step-N, renamed onto it once complete."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -99,18 +111,25 @@ def save_checkpoint(
     state: dict,
     rng: dict | None = None,
     keep_last: int | None = 2,
+    *,
+    rank_rngs: list[dict] = (),
+    prepared: Path | None = None,
 ) -> Path:
     """Write step-N atomically, then delete all but the newest keep_last checkpoints (keep_last < 1 keeps all).
-    `rng` overrides the current generator states (the loop passes the states of the last finished step)."""
+    `rng` overrides the current generator states (the loop passes the states of the last finished step);
+    `rank_rngs` are those of processes 1.. of a multi-process run; `prepared` is a `temp_dir` that already holds
+    the sharded weights and optimizer state."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+    tmp = prepared or temp_dir(root, step)
     try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if prepared is None:
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+        for rank, rank_rng in enumerate(rank_rngs, start=1):
+            torch.save(rank_rng, tmp / f"rng-rank{rank}.pt")
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
         _replace_dir(tmp, final)
     except BaseException:
@@ -141,8 +160,26 @@ def clear(root: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and generators from step-N; returns its state.json dict."""
+    """Restore weights, optimizer, scheduler and generators from step-N; returns its state.json dict.
+    In a multi-process run, process R takes its own generator states (keeping its seed's when the run that saved
+    had fewer processes)."""
+    from .distributed import load_sharded
+    from .launcher import process_rank
+
     path = Path(path)
+    if (path / SHARDED).is_dir():
+        load_sharded(path / SHARDED, model, optimizer)
+    else:
+        _load_whole(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rank = process_rank()
+    rng_file = path / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt")
+    if rank == 0 or rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+def _load_whole(path: Path, model: nn.Module, optimizer) -> None:
     tensors = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     wanted = {n for n, p in params.items() if p.requires_grad}
@@ -152,10 +189,13 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, schedu
             f"checkpoint {path} does not match the model's trainable parameters "
             f"(missing: {missing[:5]}, unexpected: {extra[:5]}); start fresh with resume disabled (--no-resume)"
         )
+    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    if any(type(p).__name__ == "DTensor" for p in params.values()):  # saved unsharded, resumed sharded
+        from .distributed import load_whole_sharded
+
+        load_whole_sharded(tensors, optim, model, optimizer)
+        return
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(optim)

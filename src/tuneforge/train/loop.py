@@ -33,8 +33,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
+from .distributed import Parallel
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
-from .report import Reporter, plot_losses
+from .report import plot_losses
 from .tasks.base import batch_context
 
 
@@ -137,10 +138,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def accumulate(model: nn.Module, task, batches: list[dict], amp=nullcontext) -> tuple[float, int]:
-    """Backward of one optimizer step's micro-batches, normalised over all their targets.
+def accumulate(model: nn.Module, task, batches: list[dict], amp=nullcontext, par: Parallel | None = None):
+    """Backward of one optimizer step's micro-batches, normalised over all their targets (on all processes).
     Returns (summed loss, number of targets); the step's loss is their ratio (nan when there are no targets)."""
-    total = sum(int(task.num_targets(b)) for b in batches)
+    par = par or Parallel()
+    total = par.all_sum(sum(int(task.num_targets(b)) for b in batches))
     if total == 0:
         return math.nan, 0
     summed = 0.0
@@ -150,7 +152,7 @@ def accumulate(model: nn.Module, task, batches: list[dict], amp=nullcontext) -> 
         if loss.requires_grad:
             (loss / total).backward()
         summed = summed + loss.detach().float()  # stays on the device: one sync per step, below
-    return float(summed), total
+    return float(par.all_sum(summed)), total
 
 
 def _num_tokens(task, batch: dict) -> int:
@@ -217,22 +219,25 @@ def run_training(
     root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
-    _seed_everything(cfg.seed)
-    order = DataOrder(len(train_examples), cfg.micro_batch_size, cfg.grad_accum_steps, cfg.seed)
+    par = Parallel.current()  # several processes: see distributed.py; one process: every call is a no-op
+    task = par.task(task)
+    _seed_everything(cfg.seed + par.rank)
+    order = DataOrder(len(train_examples), cfg.micro_batch_size * par.world_size, cfg.grad_accum_steps, cfg.seed)
     total_steps = cfg.max_steps or cfg.epochs * order.steps_per_epoch
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
     history: list[dict] = []
-    latest = ckpt.latest_checkpoint(root) if resume else None
+    latest = par.agree(ckpt.latest_checkpoint(root)) if resume else None
     if latest is not None:
         loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
         state.update({k: loaded[k] for k in state})
         history = loaded.get("history", [])
         sync_lr(scheduler)
-    else:
+    elif par.is_main:
         ckpt.clear(root)
-    reporter = Reporter(output_dir, history, total_steps, min(state["global_step"], total_steps), progress)
+    reporter = par.reporter(output_dir, history, total_steps, min(state["global_step"], total_steps), progress)
     if latest is not None:
         reporter.message(f"resuming from {latest} (step {state['global_step']} of {total_steps})")
 
@@ -264,21 +269,22 @@ def run_training(
     def save(rng_snapshot: dict) -> Path:
         state["elapsed_s"] = elapsed()
         extra = {"history": reporter.history, "total_steps": total_steps}
-        return ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
-                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
+        return par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
+                                   {**state, **extra}, rng_snapshot, cfg.keep_last)
 
     try:
         with guard, _checkpointing(model, cfg.gradient_checkpointing):
             while state["global_step"] < total_steps:
                 t0 = time.perf_counter()
                 chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
-                batches = [_to_device(task.collate([train_examples[i] for i in c]), device) for c in chunks]
-                tokens = sum(_num_tokens(task, b) for b in batches)
+                batches = [_to_device(b, device) for b in par.collate(task, train_examples, chunks)]
+                tokens = par.all_sum(sum(_num_tokens(task, b) for b in batches))
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum, targets = accumulate(model, task, batches, amp)
+                loss_sum, targets = accumulate(model, task, batches, amp, par)
+                par.reduce_gradients(params)
                 with guard.critical():
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     scheduler.step()
@@ -308,9 +314,12 @@ def run_training(
             finished_before = latest is not None and session_time == 0.0
             eval_metrics = (finished_before and _logged_eval(reporter.history, state["global_step"])) or run_eval()
             final = save(rng) if saved_step != state["global_step"] else ckpt.latest_checkpoint(root)
+            par.finish(model)
     except KeyboardInterrupt:
         if guard.torn:
             reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
+        elif par.world_size > 1:  # saving needs every process, and each was interrupted somewhere else
+            reporter.message("interrupted: a multi-process run keeps its last saved checkpoint")
         elif state["global_step"] > 0 and saved_step != state["global_step"]:
             path = save(rng)
             reporter.message(f"interrupted: saved {path}; run again to resume")
@@ -327,7 +336,7 @@ def run_training(
         eval_metrics=eval_metrics,
         output_dir=output_dir,
         metrics_path=reporter.metrics_path,
-        plot_path=plot_losses(reporter.history, reporter.plot_path),
+        plot_path=plot_losses(reporter.history, reporter.plot_path) if par.is_main else None,
         checkpoint_dir=final,
         wall_time_s=elapsed(),
         tokens_per_s=session_tokens / session_time if session_time > 0 else 0.0,
