@@ -160,7 +160,9 @@ def test_reward_rises_on_a_tiny_model(tmp_path):
 def test_resume_repeats_the_same_steps(tmp_path):
     whole = [r for r in run(tmp_path / "a", steps=4).history if "kl" in r]
     run(tmp_path / "b", steps=2)
-    resumed = [r for r in run(tmp_path / "b", steps=4).history if "kl" in r]
+    history = run(tmp_path / "b", steps=4).history
+    assert [r["step"] for r in history if "eval_reward" in r] == [0, 2, 4]  # the first run's final eval is kept
+    resumed = [r for r in history if "kl" in r]
     for a, b in zip(whole, resumed):
         for key in ("reward", "kl", "loss", "value_loss", "kl_coef"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key

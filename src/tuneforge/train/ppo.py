@@ -206,6 +206,8 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
     random.seed(train_cfg.seed)
     np.random.seed(train_cfg.seed % 2**32)
     torch.manual_seed(train_cfg.seed)
+    if reward is None and reward_adapter is None:
+        raise ConfigError("PPO needs a reward: a reward function or a reward adapter directory", key="task")
     scorer = FunctionReward(reward) if reward is not None else AdapterReward(model, reward_adapter)
     device = next(model.parameters()).device
     hidden = model.config.get_text_config().hidden_size
@@ -243,6 +245,12 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
         reporter.message(f"step {state['global_step']}: eval_reward={metrics['eval_reward']:.4g}")
         return metrics
 
+    def save(rng_snapshot: dict) -> Path:
+        state["elapsed_s"] = elapsed()
+        return ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
+                                    {**state, "history": reporter.history, "total_steps": total}, rng_snapshot,
+                                    train_cfg.keep_last)
+
     try:
         if latest is None:
             eval_metrics = run_eval()
@@ -272,16 +280,15 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
             reporter.bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{kl:.3f}", refresh=False)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
                 eval_metrics = run_eval()
-            if step == total or (train_cfg.save_every and step % train_cfg.save_every == 0):
-                state["elapsed_s"] = elapsed()
-                final = ckpt.save_checkpoint(root, step, model, optimizer, scheduler,
-                                             {**state, "history": reporter.history, "total_steps": total}, rng,
-                                             train_cfg.keep_last)
+            if train_cfg.save_every and step % train_cfg.save_every == 0 and step < total:
+                final = save(rng)
         if latest is None or session_tokens:
             eval_metrics = run_eval()
         else:  # a finished run started again: its last evaluation stands
             eval_metrics = next(({k: v for k, v in r.items() if k.startswith("eval_")}
                                  for r in reversed(reporter.history) if "eval_reward" in r), {})
+        if session_tokens:  # after the final evaluation, so a run resumed from here keeps it in its history
+            final = save(rng)
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(output_dir / "value_head.safetensors"))
     finally:
