@@ -101,9 +101,7 @@ def _features_row(entry: MethodEntry, log) -> dict:
 
 
 def _fingerprint(entry: MethodEntry) -> str:
-    from ..config import dump_config
-
-    return json.dumps(dump_config(entry.run_config), sort_keys=True, default=str)
+    return json.dumps(entry.spec, sort_keys=True, default=str)
 
 
 def run_method(entry: MethodEntry, metric: str, reuse: bool = True) -> dict:

@@ -35,6 +35,9 @@ class MethodEntry:
     """Row name in the table (default: the method name; must be unique)."""
     run_config: object
     """The validated RunConfig this method trains with (shared sections + its method and train overrides)."""
+    spec: dict = dataclasses.field(default_factory=dict)
+    """The same as written (before defaults are filled in): what a cached result is matched against, so a new
+    default field in the config schema does not invalidate finished rows."""
 
 
 @dataclasses.dataclass
@@ -121,7 +124,7 @@ def compare_config_from_dict(data: dict, source: Source | None = None) -> Compar
         run["method"] = method
         run["train"] = {**(run.get("train") or {}), **train}
         run["output_dir"] = str(Path(str(shared.get("output_dir", "runs/compare"))) / "runs" / label)
-        entries.append(MethodEntry(label, config_from_dict(run, _entry_source(source, i))))
+        entries.append(MethodEntry(label, config_from_dict(copy.deepcopy(run), _entry_source(source, i)), run))
     return CompareConfig(metric=metric, output_dir=Path(str(shared.get("output_dir", "runs/compare"))),
                          entries=entries, shared=shared)
 
