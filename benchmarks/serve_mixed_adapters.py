@@ -5,7 +5,9 @@ Work: K random LoRA adapters (rank 16, alpha 32, every linear projection) for th
 requests with P-token prompts (random ids, the same for every side), each generating exactly G tokens (end of
 turn suppressed with min_new_tokens, so every side does the same work). Greedy decoding, fp32.
 
-Sides, timed alternately in one process so load on a shared machine hits them alike (median of the repeats):
+Sides, timed alternately in one process so load on a shared machine hits them alike (median of the repeats).
+Both wall-clock throughput and throughput per CPU-second of this process are shown: on a machine shared with
+other work, CPU time (with --threads 1) is the steadier measure of what each side costs.
     merged   one adapter merged into a copy of the base (plain transformers model): the fastest a single fine-tune
              can be served, and the baseline of the ratio column
     mixed-K  K distinct adapters loaded in the pool, rows spread round-robin over them, generate inside
@@ -52,24 +54,25 @@ def make_adapters(model, count: int, rank: int, root: Path, b_std: float = 0.01)
     return paths
 
 
-def generate(model, ids, mask, new_tokens: int, rows=None) -> float:
-    """Seconds to generate exactly new_tokens per row (inside a mixed batch when rows are given)."""
+def generate(model, ids, mask, new_tokens: int, rows=None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) to generate exactly new_tokens per row (inside a mixed batch
+    when rows are given)."""
     from transformers import GenerationConfig
 
     from tuneforge.methods import mixed_batch
 
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               pad_token_id=0, eos_token_id=model.config.eos_token_id)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.no_grad():
         if rows is None:
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         else:
             with mixed_batch(model, rows):
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     assert out.shape[1] == ids.shape[1] + new_tokens
-    return elapsed
+    return elapsed, cpu
 
 
 def switch_latency(pool, paths: dict[str, Path], model, ids) -> dict:
@@ -82,7 +85,7 @@ def switch_latency(pool, paths: dict[str, Path], model, ids) -> dict:
             start = time.perf_counter()
             slots = pool.ensure({name: paths[name]})
             hits.append(time.perf_counter() - start)
-            first_tokens.append(generate(model, ids[:1], torch.ones_like(ids[:1]), 1, [slots[name]]))
+            first_tokens.append(generate(model, ids[:1], torch.ones_like(ids[:1]), 1, [slots[name]])[0])
         pool.evict(names[0])
         start = time.perf_counter()
         pool.ensure({names[0]: paths[names[0]]})
@@ -131,23 +134,25 @@ def main() -> None:
         sides[f"mixed-{k}"] = [slots[f"adapter-{i % k}"] for i in range(args.batch_size)]
     generate(merged, ids, mask, 2)  # warm-up of both models
     generate(model, ids, mask, 2, sides[f"mixed-{counts[0]}"])
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for _ in range(args.repeats):
         for name, rows in sides.items():
             times[name].append(generate(merged if rows is None else model, ids, mask, args.new_tokens, rows))
     tokens = args.batch_size * args.new_tokens
-    base_rate = tokens / statistics.median(times["merged"])
+    rate = {name: (tokens / statistics.median(w for w, _ in m), tokens / statistics.median(c for _, c in m))
+            for name, m in times.items()}
     results = {"model": "tiny-llama" if args.tiny else args.base, "batch_size": args.batch_size,
                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "rank": args.rank,
                "repeats": args.repeats, "threads": torch.get_num_threads(), "sides": {}}
-    print(f"{'side':10s} {'tokens/s':>10s} {'vs merged':>10s}   ({args.batch_size} rows x {args.new_tokens} new tokens, "
-          f"{args.prompt_tokens}-token prompts, LoRA r={args.rank}, {args.repeats} repeats, "
-          f"{torch.get_num_threads()} threads)")
-    for name, measured in times.items():
-        rate = tokens / statistics.median(measured)
-        results["sides"][name] = {"tokens_per_s": rate, "ratio_to_merged": rate / base_rate,
-                                  "seconds": measured}
-        print(f"{name:10s} {rate:10.1f} {rate / base_rate:9.2f}x")
+    print(f"{args.batch_size} rows x {args.new_tokens} new tokens, {args.prompt_tokens}-token prompts, LoRA r={args.rank}, "
+          f"median of {args.repeats} repeats, {torch.get_num_threads()} threads")
+    print(f"{'side':10s} {'tokens/s':>9s} {'ratio':>6s} {'tokens/CPU-s':>13s} {'ratio':>6s}")
+    for name, (wall_rate, cpu_rate) in rate.items():
+        wall_ratio, cpu_ratio = wall_rate / rate["merged"][0], cpu_rate / rate["merged"][1]
+        results["sides"][name] = {"tokens_per_s": wall_rate, "ratio_to_merged": wall_ratio,
+                                  "tokens_per_cpu_s": cpu_rate, "cpu_ratio_to_merged": cpu_ratio,
+                                  "wall_and_cpu_seconds": times[name]}
+        print(f"{name:10s} {wall_rate:9.1f} {wall_ratio:5.2f}x {cpu_rate:13.1f} {cpu_ratio:5.2f}x")
     latency = switch_latency(pool, paths, model, ids)
     results["switch"] = latency
     print(f"adapter switch: cache hit {latency['cache_hit_ms']:.3f} ms, cold load from disk "

@@ -70,3 +70,25 @@ def test_training_a_mixed_batch_takes_the_autograd_path():
         model(ids).logits.sum().backward()
     assert "_mixed_lora_stack" not in q_layer(model).__dict__
     assert q_layer(model).lora_B["a"].weight.grad is not None and q_layer(model).lora_B["c"].weight.grad is None
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_gathered_and_masked_forms_agree_with_each_adapter_alone(monkeypatch, gather):
+    """Prompts take the per-row gather (equal ranks, enough adapters and tokens), decoding the masked stack."""
+    from tuneforge.methods import _mixed_lora
+
+    monkeypatch.setattr(_mixed_lora, "GATHER_MIN_TOKENS", 1 if gather else 10**9)
+    model = tiny_llama()
+    names = ["a", "b", "c", "d", "e"]
+    for seed, name in enumerate(names, start=1):
+        torch.manual_seed(seed)
+        add_adapter(model, "lora", name, r=4, lora_alpha=seed, target_modules=["q_proj", "v_proj", "down_proj"],
+                    init_lora_weights=False)
+    rows = ["e", "a", None, "c", "b", "d", "a"]
+    ids = torch.randint(0, 256, (len(rows), 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with mixed_batch(model, rows):
+            mixed = model(ids).logits
+        for i, name in enumerate(rows):
+            torch.testing.assert_close(mixed[i], alone(model, name, ids[i:i + 1])[0], atol=1e-5, rtol=1e-5)
+    assert q_layer(model).__dict__["_mixed_lora_stack"].a_each is not None

@@ -31,7 +31,7 @@ def step_events(client, job_id: str) -> list[int]:
     return sorted(e.data["step"] for e in events if e.type == "metrics")
 
 
-def long_job(client, tmp_path, epochs: int = 10):
+def long_job(client, tmp_path, epochs: int = 25):
     upload = client.files.create(file=write_jsonl(tmp_path / "t.jsonl", chat_records(8)).open("rb"),
                                  purpose="fine-tune")
     return client.fine_tuning.jobs.create(model="base", training_file=upload.id, hyperparameters={"n_epochs": epochs})
@@ -53,7 +53,7 @@ def test_a_killed_worker_resumes_from_its_last_checkpoint(served_dir, tmp_path):
         assert any("stopped unexpectedly (signal 9)" in m for m in messages)
         resumed = [m for m in messages if m.startswith("Fine-tuning resumed from checkpoint step-")]
         assert resumed and "(attempt 2)" in resumed[0]
-        assert step_events(client, job.id) == list(range(1, 4 * 10 + 1))  # every step reported exactly once
+        assert step_events(client, job.id) == list(range(1, 4 * 25 + 1))  # every step reported exactly once
 
 
 def start_server(served_dir, data_dir, log_path) -> tuple[subprocess.Popen, str]:
@@ -113,7 +113,24 @@ def test_a_server_restart_loses_nothing_and_resumes_the_running_job(served_dir, 
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
     assert any(m.startswith("The server restarted while this job was running; it will resume from checkpoint")
                for m in messages)
-    assert step_events(client, job.id) == list(range(1, 4 * 10 + 1))
+    assert step_events(client, job.id) == list(range(1, 4 * 25 + 1))
     reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
                                            messages=[{"role": "user", "content": "say cat"}])
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_clean_shutdown_queues_the_running_job_for_the_next_start(served_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    config = ServeConfig(base=str(served_dir / "base"), data_dir=str(data_dir),
+                         job_config=str(served_dir / "job.yaml"))
+    with running_server(config) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        job = long_job(client, tmp_path)
+        wait_for_checkpoint(data_dir, job.id)
+    with running_server(config) as url:  # the same data directory, a new server
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+        assert any(m.startswith("The server shut down; the job will resume from checkpoint step-") for m in messages)
+        job = wait_for_job(client, job.id)
+        assert job.status == "succeeded", job.error
+        assert step_events(client, job.id) == list(range(1, 4 * 25 + 1))

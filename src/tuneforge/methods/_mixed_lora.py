@@ -11,9 +11,17 @@ of the batch at once and a mask keeps each row's own:
     H = W X + Z B_cat^T     B_cat = [B_1, ..., B_K]                 (out  x  sum_k r_k)
 
 Exact (masked columns add zero), and it costs sum_k r_k (in + out) multiply-adds per token: for K = 8 adapters of
-rank 8 on a 576-wide projection about a fifth of the base matmul. It is the dense-matmul form of the BGMV kernels
-of punica (Chen et al. 2023, https://arxiv.org/abs/2310.18547) and S-LoRA (Sheng et al. 2023,
-https://arxiv.org/abs/2311.03285). LoRA maths: Hu et al. 2021, https://arxiv.org/abs/2106.09685.
+rank 8 on a 576-wide projection about a fifth of the base matmul. That is cheap for decoding (one token per row),
+where every kernel is small. For prompts (many tokens per row) it wastes K - 1 of every K adapter products, so
+there each row's own factors are gathered and applied with two batched matmuls (the BGMV form):
+
+    Z_i = X_i A_{a_i}^T s_{a_i},   H_i = W X_i + Z_i B_{a_i}^T      (bmm over the rows i)
+
+which costs r (in + out) per token plus a copy of r (in + out) weights per row. On a CPU the gather wins from
+about 8 tokens per row and 4 adapters (measured: benchmarks/serve_mixed_adapters.py), when all ranks are equal.
+Both are the dense-matmul forms of the kernels of punica (Chen et al. 2023, https://arxiv.org/abs/2310.18547)
+and S-LoRA (Sheng et al. 2023, https://arxiv.org/abs/2311.03285). LoRA: Hu et al. 2021,
+https://arxiv.org/abs/2106.09685.
 
 Only for inference: with gradients on (a mixed batch in training) or dropout active, the loop is used, so
 autograd sees the textbook graph. The stacked factors are cached per layer for the last set of adapters and
@@ -24,6 +32,7 @@ from __future__ import annotations
 import torch
 
 BASE_ROWS = (None, "__base__")
+GATHER_MIN_TOKENS, GATHER_MIN_ADAPTERS = 8, 4  # where the per-row gather beats the masked stack (see above)
 
 
 class _Stack:
@@ -40,7 +49,14 @@ class _Stack:
         for n in names:
             self.columns[n] = (start, start + layer.r[n], layer.scaling[n])
             start += layer.r[n]
-        self.mask_key, self.mask = None, None
+        ranks = {layer.r[n] for n in names}
+        if len(ranks) == 1:  # (K, r, in) and (K, out, r) views of the same storage, for the gather
+            k, r = len(names), ranks.pop()
+            self.a_each = self.a_cat.view(k, r, -1)
+            self.b_each = self.b_cat.view(-1, k, r).permute(1, 0, 2)
+        else:
+            self.a_each = self.b_each = None
+        self.mask_key = self.mask = self.index = self.scales = None
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(t._version for pair in self.params for t in pair)
@@ -52,15 +68,20 @@ class _Stack:
                         for n, (a, b) in zip(names, self.params)))
 
     def row_mask(self, rows: tuple, x: torch.Tensor) -> torch.Tensor:
-        """(batch, 1, ..., sum r): each row's adapter scaling on its own columns, zero elsewhere."""
+        """(batch, 1, ..., sum r): each row's adapter scaling on its own columns, zero elsewhere; and, for the
+        gather, each row's adapter index and scaling (0 for a base row)."""
         key = (rows, x.ndim, x.device, x.dtype)
         if key != self.mask_key:
             mask = torch.zeros(len(rows), self.a_cat.shape[0], dtype=x.dtype)
+            index, scales = [0] * len(rows), [0.0] * len(rows)
             for i, name in enumerate(rows):
                 if name in self.columns:
                     lo, hi, scaling = self.columns[name]
                     mask[i, lo:hi] = scaling
+                    index[i], scales[i] = self.names.index(name), scaling
             self.mask_key, self.mask = key, mask.view(len(rows), *([1] * (x.ndim - 2)), -1).to(x.device)
+            self.index = torch.tensor(index, device=x.device)
+            self.scales = torch.tensor(scales, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return self.mask
 
 
@@ -87,6 +108,11 @@ def mixed_lora_forward(layer, x: torch.Tensor, result: torch.Tensor, rows: list)
         object.__setattr__(layer, "_mixed_lora_stack", stack)
     if not (x.dtype == stack.a_cat.dtype == result.dtype):
         return None
-    z = (x @ stack.a_cat.t()).mul_(stack.row_mask(rows, x))
+    mask = stack.row_mask(rows, x)
+    if (x.ndim == 3 and x.shape[1] >= GATHER_MIN_TOKENS and len(names) >= GATHER_MIN_ADAPTERS
+            and stack.a_each is not None):
+        z = torch.bmm(x, stack.a_each[stack.index].transpose(1, 2)).mul_(stack.scales)
+        return result.baddbmm_(z, stack.b_each[stack.index].transpose(1, 2))
+    z = (x @ stack.a_cat.t()).mul_(mask)
     out = result.reshape(-1, result.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), stack.b_cat.t())
     return out.view(result.shape)

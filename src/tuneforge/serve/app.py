@@ -70,7 +70,7 @@ class ServerState:
                                        self.config.batch_wait_ms / 1000, self.config.max_queued_requests)
         self.engine.start()
         self.jobs = JobManager(self.store, self.data_dir, self.base_name, self.config.max_concurrent_jobs,
-                               self.config.max_job_attempts,
+                               self.config.max_job_restarts,
                                on_model=lambda name: log.info("fine-tuned model ready: %s", name))
         self.jobs.start()
 

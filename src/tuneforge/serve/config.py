@@ -68,9 +68,9 @@ class ServeConfig:
     max_concurrent_jobs: int = 1
     """Fine-tuning jobs that train at the same time (each in its own worker process)."""
 
-    max_job_attempts: int = 3
-    """A job whose worker vanished (killed, or the server restarted) resumes from its last checkpoint this
-    many times in all before it is marked failed."""
+    max_job_restarts: int = 2
+    """How often a job whose worker vanished (killed, out of memory, or the server died) resumes from its last
+    checkpoint before it is marked failed. A clean server shutdown does not count."""
 
     cors_origins: list[str] = dataclasses.field(default_factory=list)
     """Browser origins allowed by CORS; empty (the default) sends no CORS headers at all."""
@@ -96,10 +96,11 @@ class ServeConfig:
         for key in ("max_upload_mb", "max_request_mb", "adapter_cache_mb"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive", key=key)
-        for key in ("max_batch_size", "max_queued_requests", "default_max_tokens", "max_concurrent_jobs",
-                    "max_job_attempts"):
+        for key in ("max_batch_size", "max_queued_requests", "default_max_tokens", "max_concurrent_jobs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1", key=key)
+        if self.max_job_restarts < 0:
+            raise ConfigError("max_job_restarts must not be negative", key="max_job_restarts")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads must be at least 1 (or unset)", key="threads")
         if self.batch_wait_ms < 0:

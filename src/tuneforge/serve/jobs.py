@@ -5,11 +5,11 @@ Life of a job: queued -> running -> succeeded | failed | cancelled. Its files li
 `<data>/jobs/<job id>/` (run.json, output/, worker.log, result.json; see worker.py).
 
 What survives what:
-- A worker that vanishes without a result (killed, out of memory) and a server restart while a job runs are
+- A worker that vanishes without a result (killed, out of memory) and a server that dies while a job runs are
   treated the same: the job goes back to the queue and **resumes from its last checkpoint** (the trainer resumes
-  exactly: same data order, optimizer state, RNG), at most `max_job_attempts` times in all; then it fails.
-- Shutting the server down interrupts the workers (they save a checkpoint) and leaves their jobs running in
-  the store, so the next start resumes them.
+  exactly: same data order, optimizer state, RNG), at most `max_restarts` times; then it fails.
+- Shutting the server down interrupts the workers (they save a checkpoint) and queues their jobs again, so the
+  next start resumes them (this does not count as a restart).
 - Finished jobs and their models stay listed across restarts (they live in the store).
 
 Progress events come from the trainer's metrics.jsonl, tailed by the supervisor; a step's event is recorded
@@ -41,9 +41,9 @@ def fine_tuned_name(base_name: str, suffix: str | None, job_id: str) -> str:
 
 class JobManager:
     def __init__(self, store: Store, data_dir: Path, base_name: str, max_concurrent: int = 1,
-                 max_attempts: int = 3, on_model=lambda model_id: None):
+                 max_restarts: int = 2, on_model=lambda model_id: None):
         self.store, self.data_dir, self.base_name = store, Path(data_dir), base_name
-        self.max_concurrent, self.max_attempts, self.on_model = max_concurrent, max_attempts, on_model
+        self.max_concurrent, self.max_restarts, self.on_model = max_concurrent, max_restarts, on_model
         self._running: dict[str, threading.Thread] = {}
         self._procs: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
@@ -65,24 +65,41 @@ class JobManager:
         self._stopping.set()
         self._wake.set()
         with self._lock:
-            procs = list(self._procs.values())
-        for proc in procs:
+            procs = dict(self._procs)
+        for proc in procs.values():
             _signal(proc, signal.SIGINT)
         deadline = time.monotonic() + timeout
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal(proc, signal.SIGKILL)
         for thread in list(self._running.values()):
             thread.join(timeout=5)
+        for job_id in procs:
+            if self.store.update_job(job_id, when=("running",), status="queued", worker_pid=None):
+                self.store.add_event(job_id, f"The server shut down; the job will resume "
+                                             f"{self._resume_point(job_id)} at the next start.")
 
     def _recover(self) -> None:
+        """Jobs still marked running lost their server: finish those whose worker reported meanwhile, queue the
+        others to resume from their last checkpoint."""
         for job in self.store.list_jobs(("running", "validating_files")):
-            where = self._resume_point(job["id"])
-            self.store.update_job(job["id"], when=("running", "validating_files"), status="queued", worker_pid=None)
-            self.store.add_event(job["id"], f"The server restarted while this job was running; it will resume "
-                                            f"{where}.", level="warn")
+            if (self.job_dir(job["id"]) / RESULT).is_file():
+                self._finish(job["id"], 0)
+                continue
+            self._requeue(job, f"The server restarted while this job was running; it will resume "
+                               f"{self._resume_point(job['id'])}.")
+
+    def _requeue(self, job: dict, message: str) -> None:
+        """Back to the queue after its worker vanished, or failed when that happened too often."""
+        restarts = job["restarts"] + 1
+        if restarts > self.max_restarts:
+            return self._fail(job["id"], {"code": "worker_died", "param": None, "message":
+                                          f"the training worker stopped unexpectedly {restarts} times"})
+        if self.store.update_job(job["id"], when=("running", "validating_files"), status="queued",
+                                 restarts=restarts, worker_pid=None):
+            self.store.add_event(job["id"], message, level="warn")
 
     def _resume_point(self, job_id: str) -> str:
         from ..train.checkpoint import latest_checkpoint
@@ -161,9 +178,6 @@ class JobManager:
         _wait_for_previous_worker(job_dir)
         job = self.store.get_job(job_id)
         attempts = job["attempts"] + 1
-        if attempts > self.max_attempts:
-            return self._fail(job_id, {"code": "worker_died", "param": None, "message":
-                                       f"the training worker stopped unexpectedly {job['attempts']} times"})
         if not self.store.update_job(job_id, when=("queued",), status="running", attempts=attempts,
                                      started_at=job["started_at"] or int(time.time())):
             return  # cancelled meanwhile
@@ -210,10 +224,8 @@ class JobManager:
             if self._stopping.is_set():
                 return  # left running in the store: the next start resumes it
             how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-            self.store.update_job(job_id, when=("running",), status="queued", worker_pid=None)
-            self.store.add_event(job_id, f"The training worker stopped unexpectedly ({how}); the job will resume "
-                                         f"{self._resume_point(job_id)}.", level="warn")
-            return
+            return self._requeue(self.store.get_job(job_id), f"The training worker stopped unexpectedly ({how}); "
+                                                             f"the job will resume {self._resume_point(job_id)}.")
         if result["status"] != "succeeded":
             return self._fail(job_id, result["error"])
         job = self.store.get_job(job_id)

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     training_file TEXT NOT NULL, validation_file TEXT, suffix TEXT, status TEXT NOT NULL,
     hyperparameters TEXT NOT NULL, method TEXT NOT NULL, seed INTEGER NOT NULL, metadata TEXT,
     error TEXT, fine_tuned_model TEXT, started_at INTEGER, finished_at INTEGER, trained_tokens INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0, last_step INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, last_step INTEGER NOT NULL DEFAULT 0,
     last_eval_step INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,

@@ -47,7 +47,7 @@ def hold_lock(job_dir: Path):
     return handle
 
 
-def watch_parent(parent_pid: int, poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+def watch_parent(parent_pid: int, poll_s: float = 0.5, grace_s: float = 60.0) -> None:
     """When the server that started us is gone, stop as if interrupted (a checkpoint is saved), and exit hard
     if that takes longer than grace_s: an orphaned worker must not keep training a job nobody supervises."""
 
