@@ -80,8 +80,9 @@ def _plan(state, params, prompt_ids: list[list[int]]) -> list[GenerationRequest]
     for ids in prompt_ids:
         room = context - len(ids) if context else asked or state.config.default_max_tokens
         if room < 1 or (asked is not None and asked > room):
+            param = "messages" if isinstance(params, ChatCompletionRequest) else "prompt"
             raise ApiError(400, f"this model's context is {context} tokens; the prompt has {len(ids)} and "
-                                f"{asked or 1} more were requested", param="messages", code="context_length_exceeded")
+                                f"{asked or 1} more were requested", param=param, code="context_length_exceeded")
         limit = asked if asked is not None else min(state.config.default_max_tokens, room)
         for _ in range(params.n):
             requests.append(GenerationRequest(prompt_ids=ids, max_tokens=limit, model_id=model_id,
@@ -150,7 +151,7 @@ def _sse(events):
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _usage(state, requests, choices) -> dict:
+def _usage(requests, choices) -> dict:
     return usage(sum(len(r.prompt_ids) for r in requests), sum(c["completion_tokens"] for c in choices))
 
 
@@ -166,7 +167,7 @@ async def chat_completions(request: Request, body: ChatCompletionRequest):
     cid = f"chatcmpl-{secrets.token_hex(12)}"
     if not body.stream:
         choices = await _collect(state, requests)
-        return chat_completion(cid, body.model, choices, _usage(state, requests, choices))
+        return chat_completion(cid, body.model, choices, _usage(requests, choices))
 
     queue = _submit(state, requests)
 
@@ -194,7 +195,7 @@ async def completions(request: Request, body: CompletionRequest):
     cid = f"cmpl-{secrets.token_hex(12)}"
     if not body.stream:
         choices = await _collect(state, requests)
-        return text_completion(cid, body.model, choices, _usage(state, requests, choices))
+        return text_completion(cid, body.model, choices, _usage(requests, choices))
 
     queue = _submit(state, requests)
 
