@@ -1,7 +1,7 @@
 """Multi-process training on CPU with gloo: two processes equal one process with the same global batch (LoRA
 replicated, full fine-tuning sharded with FSDP2, with gradient checkpointing and accumulation), resume after a
-stop and after a killed process is exact, a sharded checkpoint resumes on one process, and the launch pieces
-(slicing, torchrun command line, CLI) do what they say.
+stop and after a killed process is exact, checkpoints resume on another number of processes (sharded 2 -> 1,
+whole 1 -> 2), and the launch pieces (slicing, torchrun command line, CLI, failure report) do what they say.
 
 The two-process runs of one test module share one spawn of two workers (`runs` below): starting processes and
 importing torch is most of their cost. Workers run `train()` on a tiny Llama saved as a local model directory.
