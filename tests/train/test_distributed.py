@@ -289,7 +289,8 @@ def test_cli_nproc_launches_torchrun(monkeypatch):
 @pytest.mark.slow
 def test_cli_runs_two_processes_through_torchrun(setup, tmp_path):
     """The real path: `python -m tuneforge train CONFIG --nproc 2` execs torchrun, whose two processes train and
-    process 0 alone writes the adapter and the metrics; a bad data path stops the run with the error message."""
+    process 0 alone writes the adapter and the metrics. (A failing process's message in torchrun's summary:
+    test_a_failure_is_recorded_for_torchrun; launching a failing run here would double this test's time.)"""
     import subprocess
     import sys
 
@@ -304,6 +305,3 @@ def test_cli_runs_two_processes_through_torchrun(setup, tmp_path):
     assert (setup / "cli_run" / "adapter" / "adapter_model.safetensors").is_file()
     records = [json.loads(line) for line in (setup / "cli_run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
-    failed = subprocess.run(cmd + ["--set", "data.train=missing.jsonl"], capture_output=True, text=True, timeout=600)
-    assert failed.returncode != 0
-    assert "rank      : 1" in failed.stderr and "DataError: missing.jsonl: file not found" in failed.stderr
