@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneforge-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -25,9 +25,6 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -n 2 --dist loadfile
-
-bench: setup
-	$(PY) benchmarks/lora_sft.py
 
 clean:
 	rm -rf $(VENV) runs
