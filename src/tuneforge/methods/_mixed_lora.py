@@ -25,7 +25,9 @@ https://arxiv.org/abs/2106.09685.
 
 Only for inference: with gradients on (a mixed batch in training) or dropout active, the loop is used, so
 autograd sees the textbook graph. The stacked factors are cached per layer for the last set of adapters and
-rebuilt when that set or any factor changes (a parameter's version counter moves on every in-place update).
+rebuilt when that set or any factor changes (a parameter's version counter moves on every in-place update). All of
+this is checked once when a mixed batch starts (each `mixed_batch` block: one `generate` call), not at every
+forward: a decoding step then pays three kernels and no bookkeeping. Change adapter weights outside the block.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ GATHER_MIN_TOKENS, GATHER_MIN_ADAPTERS = 8, 4  # where the per-row gather beats 
 
 
 class _Stack:
-    """One layer's stacked factors for one set of adapters, and the row mask of the last rows seen."""
+    """One layer's factors of a set of adapters, stacked."""
 
     def __init__(self, layer, names: tuple[str, ...]):
         self.names = names
@@ -56,7 +58,6 @@ class _Stack:
             self.b_each = self.b_cat.view(-1, k, r).permute(1, 0, 2)
         else:
             self.a_each = self.b_each = None
-        self.mask_key = self.mask = self.index = self.scales = None
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(t._version for pair in self.params for t in pair)
@@ -67,52 +68,68 @@ class _Stack:
                 and all(a is layer.lora_A[n].weight and b is layer.lora_B[n].weight
                         for n, (a, b) in zip(names, self.params)))
 
-    def row_mask(self, rows: tuple, x: torch.Tensor) -> torch.Tensor:
-        """(batch, 1, ..., sum r): each row's adapter scaling on its own columns, zero elsewhere; and, for the
-        gather, each row's adapter index and scaling (0 for a base row)."""
-        key = (rows, x.ndim, x.device, x.dtype)
-        if key != self.mask_key:
-            mask = torch.zeros(len(rows), self.a_cat.shape[0], dtype=x.dtype)
-            index, scales = [0] * len(rows), [0.0] * len(rows)
-            for i, name in enumerate(rows):
-                if name in self.columns:
-                    lo, hi, scaling = self.columns[name]
+
+class _Batch:
+    """What one layer needs for the rows of one mixed batch: the stack and the per-row mask / index / scaling."""
+
+    def __init__(self, layer, rows: list, previous: "_Batch | None"):
+        self.rows = rows
+        self.names = tuple(sorted({r for r in rows if r not in BASE_ROWS and layer.has_adapter(r)}))
+        self.trainable = any(layer.lora_A[n].weight.requires_grad or layer.lora_B[n].weight.requires_grad
+                             for n in self.names)
+        self.dropout = any(not isinstance(layer.lora_dropout[n], torch.nn.Identity) for n in self.names)
+        self.layer, self.masks = layer, {}
+        self._stack = previous._stack if previous is not None else None  # reused if still fresh, see stack()
+        self._checked = False
+
+    def stack(self) -> _Stack:
+        """The stacked factors, built (or the previous batch's checked) on first use only, so training never
+        stacks anything."""
+        if not self._checked:
+            if self._stack is None or not self._stack.fresh(self.layer, self.names):
+                self._stack = _Stack(self.layer, self.names)
+            self._checked = True
+        return self._stack
+
+    def row_tensors(self, x: torch.Tensor):
+        """(mask, index, scales): the mask is (batch, 1, ..., sum r), each row's adapter scaling on its own
+        columns; index and scales are each row's adapter and scaling for the gather (0 for a base row)."""
+        key = (x.ndim, x.device, x.dtype)
+        if key not in self.masks:
+            stack = self.stack()
+            mask = torch.zeros(len(self.rows), stack.a_cat.shape[0], dtype=x.dtype)
+            index, scales = [0] * len(self.rows), [0.0] * len(self.rows)
+            for i, name in enumerate(self.rows):
+                if name in stack.columns:
+                    lo, hi, scaling = stack.columns[name]
                     mask[i, lo:hi] = scaling
-                    index[i], scales[i] = self.names.index(name), scaling
-            self.mask_key, self.mask = key, mask.view(len(rows), *([1] * (x.ndim - 2)), -1).to(x.device)
-            self.index = torch.tensor(index, device=x.device)
-            self.scales = torch.tensor(scales, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return self.mask
+                    index[i], scales[i] = stack.names.index(name), scaling
+            self.masks[key] = (mask.view(len(self.rows), *([1] * (x.ndim - 2)), -1).to(x.device),
+                               torch.tensor(index, device=x.device),
+                               torch.tensor(scales, dtype=x.dtype, device=x.device).view(-1, 1, 1))
+        return self.masks[key]
 
 
 def mixed_lora_forward(layer, x: torch.Tensor, result: torch.Tensor, rows: list) -> torch.Tensor | None:
     """`result` (the base layer's output) plus each row's own LoRA update, or None where this path does not
-    apply (the caller then runs the per-adapter loop)."""
-    rows = tuple(rows)
-    key = (rows, tuple(layer.lora_A))
-    names = layer.__dict__.get("_mixed_lora_names")
-    if names is None or names[0] != key:
-        names = (key, tuple(sorted({r for r in rows if r not in BASE_ROWS and layer.has_adapter(r)})))
-        object.__setattr__(layer, "_mixed_lora_names", names)  # plain attributes: never buffers, never saved
-    names = names[1]
-    if not names:
+    apply (the caller then runs the per-adapter loop). `rows` is the mixed batch's own list: a new block, a new
+    list, and everything cached for the previous one is checked again."""
+    batch = layer.__dict__.get("_mixed_lora")
+    if batch is None or batch.rows is not rows:
+        batch = _Batch(layer, rows, batch)
+        object.__setattr__(layer, "_mixed_lora", batch)  # a plain attribute: never a buffer, never saved
+    if not batch.names:
         return result
-    if torch.is_grad_enabled() and any(layer.lora_A[n].weight.requires_grad or layer.lora_B[n].weight.requires_grad
-                                       for n in names):
+    if (batch.trainable and torch.is_grad_enabled()) or (batch.dropout and layer.training):
         return None
-    if layer.training and any(not isinstance(layer.lora_dropout[n], torch.nn.Identity) for n in names):
-        return None
-    stack = layer.__dict__.get("_mixed_lora_stack")
-    if stack is None or not stack.fresh(layer, names):
-        stack = _Stack(layer, names)
-        object.__setattr__(layer, "_mixed_lora_stack", stack)
+    stack = batch.stack()
     if not (x.dtype == stack.a_cat.dtype == result.dtype):
         return None
-    mask = stack.row_mask(rows, x)
-    if (x.ndim == 3 and x.shape[1] >= GATHER_MIN_TOKENS and len(names) >= GATHER_MIN_ADAPTERS
-            and stack.a_each is not None):
-        z = torch.bmm(x, stack.a_each[stack.index].transpose(1, 2)).mul_(stack.scales)
-        return result.baddbmm_(z, stack.b_each[stack.index].transpose(1, 2))
+    mask, index, scales = batch.row_tensors(x)
+    if x.ndim == 3 and x.shape[1] >= GATHER_MIN_TOKENS and len(stack.names) >= GATHER_MIN_ADAPTERS and (
+            stack.a_each is not None):
+        z = torch.bmm(x, stack.a_each[index].transpose(1, 2)).mul_(scales)
+        return result.baddbmm_(z, stack.b_each[index].transpose(1, 2))
     z = (x @ stack.a_cat.t()).mul_(mask)
     out = result.reshape(-1, result.shape[-1]).addmm_(z.reshape(-1, z.shape[-1]), stack.b_cat.t())
     return out.view(result.shape)
