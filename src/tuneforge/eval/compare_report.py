@@ -21,7 +21,7 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def budget_lines(cc) -> list[str]:
+def budget_lines(cc, labels=None) -> list[str]:
     """What every method was given, so a reader knows the table's conditions (subsample, epochs, seed)."""
     from ..data import read_records
 
@@ -45,8 +45,10 @@ def budget_lines(cc) -> list[str]:
     from ..methods import method_for
 
     own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries
-           if getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
-    lines.append("- learning rates: " + "; ".join(own))
+           if (labels is None or e.label in labels)
+           and getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
+    if own:
+        lines.append("- learning rates: " + "; ".join(own))
     return lines
 
 
@@ -58,7 +60,7 @@ def table_rows(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], cc) -> str:
-    head = [f"# {cc.metric} against training cost", "", *budget_lines(cc), "",
+    head = [f"# {cc.metric} against training cost", "", *budget_lines(cc, {r["label"] for r in rows}), "",
             f"| method | {cc.metric} | trainable params | % of total | wall time (s) | peak memory (MiB) | adapter size |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in table_rows(rows):
