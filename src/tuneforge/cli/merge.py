@@ -14,11 +14,18 @@ def merge_cmd(
     ),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out directory."),
+    quantization: Optional[str] = typer.Option(
+        None, "--quantization", help="nf4, fp4 or int8: the adapter was trained on a base quantised so (QLoRA) "
+        "and records no base_quantization.json (e.g. it was trained with peft)."
+    ),
+    double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="With --quantization."),
 ) -> None:
-    """Merge ADAPTER into BASE and save a model that loads with plain transformers."""
+    """Merge ADAPTER into BASE and save a model that loads with plain transformers. An adapter trained on a
+    4-bit/8-bit base is merged into the dequantised base weights it was trained against."""
     from tuneforge.io.merge import merge
 
-    path = merge(base, adapter, out, dtype=dtype, force=force)
+    spec = {"quantization": quantization, "double_quant": double_quant} if quantization else None
+    path = merge(base, adapter, out, dtype=dtype, force=force, quantization=spec)
     typer.echo(f"merged model written to {path}")
 
 

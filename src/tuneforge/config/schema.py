@@ -25,7 +25,7 @@ class ModelConfig:
     """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
     sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
 
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
     """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU)."""
 
     device: str = "auto"
@@ -33,6 +33,16 @@ class ModelConfig:
 
     num_labels: int | None = None
     """Classes of the classifier head; only for kind sequence-classification."""
+
+    quantization: Literal["nf4", "fp4", "int8"] | None = None
+    """Store the base model's Linear weights in 4-bit (nf4, fp4) or 8-bit (int8) through bitsandbytes, for QLoRA;
+    null keeps them dense in `dtype`. Embeddings and the output head stay dense."""
+
+    double_quant: bool = True
+    """4-bit only: quantise the per-block absmax constants as well (QLoRA's double quantisation)."""
+
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
     def validate(self) -> None:
         if self.num_labels is not None and self.kind != "sequence-classification":
@@ -77,8 +87,18 @@ class TrainConfig:
     bf16: bool = False
     """Autocast forward passes to bfloat16 (useful on GPUs; slower than fp32 on CPUs without AMX)."""
 
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 25% slower."""
+    gradient_checkpointing: bool | Literal["elementwise"] = False
+    """Recompute activations in the backward pass. true: whole blocks (least memory, about 25% slower);
+    elementwise (selective checkpointing): keep matmul and attention outputs, recompute only the elementwise work
+    between them (norms, rotary embedding, activation), which costs little time."""
+
+    compile: bool = False
+    """torch.compile each repeated block of the model (its decoder layers) before training: fuses the elementwise
+    work between matmuls; the first steps pay the compile time (minutes on a small CPU)."""
+
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
+    """adamw (torch), or bitsandbytes' AdamW with 8-bit states (adamw_8bit) or paged 8-bit states (paged_adamw_8bit,
+    which spill to CPU RAM under GPU memory pressure)."""
 
     eval_every: int | None = None
     """Evaluate on the validation set every N optimizer steps (and at the end); null = only at the end."""

@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import AdapterMismatch, ModelNotFound, TuneforgeError
+from ..quant import quantization_of
 
 CONFIG_NAME = "adapter_config.json"
+QUANTIZATION_NAME = "base_quantization.json"  # the quantised base an adapter was trained on (QLoRA)
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 
@@ -73,10 +75,24 @@ def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name:
         revision=None,
     )
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
+    quantized = quantization_of(model)
     with atomic_dir(out_dir) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if quantized is not None:  # what `tuneforge merge` must rebuild the base as (peft ignores the file)
+            (tmp / QUANTIZATION_NAME).write_text(json.dumps(quantized.to_dict(), indent=2))
     return Path(out_dir)
+
+
+def read_base_quantization(adapter_dir) -> dict | None:
+    """The QuantSpec fields of the base the adapter was trained on, or None for a dense base."""
+    path = Path(adapter_dir) / QUANTIZATION_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TuneforgeError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
 
 def read_adapter_config(adapter_dir) -> dict:

@@ -21,12 +21,16 @@ def merge(
     *,
     kind: str = "causal-lm",
     force: bool = False,
+    quantization: dict | None = None,
 ) -> Path:
     """Load `base` (default: the base recorded in the adapter), apply `adapter`, merge, save to `out`.
 
-    Refuses to replace a non-empty `out` unless force=True. Returns the output directory."""
+    An adapter trained on a 4-bit/8-bit base (QLoRA) was trained against dequant(Q(W)), not W: the base is
+    quantised again as recorded in the adapter's base_quantization.json (or as `quantization`, QuantSpec fields,
+    says), dequantised into new `dtype` weights, and the adapter merged into those. The quantised tensors are
+    never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory."""
     from ..methods import unload
-    from ..models import load_model, load_tokenizer
+    from ..models import load_tokenizer
     from . import atomic_dir, load_adapter, read_adapter_config
 
     out = Path(out)
@@ -36,7 +40,7 @@ def merge(
         base = read_adapter_config(adapter).get("base_model_name_or_path")
         if not base:
             raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
-    model = load_model(base, kind=kind, dtype=dtype, device="cpu")
+    model = _load_base(base, adapter, kind, dtype, quantization)
     load_adapter(model, adapter)
     model = unload(model, merge=True)
     try:
@@ -49,3 +53,23 @@ def merge(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return out
+
+
+def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
+    """The dense base to merge into: the plain weights, or dequant(Q(W)) for an adapter trained on a quantised base."""
+    from ..models import load_model
+    from ..quant import QuantSpec, dequantize_model
+    from .adapter_files import read_base_quantization
+
+    spec = quantization or read_base_quantization(adapter)
+    if spec is None:
+        return load_model(base, kind=kind, dtype=dtype, device="cpu")
+    try:
+        spec = QuantSpec(**spec)
+    except TypeError as err:
+        raise TuneforgeError(f"{adapter}: unreadable base quantisation record ({err})") from None
+    spec.validate()
+    print(f"the adapter was trained on a {spec.quantization} base: merging into its dequantised weights", file=sys.stderr)
+    model = load_model(base, kind=kind, dtype=dtype, device="cpu", quantization=spec.quantization,
+                       double_quant=spec.double_quant, compute_dtype=spec.compute_dtype)
+    return dequantize_model(model, next(p.dtype for p in model.parameters() if p.is_floating_point()))

@@ -211,6 +211,11 @@ class AdapterLayer(nn.Module):
         if adapter_name in self.merged_adapters or not self.has_adapter(adapter_name):
             return
         w = self.base_layer.weight
+        if not w.dtype.is_floating_point:  # adding to 4-bit/8-bit codes would round the adapter away, silently
+            raise NotMergeable(
+                f"the base weights of this {type(self.base_layer).__name__} are quantised ({w.dtype}); dequantise "
+                "the model first (tuneforge.quant.dequantize_model, which `tuneforge merge` does), then merge"
+            )
         w.data += self.delta_weight(adapter_name).to(w.dtype)
         self.merged_adapters.append(adapter_name)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import METHODS
+from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, check
 from .weight_method import WeightMethod
@@ -76,7 +77,6 @@ class LoraConfig(MethodConfig):
             rank_pattern={k: 2 * v for k, v in self.rank_pattern.items()},
             alpha_pattern={k: v * alpha_factor for k, v in self.alpha_pattern.items()},
         )
-
 
     def rank_and_alpha(self, module_name: str) -> tuple[int, float]:
         r, alpha = self.r, self.lora_alpha
@@ -143,6 +143,8 @@ class LoraLinear(LoraLayer):
         self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)  # Conv1D stores (in, out)
         w = base_layer.weight
         self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        if isinstance(base_layer, nn.Linear):  # a quantised Linear's weight is packed; its features are not
+            self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
 
     def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
         r = self._set_common(name, cfg, module_name)
@@ -164,7 +166,36 @@ class LoraLinear(LoraLayer):
         A, B = self.lora_A[name], self.lora_B[name]
         return B(A(self.lora_dropout[name](x.to(A.weight.dtype)))) * self.scaling[name]
 
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        """One active, unmerged adapter on a dense or 4-bit nn.Linear runs as one fused kernel (_fused_lora.py);
+        everything else (mixed batches, several adapters, Conv1D, autocast) takes the general path."""
+        name = self._fused_adapter(x, args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base, A, B = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
+        return FusedLoraLinear.apply(x, self.lora_dropout[name](x), base.weight, base.bias, A, B, self.scaling[name])
+
+    def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
+        cls, base = type(self), self.base_layer
+        if (args or kwargs or self.disabled or self.row_adapters is not None or self.merged_adapters
+                or len(self.active_adapters) != 1 or cls.lora_delta is not LoraLinear.lora_delta
+                or cls.adapter_forward is not LoraLinear.adapter_forward or not isinstance(base, nn.Linear)
+                or base._forward_hooks or base._forward_pre_hooks):
+            return None
+        name, state = self.active_adapters[0], getattr(base.weight, "quant_state", None)
+        if state is not None:  # 4-bit base: its dequantised weight must be in the activations' dtype
+            dense_ok = state.dtype == x.dtype and getattr(base, "compute_dtype", None) in (None, x.dtype)
+        else:
+            dense_ok = type(base) is nn.Linear and base.weight.dtype == x.dtype
+        if not dense_ok or not self.has_adapter(name):
+            return None
+        extra = () if base.bias is None else (base.bias,)
+        return name if fusable_dtypes(x, self.lora_A[name].weight, self.lora_B[name].weight, *extra) else None
+
     def adapter_forward(self, x, result, name, *args, **kwargs):
+        A, B = self.lora_A[name].weight, self.lora_B[name].weight
+        if type(self).lora_delta is LoraLinear.lora_delta and fusable_dtypes(x, A, B, result):
+            return LoraAddmm.apply(result, self.lora_dropout[name](x), A, B, self.scaling[name])
         return result + self.lora_delta(x, name).to(result.dtype)
 
     def mixed_adapters_forward(self, x, result, rows):

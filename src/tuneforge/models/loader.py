@@ -104,13 +104,18 @@ def load_model(
     num_labels: int | None = None,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "auto",
+    quantization: str | None = None,
+    double_quant: bool = True,
+    compute_dtype: str = "auto",
 ):
     """Load a transformers model in eval mode on `device`.
 
     name_or_path: packaged alias (`smollm2-135m-instruct`, `all-minilm-l6-v2`), local dir, `.gguf` file, or
     hub id. kind: `causal-lm`, `encoder` (bare AutoModel, e.g. for embeddings) or `sequence-classification`
     (with `num_labels`; its head is new and randomly initialised). A missing pad token id is filled from the
-    tokenizer so sequence classifiers can find the last real token of padded rows."""
+    tokenizer so sequence classifiers can find the last real token of padded rows. quantization (nf4, fp4,
+    int8) stores the Linear weights through bitsandbytes, quantised layer by layer as they move to `device`
+    (see tuneforge.quant)."""
     auto_class = _auto_class(kind)
     if num_labels is not None and kind != "sequence-classification":
         raise ConfigError(f"num_labels only applies to kind 'sequence-classification', not {kind!r}", key="num_labels")
@@ -127,6 +132,11 @@ def load_model(
         _fill_pad_token_id(model, source, location)
     model.config._name_or_path = source.canonical
     model.name_or_path = source.canonical
+    if quantization is not None:
+        from ..quant import quantize_model
+
+        quantize_model(model, quantization, double_quant=double_quant, compute_dtype=compute_dtype,
+                       device=target_device)
     return model.to(target_device).eval()
 
 

@@ -34,8 +34,10 @@ from torch import nn
 from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .distributed import Parallel
+from .compile import compile_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
+from .selective_checkpoint import checkpoint_kwargs
 from .tasks.base import batch_context
 
 
@@ -186,10 +188,11 @@ def _checkpointing(model: nn.Module, enabled: bool):
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
     new_api = hasattr(model, "activation_checkpointing_enable")
+    kwargs = checkpoint_kwargs(enabled)  # True: whole blocks; "elementwise": see selective_checkpoint.py
     if enabled and new_api:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     elif enabled and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if enabled and config is not None:
         config.use_cache = False
     try:
@@ -226,6 +229,8 @@ def run_training(
     total_steps = cfg.max_steps or cfg.epochs * order.steps_per_epoch
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    if getattr(cfg, "compile", False):
+        compile_blocks(model)
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
     history: list[dict] = []

@@ -64,9 +64,15 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     return out
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW (Loshchilov & Hutter, arXiv:1711.05101) over `param_groups`, lr and decay from the TrainConfig."""
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter, arXiv:1711.05101) over `param_groups`, lr and decay from the TrainConfig;
+    cfg.optimizer adamw_8bit / paged_adamw_8bit keep its states in 8 bits (tuneforge.quant.optimizers)."""
     groups = param_groups(model, cfg.learning_rate, cfg.weight_decay)
+    name = getattr(cfg, "optimizer", "adamw")
+    if name != "adamw":
+        from ..quant import build_8bit_optimizer
+
+        return build_8bit_optimizer(name, groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 

@@ -5,9 +5,10 @@
 Why the head is applied by hand: `model(...).logits` is a (batch, seq, vocab) fp32 tensor; at a 49k vocab and
 2k tokens that is 400 MB per row, most of it for prompt and pad positions that carry no loss. We run the base
 transformer, keep only the hidden states whose next token is a target, and apply the output embedding to those,
-in chunks whose logits are recomputed during backward rather than kept, so at most `chunk_size x vocab`
-logits exist at once. Models whose head does more than a linear
-map (logit soft-capping, logit scaling) or whose layout we do not know use the plain full-logits path.
+in chunks, so at most `chunk_size x vocab` logits exist at once: a plain linear head computes each chunk's loss
+and gradient in one pass (train/head_loss.py); any other head recomputes its chunk's logits during backward.
+Models whose head does more than a linear map (logit soft-capping, logit scaling) or whose layout we do not know
+use the plain full-logits path.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ...models.packed_attention import packed_seq_lens, use_packed_attention
 from ...registry import TASKS
+from ..head_loss import linear_cross_entropy
 from .base import BaseTask
 
 IGNORE = -100
@@ -46,10 +49,12 @@ class SFTTask(BaseTask):
 
     name = "sft"
 
-    def __init__(self, pad_token_id: int | None = None, chunk_size: int = 1024, fused_head: bool | None = None):
+    def __init__(self, pad_token_id: int | None = None, chunk_size: int = 256, fused_head: bool | None = None,
+                 packed_attention: bool = True):
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
         self.fused_head = fused_head  # None: use it when the model type is known; False: always full logits
+        self.packed_attention = packed_attention  # packed rows attend per example (models/packed_attention.py)
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
         """Tokenise train / validation records (limit_train / limit_eval subsets; a multi-task mixture sampled
@@ -70,6 +75,8 @@ class SFTTask(BaseTask):
 
         batch = collate_causal(examples, self.pad_token_id)
         batch["num_tokens"] = torch.tensor(sum(len(ex["input_ids"]) for ex in examples))
+        if any("seq_lens" in ex for ex in examples):
+            batch["packed_seq_lens"] = packed_seq_lens([ex.get("seq_lens", [len(ex["input_ids"])]) for ex in examples])
         return batch
 
     def num_targets(self, batch: dict) -> int:
@@ -87,8 +94,12 @@ class SFTTask(BaseTask):
             logits = model(**inputs, use_cache=False).logits[:, :-1]
             return F.cross_entropy(logits[keep].float(), shifted[keep], reduction="sum")
         base, head = parts
+        if "packed_seq_lens" in batch and self.packed_attention and use_packed_attention(model):
+            inputs["packed_seq_lens"] = batch["packed_seq_lens"]  # attention per example (the mask stays as a net)
         hidden = base(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
         targets = shifted[keep]
+        if _plain_linear(head, hidden):
+            return linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk_size)
         recompute = torch.is_grad_enabled() and hidden.shape[0] > self.chunk_size
         total = hidden.new_zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], self.chunk_size):
@@ -102,3 +113,10 @@ class SFTTask(BaseTask):
 
 def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def _plain_linear(head: nn.Module, hidden: torch.Tensor) -> bool:
+    """A dense nn.Linear head without hooks, in the hidden states' dtype and outside autocast: the head whose
+    loss and gradients `linear_cross_entropy` computes in one pass (any other head is called as a module)."""
+    return (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+            and head.weight.dtype == hidden.dtype and not torch.is_autocast_enabled(hidden.device.type))

@@ -1,0 +1,198 @@
+"""Base weights in 4-bit (NF4 / FP4) or 8-bit through bitsandbytes, for QLoRA; and the way back to dense weights.
+
+QLoRA (Dettmers et al. 2023, https://arxiv.org/abs/2305.14314) freezes the base model in 4-bit and trains LoRA
+on top: each Linear weight is cut into blocks of 64 values, each block is scaled by its absolute maximum and
+rounded to one of 16 levels, the NormalFloat levels (quantiles of N(0, 1), NF4) or a 4-bit float grid (FP4).
+Double quantisation stores those per-block absmax constants themselves in 8 bits (blocks of 256), saving about
+0.37 bit per parameter. Each matmul dequantises the weight into `compute_dtype` and multiplies there, so the
+adapter trains against dequant(Q(W)). LLM.int8() (Dettmers et al. 2022, https://arxiv.org/abs/2208.07339) keeps
+8-bit rows with one scale each and runs outlier input features (|x| > 6) in 16-bit.
+
+Embeddings and the output head stay dense (a tied head shares its weight with the input embedding; a new task
+head must train), as in transformers' BitsAndBytesConfig. bitsandbytes chooses its CUDA kernels when the weights
+live on a GPU and its CPU path otherwise; this module never quantises by itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, NotMergeable
+
+QUANTIZATIONS = ("nf4", "fp4", "int8")
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ATTR = "_tuneforge_quantization"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How a base model's Linear layers are stored. JSON-safe, so an adapter can record what it trained on."""
+
+    quantization: str
+    """nf4, fp4 (4-bit, blockwise absmax) or int8 (LLM.int8())."""
+    double_quant: bool = True
+    """4-bit only: quantise the per-block absmax constants too."""
+    compute_dtype: str = "float32"
+    """dtype the weights are dequantised into for each matmul: float32, bfloat16 or float16."""
+    blocksize: int = 64
+    """Values per absmax block (4-bit)."""
+
+    def validate(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)} "
+                              "(or null for dense weights)", key="quantization")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"unknown compute_dtype {self.compute_dtype!r}; choose one of "
+                              f"{', '.join(COMPUTE_DTYPES)} or auto", key="compute_dtype")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def require_bitsandbytes():
+    """The bitsandbytes module, or a ConfigError that says how to install it."""
+    try:
+        import bitsandbytes
+    except ImportError as err:
+        raise ConfigError(f"model.quantization needs the bitsandbytes package ({err}); install it with "
+                          "`pip install bitsandbytes`", key="quantization") from None
+    return bitsandbytes
+
+
+def resolve_compute_dtype(compute_dtype: str, model_dtype: torch.dtype) -> str:
+    """'auto' means the model's own dtype (bf16 on a GPU loaded with dtype auto, fp32 on a CPU)."""
+    if compute_dtype != "auto":
+        return compute_dtype
+    return next((name for name, dt in COMPUTE_DTYPES.items() if dt == model_dtype), "float32")
+
+
+def _skipped(model: nn.Module, skip) -> set[str]:
+    """Modules left dense: the output head (a tied head is the input embedding) and the names in `skip`."""
+    names = set(skip or ())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, module in model.named_modules():
+        if module is head or name.rsplit(".", 1)[-1] in names:
+            names.add(name)
+    return names
+
+
+def _quantized_linear(linear: nn.Linear, spec: QuantSpec, device: torch.device) -> nn.Module:
+    bnb = require_bitsandbytes()
+    has_bias = linear.bias is not None
+    if spec.quantization == "int8":
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
+                                    has_fp16_weights=False, threshold=6.0, device="meta")
+        layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
+                                  compute_dtype=COMPUTE_DTYPES[spec.compute_dtype],
+                                  compress_statistics=spec.double_quant, quant_type=spec.quantization, device="meta")
+        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type=spec.quantization,
+                                         compress_statistics=spec.double_quant, blocksize=spec.blocksize)
+    if has_bias:
+        layer.bias = nn.Parameter(linear.bias.data, requires_grad=False)
+    return layer.to(device)  # bitsandbytes quantises on this move, on the device's own kernels
+
+
+def quantize_model(model: nn.Module, quantization: str, *, double_quant: bool = True, compute_dtype: str = "auto",
+                   device: str | torch.device | None = None, skip=("score", "classifier")) -> nn.Module:
+    """Replace every dense nn.Linear (but the output head and modules named in `skip`) by a bitsandbytes 4-bit
+    or 8-bit layer, in place, one layer at a time so the dense copy of only one weight is alive at once.
+    The layers land on `device` (default: where each weight already is). Returns the model."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    spec = QuantSpec(quantization, double_quant, resolve_compute_dtype(compute_dtype, dtype))
+    spec.validate()
+    if quantization_of(model) is not None:
+        raise ConfigError("the model is quantised already", key="quantization")
+    from ..methods.base import AdapterLayer
+
+    if any(isinstance(m, AdapterLayer) for m in model.modules()):
+        raise ConfigError("quantise the base model before adding adapters (its adapter layers must stay dense)",
+                          key="quantization")
+    skipped = _skipped(model, skip)
+    targets = [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in skipped]
+    for name in targets:
+        linear = model.get_submodule(name)
+        layer = _quantized_linear(linear, spec, torch.device(device) if device else linear.weight.device)
+        _replace(model, name, layer)
+    object.__setattr__(model, _ATTR, spec)
+    return model
+
+
+def quantization_of(model: nn.Module) -> QuantSpec | None:
+    """The QuantSpec `quantize_model` applied to this model, or None for a dense model."""
+    return getattr(model, _ATTR, None)
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A bitsandbytes 4-bit or 8-bit linear layer."""
+    weight = getattr(module, "weight", None)
+    return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
+
+
+def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense (out, in) weight a layer multiplies by: a bitsandbytes 4-bit or 8-bit weight dequantised
+    (into `dtype`, else the dtype it was quantised from), a dense weight as it is."""
+    state = getattr(weight, "quant_state", None)
+    if state is not None:
+        import bitsandbytes.functional as bnbf
+
+        dense = bnbf.dequantize_4bit(weight.data, state).to(state.dtype)
+    elif getattr(weight, "SCB", None) is not None:
+        dense = weight.data.float() * (weight.SCB.float()[:, None] / 127.0)
+    elif not weight.dtype.is_floating_point:
+        raise NotMergeable(f"cannot dequantise a weight of dtype {weight.dtype}")
+    else:
+        dense = weight
+    return dense.to(dtype) if dtype is not None else dense
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Replace every quantised layer (also one wrapped by an adapter) by a new dense nn.Linear in `dtype`
+    holding dequant(Q(W)): the weights the adapters were trained against. The 4-bit/8-bit tensors are never
+    written to; merging afterwards adds the adapter to the new dense weights. Returns the model."""
+    targets = [n for n, m in model.named_modules() if is_quantized(m)]
+    for name in targets:
+        layer = model.get_submodule(name)
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+        dense.weight = nn.Parameter(dequantized(layer.weight, dtype).detach().clone(), requires_grad=False)
+        if layer.bias is not None:
+            dense.bias = nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
+        _replace(model, name, dense)
+    if quantization_of(model) is not None:
+        object.__delattr__(model, _ATTR)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights occupy: parameters, buffers and bitsandbytes' quantisation constants."""
+    total, seen = 0, set()
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() in seen:  # tied weights count once
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+        state = getattr(tensor, "quant_state", None)
+        for extra in _state_tensors(state) if state is not None else ():
+            total += extra.numel() * extra.element_size()
+        scale = getattr(tensor, "SCB", None)
+        if scale is not None:
+            total += scale.numel() * scale.element_size()
+    return total
+
+
+def _state_tensors(state) -> list[torch.Tensor]:
+    out = [t for t in (state.absmax, state.code) if isinstance(t, torch.Tensor)]
+    if getattr(state, "state2", None) is not None:
+        out += _state_tensors(state.state2)
+    if isinstance(getattr(state, "offset", None), torch.Tensor):
+        out.append(state.offset)
+    return out
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
