@@ -13,6 +13,9 @@ other work, CPU time (with --threads 1) is the steadier measure of what each sid
     mixed-K  K distinct adapters loaded in the pool, rows spread round-robin over them, generate inside
              mixed_batch (one forward pass per token for all rows)
 
+With --with-loop, each mixed side is also run through the generic per-adapter loop of a mixed batch (the batched
+LoRA path of methods/_mixed_lora.py switched off): the "loop-K" rows.
+
 Switch latency: `pool.ensure` for an adapter already in the cache (a hit: a dictionary move), and for one evicted
 to disk (a cold load: read safetensors, inject into the layers), plus the time to the first token of a one-row
 request right after switching to another cached adapter.
@@ -28,6 +31,7 @@ import json
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -75,6 +79,19 @@ def generate(model, ids, mask, new_tokens: int, rows=None) -> tuple[float, float
     return elapsed, cpu
 
 
+@contextmanager
+def per_adapter_loop():
+    """Switch the batched LoRA path off, so mixed batches take AdapterLayer's generic per-adapter loop."""
+    from tuneforge.methods.lora import LoraLinear
+
+    batched = LoraLinear.mixed_adapters_forward
+    LoraLinear.mixed_adapters_forward = lambda self, x, result, rows: None
+    try:
+        yield
+    finally:
+        LoraLinear.mixed_adapters_forward = batched
+
+
 def switch_latency(pool, paths: dict[str, Path], model, ids) -> dict:
     """Cache hit and cold load of pool.ensure, and time to first token after a switch between cached adapters."""
     names = list(paths)[:2]
@@ -105,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--with-loop", action="store_true", help="also time the generic per-adapter loop")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
@@ -132,12 +150,15 @@ def main() -> None:
     sides = {"merged": None}
     for k in counts:
         sides[f"mixed-{k}"] = [slots[f"adapter-{i % k}"] for i in range(args.batch_size)]
+    if args.with_loop:
+        sides.update({f"loop-{k}": sides[f"mixed-{k}"] for k in counts})
     generate(merged, ids, mask, 2)  # warm-up of both models
     generate(model, ids, mask, 2, sides[f"mixed-{counts[0]}"])
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for _ in range(args.repeats):
         for name, rows in sides.items():
-            times[name].append(generate(merged if rows is None else model, ids, mask, args.new_tokens, rows))
+            with per_adapter_loop() if name.startswith("loop-") else nullcontext():
+                times[name].append(generate(merged if rows is None else model, ids, mask, args.new_tokens, rows))
     tokens = args.batch_size * args.new_tokens
     rate = {name: (tokens / statistics.median(w for w, _ in m), tokens / statistics.median(c for _, c in m))
             for name, m in times.items()}
