@@ -119,8 +119,6 @@ def test_a_server_restart_loses_nothing_and_resumes_the_running_job(served_dir, 
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.xfail(strict=False, reason="known race: under heavy load one step event can be lost across a clean "
-                   "shutdown and restart (seen once from a fresh clone at load average 15); to fix in serve/jobs.py")
 def test_a_clean_shutdown_queues_the_running_job_for_the_next_start(served_dir, tmp_path):
     data_dir = tmp_path / "data"
     config = ServeConfig(base=str(served_dir / "base"), data_dir=str(data_dir),

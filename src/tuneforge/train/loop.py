@@ -13,7 +13,7 @@ AdamW step, scheduler step, `on_optimizer_step(model)`.
 Exact resume: the data order is a function of (seed, epoch) and the position (epoch, index) is checkpointed
 with weights, optimizer, scheduler and generator states (see checkpoint.py), so a resumed run computes the very
 same losses as an uninterrupted one. Ctrl-C saves a checkpoint of the last finished step before exiting; a
-Ctrl-C that lands inside a parameter update is held until that update is complete.
+Ctrl-C that lands inside a parameter update is held until that update (and its log line) is complete.
 """
 from __future__ import annotations
 
@@ -91,8 +91,9 @@ class DataOrder:
 
 
 class _Interrupts:
-    """Ctrl-C raises KeyboardInterrupt at once, except inside `critical()` (the parameter update), where it is
-    held until the update ends, so a checkpoint never holds half-updated weights. `torn` is True if an
+    """Ctrl-C raises KeyboardInterrupt at once, except inside `critical()` (the parameter update and its log line),
+    where it is held until the update ends, so a checkpoint never holds half-updated weights or a step without its
+    log line. `torn` is True if an
     interrupt escaped from inside an update anyway (raised by other code, not by the signal)."""
 
     def __init__(self):
@@ -297,20 +298,21 @@ def run_training(
                     state.update(global_step=state["global_step"] + 1, epoch=next_epoch, index=next_index,
                                  tokens=state["tokens"] + tokens)
                     rng = ckpt.rng_state()
-                dt = time.perf_counter() - t0
-                session_tokens, session_time = session_tokens + tokens, session_time + dt
-                last_loss = loss_sum / targets if targets else math.nan
-                window = state["window"] = [a + b for a, b in zip(state["window"], (loss_sum, targets, tokens, dt))]
-                step = state["global_step"]
-                reporter.step(last_loss, lr, tokens / dt if dt > 0 else 0.0)
-                if step % max(1, cfg.log_every or 1) == 0 or step == total_steps:
-                    reporter.record({
-                        "step": step, "epoch": epoch_float(),
-                        "loss": window[0] / window[1] if window[1] else math.nan,
-                        "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                        "tokens_per_s": window[2] / window[3] if window[3] > 0 else 0.0, "elapsed_s": elapsed(),
-                    })
-                    state["window"] = [0.0, 0, 0, 0.0]
+                    # the step's log line belongs to the update: a checkpoint taken on Ctrl-C must hold it
+                    dt = time.perf_counter() - t0
+                    session_tokens, session_time = session_tokens + tokens, session_time + dt
+                    last_loss = loss_sum / targets if targets else math.nan
+                    window = state["window"] = [a + b for a, b in zip(state["window"], (loss_sum, targets, tokens, dt))]
+                    step = state["global_step"]
+                    reporter.step(last_loss, lr, tokens / dt if dt > 0 else 0.0)
+                    if step % max(1, cfg.log_every or 1) == 0 or step == total_steps:
+                        reporter.record({
+                            "step": step, "epoch": epoch_float(),
+                            "loss": window[0] / window[1] if window[1] else math.nan,
+                            "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
+                            "tokens_per_s": window[2] / window[3] if window[3] > 0 else 0.0, "elapsed_s": elapsed(),
+                        })
+                        state["window"] = [0.0, 0, 0, 0.0]
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     eval_metrics = run_eval()
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
