@@ -53,3 +53,17 @@ def test_served_base_name_is_a_safe_id():
     assert ServeConfig(base="smollm2-135m-instruct").served_base_name() == "smollm2-135m-instruct"
     assert ServeConfig(base="/models/My Model/").served_base_name() == "My-Model"
     assert ServeConfig(base="x/y.gguf").served_base_name() == "y"
+
+
+def test_adapters_are_found_in_adapter_run_and_parent_folders(tmp_path):
+    from tuneforge.serve.app import find_adapters
+
+    from .conftest import make_adapter
+
+    make_adapter(tmp_path / "runs" / "sum" / "adapter", seed=1)  # a training run's output folder
+    make_adapter(tmp_path / "runs" / "chat", seed=2)  # an adapter folder
+    (tmp_path / "runs" / "notes").mkdir()  # neither: skipped
+    make_adapter(tmp_path / "one", seed=3)
+    found = find_adapters([str(tmp_path / "runs"), str(tmp_path / "one"), str(tmp_path / "runs" / "sum")], {"base"})
+    assert found == {"chat": tmp_path / "runs" / "chat", "sum": tmp_path / "runs" / "sum" / "adapter",
+                     "one": tmp_path / "one"}

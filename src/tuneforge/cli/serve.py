@@ -10,7 +10,8 @@ import typer
 def serve_cmd(
     base: str = typer.Option("smollm2-135m-instruct", "--base", help="Base model: packaged alias, local dir or .gguf."),
     adapters: Optional[List[str]] = typer.Option(
-        None, "--adapters", help="Adapter folder, or folder of adapter folders, served by folder name (repeatable)."),
+        None, "--adapters", help="Adapter or run folder, or a folder of them (e.g. runs/), served by folder name "
+        "(repeatable)."),
     data_dir: str = typer.Option("tuneforge-data", "--data-dir", help="Files, jobs, models and the database."),
     host: str = typer.Option("127.0.0.1", "--host", help="Listen address (beyond loopback only with an API key)."),
     port: int = typer.Option(8000, "--port", help="Listen port."),

@@ -105,35 +105,44 @@ class ServerState:
 
 
 def find_adapters(paths: list[str], reserved: set[str]) -> dict[str, Path]:
-    """Adapter name -> directory for `--adapters`: an adapter folder, or a folder of adapter folders."""
-    from ..io.adapter_files import CONFIG_NAME
+    """Adapter name -> directory for `--adapters`. Each path is an adapter folder, a training run's folder (its
+    adapter/ inside), or a folder of either; an adapter is named after its folder (the run's, for a run)."""
     from .config import SERVED_NAME
     from .pool import check_servable, method_of
 
     found: dict[str, Path] = {}
     for given in paths:
         path = Path(given).resolve()
-        if (path / CONFIG_NAME).is_file():
-            candidates = [path]
-        elif path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if (p / CONFIG_NAME).is_file())
-        else:
+        if not path.is_dir():
             raise TuneforgeError(f"--adapters {given}: not a directory")
+        here = _adapter_in(path)
+        children = sorted(child for child in path.iterdir() if child.is_dir())
+        candidates = [(path.name, here)] if here else [(c.name, _adapter_in(c)) for c in children if _adapter_in(c)]
         if not candidates:
-            raise TuneforgeError(f"--adapters {given}: no adapter ({CONFIG_NAME}) in it or its subfolders")
-        for candidate in candidates:
+            raise TuneforgeError(f"--adapters {given}: no adapter (adapter_config.json) in it, its adapter/ folder "
+                                 "or its subfolders")
+        for name, adapter in candidates:
             try:
-                check_servable(method_of(candidate))
+                check_servable(method_of(adapter))
             except TuneforgeError as err:
-                raise TuneforgeError(f"--adapters {candidate}: {err}") from None
-            name = candidate.name
-            if not SERVED_NAME.match(name) or name in reserved or name.startswith("ft:"):
-                raise TuneforgeError(f"--adapters {candidate}: {name!r} cannot be a model id (letters, digits, "
+                raise TuneforgeError(f"--adapters {adapter}: {err}") from None
+            if not SERVED_NAME.match(name) or name in reserved:
+                raise TuneforgeError(f"--adapters {adapter}: {name!r} cannot be a model id (letters, digits, "
                                      f"'.', '_', '-'; not the base's name)")
-            if name in found and found[name] != candidate:
-                raise TuneforgeError(f"--adapters: two adapters are named {name!r} ({found[name]}, {candidate})")
-            found[name] = candidate
+            if name in found and found[name] != adapter:
+                raise TuneforgeError(f"--adapters: two adapters are named {name!r} ({found[name]}, {adapter})")
+            found[name] = adapter
     return found
+
+
+def _adapter_in(folder: Path) -> Path | None:
+    """The adapter folder of an adapter folder or of a training run's output folder."""
+    from ..io.adapter_files import CONFIG_NAME
+
+    for candidate in (folder, folder / "adapter"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    return None
 
 
 def _authenticate(request: Request) -> None:

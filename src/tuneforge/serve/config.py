@@ -22,8 +22,8 @@ class ServeConfig:
     """Base model every request and every fine-tuning job runs on: packaged alias, local dir or .gguf file."""
 
     adapters: list[str] = dataclasses.field(default_factory=list)
-    """Adapter directories to serve under their folder name; a folder holding several adapter folders adds
-    each of them."""
+    """Adapters to serve under their folder name: an adapter folder, a training run's folder (its adapter/), or a
+    folder of either (runs/ serves every run)."""
 
     data_dir: str = "tuneforge-data"
     """Where uploaded files, jobs, their outputs and the SQLite database live; nothing is kept elsewhere."""
