@@ -26,6 +26,8 @@ _EXPORTS = {
     "generate": "tuneforge.eval",
     "evaluate": "tuneforge.eval",
     "merge": "tuneforge.io",
+    "combine": "tuneforge.methods",
+    "combine_adapters": "tuneforge.io",
 }
 
 

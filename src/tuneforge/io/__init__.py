@@ -7,4 +7,8 @@ def __getattr__(name):
         from .merge import merge
 
         return merge
+    if name == "combine_adapters":
+        from .combine import combine_adapters
+
+        return combine_adapters
     raise AttributeError(name)
