@@ -91,7 +91,9 @@ def set_active_adapters(model: nn.Module, names) -> None:
 
 
 def _wrappers(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]
+    from .targeting import adapter_modules
+
+    return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave)]
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

@@ -73,4 +73,6 @@ def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) 
 
 def saved_modules(model: nn.Module, adapter_name: str):
     """(module path, wrapper) for every modules_to_save copy held for this adapter."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave) and m.has_adapter(adapter_name)]
+    from .targeting import adapter_modules
+
+    return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave) and m.has_adapter(adapter_name)]

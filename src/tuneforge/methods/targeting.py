@@ -143,3 +143,30 @@ def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, child = get_submodule_parent(model, name)
     setattr(parent, child, new)
+    _STRUCTURE[0] += 1
+
+
+_STRUCTURE = [0]  # counts replace_module calls: a cached adapter_modules list older than the count is rebuilt
+_CACHE = "_tuneforge_adapter_modules"
+
+
+def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every adapter layer and modules_to_save wrapper, in named_modules order.
+
+    Cached on the model: switching the active adapter must not walk the whole module tree (6,000 modules on
+    SmolLM2 with 8 LoRA adapters: 30 ms a switch). The list is rebuilt after any replace_module (how adapters are
+    injected and removed) and when a cached module no longer sits where it was found (replaced by other code)."""
+    cached = model.__dict__.get(_CACHE)
+    if cached is not None and cached[0] == _STRUCTURE[0] and all(p._modules.get(c) is m for p, c, m in cached[2]):
+        return cached[1]
+    from .modules_to_save import ModulesToSave
+
+    entries, places = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, (AdapterLayer, ModulesToSave)):
+            entries.append((name, module))
+            if name:
+                parent, child = get_submodule_parent(model, name)
+                places.append((parent, child, module))
+    object.__setattr__(model, _CACHE, (_STRUCTURE[0], entries, places))
+    return entries

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError, TargetNotFound
 from .base import AdapterLayer, Method, MethodConfig
-from .targeting import base_of, replace_module, select_modules
+from .targeting import adapter_modules, base_of, replace_module, select_modules
 
 PEFT_PREFIX = "base_model.model."
 
@@ -63,7 +63,7 @@ class WeightMethod(Method):
         classes = tuple(cls for _, cls in self.layer_types)
         return [
             (n, m)
-            for n, m in model.named_modules()
+            for n, m in adapter_modules(model)
             if isinstance(m, classes) and (adapter_name is None or m.has_adapter(adapter_name))
         ]
 
