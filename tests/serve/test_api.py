@@ -20,6 +20,8 @@ from .conftest import chat_records, running_server, wait_for_job, write_jsonl
 
 KEY = "test-key"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+EXAMPLE = re.compile(r"<!-- the test .*? -->\n```python\n(.*?)```", re.S)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,8 @@ def test_cors_is_off_by_default(api):
 
 def test_the_docs_example_runs(api, tmp_path, monkeypatch, capsys):
     """docs/serving.md's client example, unchanged but for the address, key and base model name."""
-    block = re.search(r"<!-- the test .*? -->\n```python\n(.*?)```", DOCS.read_text(), re.S).group(1)
+    block = EXAMPLE.search(DOCS.read_text()).group(1)
+    assert EXAMPLE.search(README.read_text()).group(1) == block  # the README shows the same, tested code
     code = (block.replace("http://127.0.0.1:8000/v1", api).replace("my-secret-key", KEY)
             .replace("smollm2-135m-instruct", "base").replace("time.sleep(1)", "time.sleep(0.2)"))
     write_jsonl(tmp_path / "train.jsonl", chat_records())

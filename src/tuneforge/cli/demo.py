@@ -25,7 +25,7 @@ def demo(config: str = DEFAULT_CONFIG, overrides=(), progress: bool = True) -> d
     load_adapter(model, Path(result.output_dir) / "adapter")
     task = TASKS.get(cfg.task)()
     _, eval_examples = task.prepare(cfg, tokenizer)
-    print(f"\nbefore/after on {len(eval_examples)} validation examples (loss) and "
+    print(f"\nbefore/after on the validation split: loss over {len(eval_examples)} batch rows, and "
           f"{min(cfg.eval.num_samples, 10**9)} generated replies (ROUGE-L, greedy, {cfg.eval.max_new_tokens} new tokens)")
     report = compare_before_after(model, tokenizer, task, cfg, eval_examples,
                                   out_path=Path(result.output_dir) / "before_after.json")

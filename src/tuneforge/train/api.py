@@ -85,6 +85,7 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     task = TASKS.get(cfg.task)()
     # launched by torchrun: join its process group first (on CUDA that picks this process's GPU)
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
+    torch.manual_seed(cfg.train.seed)  # a new head (classifier, reward value) is initialised while loading
     model = _load_model(cfg)
     configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
     if configure is not None:
