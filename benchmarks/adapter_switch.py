@@ -104,7 +104,8 @@ def main() -> None:
           f"{args.threads} thread(s), load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{args.switches} switches per tool (cycling adapters), {len(forwards['tuneforge'])} followed by a forward "
           f"of 1 x {args.tokens} tokens; max |logits tuneforge - peft| after the same switch: {worst:.2e}")
-    print(f"{'side':<10} {'switch median ms':>17} {'switch p95 ms':>14} {'forward median ms':>18} {'forward p95 ms':>15}")
+    header = f"{'side':<10} {'switch median ms':>17} {'switch p95 ms':>14} {'forward median ms':>18} {'forward p95 ms':>15}"
+    print(header)
     for side in switch:
         s, f = switches[side], forwards[side]
         print(f"{side:<10} {1e3 * statistics.median(s):>17.3f} {1e3 * percentile(s, 0.95):>14.3f} "

@@ -1,4 +1,5 @@
-"""Combining adapters equals peft's add_weighted_adapter (linear, cat, svd); task arithmetic; merge/unmerge of several."""
+"""Combining adapters equals peft's add_weighted_adapter (linear, cat, svd); task arithmetic; several LoRAs merged and
+unmerged restore the base."""
 import pytest
 import torch
 from peft import PeftModel
@@ -95,9 +96,13 @@ def test_task_arithmetic_negate_and_add_give_the_signed_deltas():
     torch.manual_seed(0)
     M.add_adapter(m, "lora", "a", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     M.add_adapter(m, "rslora", "b", r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
-    M.combine(m, {"a": -1.0}, "not_a", how="svd")  # one adapter: linear, exact, whatever `how` says (peft's rule)
+    M.combine(m, {"a": -1.0}, "not_a", how="cat")  # one adapter: linear, exact (peft's rule)
+    M.combine(m, {"a": 1.0}, "a_r2", how="svd", rank=2)  # one adapter re-projected to a lower rank
     for layer in lora_layers(m, "a").values():
         assert (layer.delta_weight("not_a") + layer.delta_weight("a")).abs().max() < 1e-6
+        S = torch.linalg.svdvals(layer.delta_weight("a"))
+        assert layer.r["a_r2"] == 2
+        assert abs(torch.linalg.matrix_norm(layer.delta_weight("a") - layer.delta_weight("a_r2")) - S[2:].norm()) < 1e-4
     M.combine(m, {"a": 1.0, "b": -1.0}, "a_minus_b")
     for layer in lora_layers(m, "a_minus_b").values():
         exact = layer.delta_weight("a") - (layer.delta_weight("b") if layer.has_adapter("b") else 0)

@@ -9,8 +9,9 @@ With weights w_i, scalings s_i and factors (A_i, B_i) per adapted layer, the new
 
 which is peft's arithmetic, so results are numerically comparable (tests/methods/test_combine.py). Task arithmetic
 (Ilharco et al. 2023, https://arxiv.org/abs/2212.04089) is the same call: `combine(model, {"a": 1.0, "b": -1.0})`
-adds a's delta and removes b's; `combine(model, {"a": -1.0}, "not_a")` negates one (a single adapter always uses
-`linear`, as in peft, which is exact for it). cat ranks add up (zero-padded where a layer lacks an adapter).
+adds a's delta and removes b's; `combine(model, {"a": -1.0}, "not_a")` negates one (a single adapter uses `linear`,
+exact for it, as in peft; except with how="svd", which here re-projects it to `rank`: peft would ignore that).
+cat ranks add up (zero-padded where a layer lacks an adapter).
 
 Which adapters: lora, rslora, lora_fa and loraplus (their output is W x + s B A x); DoRA only with how="svd", whose
 input is the layer's real change m (W + s B A) / ||W + s B A|| - W (peft combines DoRA's B A and drops m), and the
@@ -52,7 +53,7 @@ def combine(model: nn.Module, adapters: Mapping[str, float] | Sequence[str], ada
     if adapter_name in list_adapters(model):
         raise ConfigError(f"an adapter named {adapter_name!r} already exists", key="adapter_name")
     cfgs = {name: _check_source(model, name, how) for name in weights}
-    if len(weights) == 1 and not _is_dora(next(iter(cfgs.values()))):
+    if len(weights) == 1 and how != "svd":
         how = "linear"  # peft's rule; for one adapter it is exact
     layers = _source_layers(model, list(weights))
     ranks = {n: max(layer.r[n] for layer in layers.values() if n in layer.r) for n in weights}
@@ -96,10 +97,6 @@ def _weights(adapters) -> dict[str, float]:
             raise ConfigError(f"the weight of {name!r} must be a finite number, got {w!r}", key="weights")
         out[name] = float(w)
     return out
-
-
-def _is_dora(cfg) -> bool:
-    return type(cfg).method == "dora"
 
 
 def _check_source(model, name: str, how: str):
@@ -162,7 +159,7 @@ def _new_config(model, cfgs: dict, layers: dict, new_rank: int):
 
 
 def _factors(layer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) as stored: Linear (r, in), (out, r); Embedding (r, num), (dim, r); Conv2d (r, in, k, k), (out, r, 1, 1)."""
+    """(A, B) as stored: Linear (r, in), (out, r); Embedding (r, num), (dim, r); Conv2d (r, in, k, k), (out, r, 1, 1)"""
     if hasattr(layer, "lora_embedding_A"):
         return layer.lora_embedding_A[name], layer.lora_embedding_B[name]
     return layer.lora_A[name].weight, layer.lora_B[name].weight
