@@ -59,8 +59,10 @@ def base_name_of(model) -> str | None:
     return getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
-def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name: str | None = None) -> Path:
-    """Write one adapter in peft's layout; returns the directory."""
+def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name: str | None = None,
+                 base_quantization: dict | None = None) -> Path:
+    """Write one adapter in peft's layout; returns the directory. base_quantization records the quantised base the
+    adapter was trained against when `model` itself is dense (an adapter rebuilt from such files)."""
     from ..methods import adapter_state_dict, list_adapters, method_for
 
     adapters = list_adapters(model)
@@ -76,11 +78,13 @@ def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name:
     )
     state = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model, adapter_name).items()}
     quantized = quantization_of(model)
+    if quantized is not None:
+        base_quantization = quantized.to_dict()
     with atomic_dir(out_dir) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        if quantized is not None:  # what `tuneforge merge` must rebuild the base as (peft ignores the file)
-            (tmp / QUANTIZATION_NAME).write_text(json.dumps(quantized.to_dict(), indent=2))
+        if base_quantization is not None:  # what `tuneforge merge` must rebuild the base as (peft ignores the file)
+            (tmp / QUANTIZATION_NAME).write_text(json.dumps(base_quantization, indent=2))
     return Path(out_dir)
 
 

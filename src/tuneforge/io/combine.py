@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +31,7 @@ def combine_adapters(
     base defaults to the base model the adapters record (they must agree). Refuses a non-empty `out` unless force."""
     from ..methods import combine
     from ..methods.combine import HOWS
-    from .adapter_files import QUANTIZATION_NAME, atomic_dir, read_adapter_config, read_base_quantization, save_adapter
+    from .adapter_files import QUANTIZATION_NAME, read_adapter_config, read_base_quantization, save_adapter
 
     adapters = [Path(a) for a in adapters]
     if not adapters:
@@ -65,15 +64,9 @@ def combine_adapters(
     for name, path, body in zip(names, adapters, bodies):
         _load(model, path, body, name, lambda: _base(base, kind, num_labels))
     combine(model, dict(zip(names, weights)), "combined", how=how, rank=rank)
-    record = read_base_quantization(adapters[0])
-    with atomic_dir(out) as tmp:
-        inner = save_adapter(model, tmp / "adapter", "combined", base_model_name=base)
-        for f in inner.iterdir():
-            os.replace(f, tmp / f.name)
-        shutil.rmtree(inner)
-        if record is not None:  # trained against dequant(Q(W)), as the sources were: `tuneforge merge` reads it
-            (tmp / QUANTIZATION_NAME).write_text(json.dumps(record, indent=2))
-    return out
+    # the sources were trained against dequant(Q(W)): keep their record, which `tuneforge merge` reads
+    return save_adapter(model, out, "combined", base_model_name=base,
+                        base_quantization=read_base_quantization(adapters[0]))
 
 
 def _recorded_base(adapters: list[Path], bodies: list[dict]) -> str:
