@@ -75,6 +75,23 @@ def test_results_are_reused_and_only_runs_a_subset(tiny_bert_dir, tmp_path):
     assert changed["rows"][0]["fingerprint"] != first["rows"][0]["fingerprint"]
 
 
+def test_parallel_jobs_give_the_rows_of_a_sequential_run(tiny_bert_dir, tmp_path):
+    methods = ["head_only", {"name": "lora", "r": 2}, "feature_based"]
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "par").mkdir()
+    sequential = compare(tiny_compare(tiny_bert_dir, tmp_path / "seq", methods=methods), echo=lambda *_: None)
+    lines = []
+    parallel = compare(tiny_compare(tiny_bert_dir, tmp_path / "par", methods=methods), jobs=2, echo=lines.append)
+    assert [r["label"] for r in parallel["rows"]] == ["head_only", "lora", "feature_based"]
+    for ours, theirs in zip(parallel["rows"], sequential["rows"]):
+        assert ours["trainable"] == theirs["trainable"] and ours["total"] == theirs["total"]
+        assert ours["metric"] == pytest.approx(theirs["metric"], abs=1e-6)
+    assert any("(2 at a time)" in line for line in lines)
+    text = parallel["markdown"].read_text()
+    assert "2 methods at a time" in text and "whole comparison:" in text
+    assert [r["label"] for r in csv.DictReader(parallel["csv"].open())] == ["head_only", "lora", "feature_based"]
+
+
 def test_budget_keys_cannot_change_per_method(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {name: x, kind: sequence-classification}\nmethods:\n  - full\n"

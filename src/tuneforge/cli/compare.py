@@ -13,12 +13,14 @@ def compare_cmd(
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated method labels to run (others keep "
                                        "their earlier results in the table)."),
     rerun: bool = typer.Option(False, "--rerun", help="Train every method again even if its result is cached."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Methods trained at once, each in its own "
+                                       "process with cores/jobs threads (default: the config's `jobs`, else 1)."),
 ) -> None:
     """Train each listed method with the same data, epochs and seed; write a table and a plot."""
     from tuneforge.eval.compare import compare
 
     labels = [s.strip() for s in only.split(",") if s.strip()] if only else None
-    compare(config, overrides=set_ or [], only=labels, reuse=not rerun, echo=typer.echo)
+    compare(config, overrides=set_ or [], only=labels, reuse=not rerun, echo=typer.echo, jobs=jobs)
 
 
 def register(app: typer.Typer) -> None:

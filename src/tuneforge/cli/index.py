@@ -51,6 +51,30 @@ def search_cmd(
         typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['doc_id']}  {text}")
 
 
+def mine_negatives_cmd(
+    model: str = typer.Option(..., "--model", help="Encoder that ranks the corpus (normally the one you will "
+                              "fine-tune): alias, model dir or run dir."),
+    data: str = typer.Option(..., "--data", help="BEIR-style directory: corpus.jsonl, queries_<split>.jsonl, "
+                             "qrels_<split>.jsonl."),
+    out: str = typer.Option(..., "--out", help="JSON Lines to write: {anchor, positive, negative: [...]}."),
+    split: str = typer.Option("train", "--split", help="Which queries / judgements to mine for."),
+    negatives: int = typer.Option(1, "--negatives", help="Mined negatives per (query, relevant document) pair."),
+    skip_top: int = typer.Option(5, "--skip-top", help="Ranks left out at the top (likely unjudged positives)."),
+    depth: int = typer.Option(50, "--depth", help="Negatives are drawn from ranks skip_top+1 .. depth."),
+    index: str = typer.Option(None, "--index", help="Index of the corpus made with the same model, reused "
+                              "(else the corpus is encoded, and saved here when the directory is new)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of the random draw among the candidate ranks."),
+) -> None:
+    """Mine hard negatives for contrastive fine-tuning (task: embed, loss: mnrl)."""
+    from tuneforge.index.mine import mine_hard_negatives, write_records
+
+    records = mine_hard_negatives(model, data, split=split, num_negatives=negatives, skip_top=skip_top,
+                                  depth=depth, index_dir=index, seed=seed)
+    write_records(records, out)
+    typer.echo(f"wrote {len(records):,} (query, positive, {negatives} negative) records -> {out}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(index_app, name="index")
     app.command("search")(search_cmd)
+    app.command("mine-negatives")(mine_negatives_cmd)

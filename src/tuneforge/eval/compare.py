@@ -10,11 +10,16 @@ Peak memory: on Linux the process's high-water mark (VmHWM) is reset before each
 and read after it, so each row has its own peak without a subprocess; on CUDA it is torch's peak allocation.
 Rows are written as soon as each method finishes (results.csv / results.md / metric_vs_params.png), so a long
 comparison that is interrupted keeps what it measured; running it again reuses the rows whose config is unchanged.
+
+`jobs` > 1 trains that many methods at once, each in its own (spawned) process with cores // jobs threads: on a
+small CPU, small models use threads poorly and two one-thread processes finish a list sooner than one two-thread
+process. Each row's wall time and peak memory are then its own process's, measured while the others run.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -139,10 +144,39 @@ def _finished_rows(cc: CompareConfig) -> list[dict]:
     return rows
 
 
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_parallel(entries, metric: str, reuse: bool, jobs: int, finished, failed, echo) -> None:
+    """Run methods `jobs` at a time in spawned processes; report each as it finishes, in finishing order."""
+    import concurrent.futures as futures
+    import multiprocessing
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+        pending = {}
+        for n, entry in enumerate(entries, start=1):
+            echo(f"[{n}/{len(entries)}] {entry.label} queued")
+            pending[pool.submit(run_method, entry, metric, reuse)] = entry
+        for done in futures.as_completed(pending):
+            entry = pending[done]
+            try:
+                finished(entry, done.result())
+            except TuneforgeError as err:
+                for other in pending:
+                    other.cancel()
+                raise failed(entry, err) from err
+
+
 def compare(config_or_path, overrides=(), only: list[str] | None = None, reuse: bool = True,
-            echo=print) -> dict:
-    """Run every method of a compare config (or those labelled in `only`), write the reports, return
-    {"rows": [...], "csv", "markdown", "plot"} paths and rows."""
+            echo=print, jobs: int | None = None) -> dict:
+    """Run every method of a compare config (or those labelled in `only`), `jobs` at a time (default: the config's
+    `jobs`), write the reports,
+    return {"rows": [...], "csv", "markdown", "plot"} paths and rows (in config order)."""
     cc: CompareConfig = (config_or_path if isinstance(config_or_path, CompareConfig)
                          else load_compare_config(config_or_path, overrides))
     entries = cc.entries
@@ -152,18 +186,40 @@ def compare(config_or_path, overrides=(), only: list[str] | None = None, reuse: 
             raise ConfigError(f"no method labelled {', '.join(unknown)}; labels: "
                               f"{', '.join(e.label for e in entries)}", key="only")
         entries = [e for e in entries if e.label in only]
+    jobs = cc.jobs if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError("jobs must be at least 1", key="jobs")
+    cc = dataclasses.replace(cc, jobs=jobs)
+    cached_before = {row["label"] for row in _finished_rows(cc)} if reuse else set()
+    started = time.perf_counter()
     rows, paths = [], {}
-    for n, entry in enumerate(entries, start=1):
-        echo(f"[{n}/{len(entries)}] {entry.label} ...")
-        try:
-            row = run_method(entry, cc.metric, reuse)
-        except TuneforgeError as err:
-            raise TuneforgeError(f"method {entry.label!r}: {err} (see {entry.run_config.output_dir}/compare.log)")
+
+    def finished(entry: MethodEntry, row: dict) -> None:
+        nonlocal paths
         rows.append(row)
         share = 100.0 * row["trainable"] / max(1, row["total"])
-        echo(f"    {cc.metric} {row['metric']:.4f}  trainable {row['trainable']:,} ({share:.3g}%)  "
+        echo(f"    {entry.label}: {cc.metric} {row['metric']:.4f}  trainable {row['trainable']:,} ({share:.3g}%)  "
              f"{row['wall_time_s']:.1f}s")
         paths = write_reports(_finished_rows(cc), cc)
+
+    def failed(entry: MethodEntry, err: Exception) -> TuneforgeError:
+        return TuneforgeError(f"method {entry.label!r}: {err} (see {entry.run_config.output_dir}/compare.log)")
+
+    if jobs == 1 or len(entries) == 1:
+        for n, entry in enumerate(entries, start=1):
+            echo(f"[{n}/{len(entries)}] {entry.label} ...")
+            try:
+                finished(entry, run_method(entry, cc.metric, reuse))
+            except TuneforgeError as err:
+                raise failed(entry, err) from err
+    else:
+        _run_parallel(entries, cc.metric, reuse, jobs, finished, failed, echo)
+    order = {e.label: i for i, e in enumerate(entries)}
+    rows.sort(key=lambda row: order[row["label"]])
+    total = time.perf_counter() - started
+    echo(f"all {len(entries)} methods in {total:.0f}s of wall time" + (f" ({jobs} at a time)" if jobs > 1 else ""))
+    if len(entries) == len(cc.entries) and not cached_before:  # every method trained by this run
+        paths = write_reports(_finished_rows(cc), dataclasses.replace(cc, total_wall_s=total))
     for kind in ("markdown", "csv", "plot"):
         echo(f"{kind:9s} {paths[kind]}")
     return {"rows": rows, **paths}

@@ -26,7 +26,7 @@ from ..config.source import Source, apply_overrides, load_yaml
 from ..errors import ConfigError
 
 BUDGET_KEYS = ("epochs", "max_steps", "seed")
-OWN_KEYS = ("methods", "metric")
+OWN_KEYS = ("methods", "metric", "jobs")
 
 
 @dataclasses.dataclass
@@ -47,6 +47,10 @@ class CompareConfig:
     output_dir: Path
     entries: list[MethodEntry]
     shared: dict
+    jobs: int = 1
+    """Methods trained at once, each in its own process (see tuneforge.eval.compare); the CLI's --jobs wins."""
+    total_wall_s: float | None = None
+    """Set by a finished `compare` run that trained every method: its whole wall time, for the report."""
     """The shared run-config sections as plain data (what every method was given)."""
 
 
@@ -113,6 +117,9 @@ def compare_config_from_dict(data: dict, source: Source | None = None) -> Compar
     metric = data.get("metric", "accuracy")
     if not isinstance(metric, str):
         raise source.error("metric must be the name of an eval metric (accuracy, spearman, ...)", ("metric",))
+    jobs = data.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise source.error("jobs must be a whole number >= 1 (methods trained at once)", ("jobs",))
     shared = {k: v for k, v in data.items() if k not in OWN_KEYS}
     entries, labels = [], set()
     for i, raw in enumerate(methods):
@@ -125,7 +132,7 @@ def compare_config_from_dict(data: dict, source: Source | None = None) -> Compar
         run["train"] = {**(run.get("train") or {}), **train}
         run["output_dir"] = str(Path(str(shared.get("output_dir", "runs/compare"))) / "runs" / label)
         entries.append(MethodEntry(label, config_from_dict(copy.deepcopy(run), _entry_source(source, i)), run))
-    return CompareConfig(metric=metric, output_dir=Path(str(shared.get("output_dir", "runs/compare"))),
+    return CompareConfig(metric=metric, jobs=jobs, output_dir=Path(str(shared.get("output_dir", "runs/compare"))),
                          entries=entries, shared=shared)
 
 

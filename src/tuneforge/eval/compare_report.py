@@ -39,9 +39,14 @@ def budget_lines(cc, labels=None) -> list[str]:
         used = min(total, data.limit_eval or total)
         lines.append(f"- evaluated on `{data.validation}`: {used:,} of {total:,} records")
     steps = f"max_steps {train.max_steps}" if train.max_steps else f"{train.epochs} epoch(s)"
+    jobs = getattr(cc, "jobs", 1)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
     lines.append(f"- budget: {steps}, micro_batch_size {train.micro_batch_size} x grad_accum {train.grad_accum_steps}, "
-                 f"max_length {data.max_length}, seed {train.seed}; {torch.get_num_threads()} CPU thread(s), "
-                 f"{os.cpu_count()} cores" + (", CUDA" if torch.cuda.is_available() else ""))
+                 f"max_length {data.max_length}, seed {train.seed}; "
+                 + (f"{jobs} methods at a time, " if jobs > 1 else "")
+                 + f"{threads} CPU thread(s) each, {os.cpu_count()} cores" + (", CUDA" if torch.cuda.is_available() else ""))
+    if getattr(cc, "total_wall_s", None):
+        lines.append(f"- whole comparison: {cc.total_wall_s / 60:.1f} minutes of wall time")
     from ..methods import method_for
 
     own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries

@@ -12,9 +12,6 @@ The ranking goes through the same persisted faiss index as `tuneforge search` (s
 """
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from ..data.beir import load_beir
 
 DEPTH = 100
@@ -60,22 +57,14 @@ def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir
     temporary one; an existing `index_dir` built with the same model is reused, so a second evaluation only
     encodes the queries. max_queries / max_docs evaluate a seeded subset (see sample_corpus). Returns the metrics
     plus num_queries and num_docs."""
-    from ..index import SentenceEncoder, VectorIndex, build_index
+    from ..index import SentenceEncoder, corpus_index
 
     data = load_beir(data_dir, split)
     query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     qrels = {q: data.qrels[q] for q in query_ids}
     corpus = sample_corpus(data.corpus, qrels, max_docs)
     encoder = SentenceEncoder.load(model_dir)
-    with tempfile.TemporaryDirectory(prefix="tuneforge-retrieval-") as scratch:
-        path = Path(index_dir) if index_dir is not None else Path(scratch) / "index"
-        index = None
-        if (path / "meta.json").exists():
-            index = VectorIndex.load(path)
-            if index.meta.get("model") != encoder.name or set(index.doc_ids) != set(corpus):
-                index = None
-        if index is None:
-            index = build_index(encoder, corpus, path, batch_size=batch_size)
-        hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
+    index = corpus_index(encoder, corpus, index_dir, batch_size)
+    hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
     run = {q: dict(row) for q, row in zip(query_ids, hits)}
     return {**retrieval_metrics(qrels, run), "num_queries": len(query_ids), "num_docs": len(corpus)}

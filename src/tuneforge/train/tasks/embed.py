@@ -43,6 +43,10 @@ class EmbedConfig:
     positive_field: str = "positive"
     """mnrl records: the relevant / positive text field."""
 
+    negative_field: str = "negative"
+    """mnrl records, optional: hard negative text(s) for the anchor, one string or a list (the same count on every
+    record; `tuneforge mine-negatives` writes them). Each becomes one more column of the similarity matrix."""
+
     sentence1_field: str = "sentence1"
     """Scored records: first sentence field."""
 
@@ -55,6 +59,22 @@ class EmbedConfig:
     score_max: float = 5.0
     """Gold scores are divided by this to lie in [0, 1] (5 for STS-B)."""
 
+    hard_negatives: int = 0
+    """mnrl on a BEIR qrels file: mine this many hard negatives per (query, document) pair before training, from
+    the starting model's ranking of the corpus (tuneforge.index.mine; saved in the run directory and reused on
+    resume). 0: in-batch negatives only. For other data, mine with `tuneforge mine-negatives` and train on its
+    file."""
+
+    negatives_skip_top: int = 5
+    """Mining: ranks left out at the top (likely relevant but unjudged documents)."""
+
+    negatives_depth: int = 50
+    """Mining: negatives are drawn from ranks negatives_skip_top+1 .. negatives_depth."""
+
+    negatives_index: Union[str, None] = None
+    """Mining: a `tuneforge index build` directory of the same corpus and model to reuse (built there when
+    absent, e.g. by `tuneforge retrieval-eval --index`); None encodes the corpus in a temporary index."""
+
     query_max_length: Union[int, None] = 64
     """Token limit for anchors / queries (documents use data.max_length); None: data.max_length."""
 
@@ -65,6 +85,12 @@ class EmbedConfig:
             raise ConfigError("score_max must be positive", key="score_max")
         if self.query_max_length is not None and self.query_max_length < 2:
             raise ConfigError("query_max_length must be at least 2", key="query_max_length")
+        if self.hard_negatives < 0:
+            raise ConfigError("hard_negatives must not be negative", key="hard_negatives")
+        if self.hard_negatives and self.loss != "mnrl":
+            raise ConfigError("hard_negatives applies to loss mnrl only", key="hard_negatives")
+        if not 0 <= self.negatives_skip_top < self.negatives_depth:
+            raise ConfigError("need 0 <= negatives_skip_top < negatives_depth", key="negatives_depth")
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +142,13 @@ class EmbedTask(BaseTask):
         a = tokenizer([str(r[first]) for r in records], truncation=True, max_length=first_len)["input_ids"]
         b = tokenizer([str(r[second]) for r in records], truncation=True, max_length=max_length)["input_ids"]
         groups: dict[str, int] = {}
+        negatives = self._encode_negatives(records, tokenizer, max_length, source, groups) if (
+            not self.scored and c.negative_field in records[0]) else None
         out = []
         for i, rec in enumerate(records):
             ex = {"a": a[i], "b": b[i]}
+            if negatives is not None:
+                ex["negatives"], ex["negative_groups"] = negatives[i]
             if self.scored:
                 try:
                     ex["score"] = float(rec[c.score_field]) / c.score_max
@@ -131,6 +161,56 @@ class EmbedTask(BaseTask):
             out.append(ex)
         return out
 
+    def _encode_negatives(self, records, tokenizer, max_length, source, groups) -> list[tuple[list, list]]:
+        """Per record: (token ids of each negative, its group id: the same document shares a group with a
+        positive, so it is never a negative for the row it is relevant to)."""
+        from ...data.readers import line_of
+
+        field, per_row = self.cfg.negative_field, []
+        for i, rec in enumerate(records):
+            value = rec.get(field)
+            texts = [value] if isinstance(value, str) else value
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+                raise DataError(f"{field} must be a non-empty text or list of texts", file=source,
+                                line=line_of(rec, i), key=field)
+            if per_row and len(texts) != len(per_row[0]):
+                raise DataError(f"every record needs the same number of {field} texts: {len(per_row[0])} on the "
+                                f"first, {len(texts)} here", file=source, line=line_of(rec, i), key=field)
+            per_row.append(texts)
+        flat = tokenizer([t for texts in per_row for t in texts], truncation=True, max_length=max_length)["input_ids"]
+        out, k = [], len(per_row[0])
+        for i, (rec, texts) in enumerate(zip(records, per_row)):
+            ids = rec.get("negative_ids") or texts
+            keys = [str(x) for x in ids] if len(ids) == k else texts
+            out.append((flat[i * k:(i + 1) * k], [groups.setdefault(key, len(groups)) for key in keys]))
+        return out
+
+    def _training_records(self, run_cfg) -> list[dict]:
+        """The train split's records; with hard_negatives, the mined triplets (mined once per run directory)."""
+        from pathlib import Path
+
+        from ...data import read_records
+
+        c, train = self.cfg, Path(run_cfg.data.train)
+        if not c.hard_negatives:
+            return self.read(train)
+        if not (train.name.startswith("qrels_") and (train.parent / "corpus.jsonl").exists()):
+            raise ConfigError("hard_negatives mines from a BEIR qrels file (qrels_<split>.jsonl beside corpus.jsonl); "
+                              "for other data run `tuneforge mine-negatives` and train on its file",
+                              key="data.train")
+        mined = Path(run_cfg.output_dir) / (f"hard_negatives-{c.hard_negatives}-ranks{c.negatives_skip_top + 1}-"
+                                            f"{c.negatives_depth}-seed{run_cfg.train.seed}.jsonl")
+        if not mined.exists():
+            from ...index.mine import mine_hard_negatives, write_records
+
+            split = train.stem.split("_", 1)[1]
+            records = mine_hard_negatives(run_cfg.model.name, train.parent, split, c.hard_negatives,
+                                          c.negatives_skip_top, c.negatives_depth, index_dir=c.negatives_index,
+                                          seed=run_cfg.train.seed)
+            write_records(records, mined)
+            print(f"mined {c.hard_negatives} hard negative(s) for each of {len(records):,} pairs -> {mined}")
+        return read_records(mined)
+
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
         from ...data import select_records
 
@@ -139,7 +219,7 @@ class EmbedTask(BaseTask):
         if data.train is None:
             raise ConfigError("embedding fine-tuning needs training data", key="data.train")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        records = select_records(self.read(data.train), data.limit_train, data.shuffle_seed)
+        records = select_records(self._training_records(run_cfg), data.limit_train, data.shuffle_seed)
         train = self.encode(records, tokenizer, data.max_length, data.train)
         evals = []
         if data.validation is not None:
@@ -158,6 +238,11 @@ class EmbedTask(BaseTask):
             batch["scores"] = torch.tensor([ex["score"] for ex in examples], dtype=torch.float32)
         else:
             batch["groups"] = torch.tensor([ex["group"] for ex in examples])
+        if "negatives" in examples[0]:
+            neg_ids, neg_mask = _pad([n for ex in examples for n in ex["negatives"]], self.pad_token_id)
+            batch.update(negative_input_ids=neg_ids, negative_attention_mask=neg_mask,
+                         negative_groups=torch.tensor([g for ex in examples for g in ex["negative_groups"]]),
+                         num_tokens=batch["num_tokens"] + neg_mask.sum())
         return batch
 
     def num_targets(self, batch: dict) -> int:
@@ -168,12 +253,18 @@ class EmbedTask(BaseTask):
         return pool(hidden, mask, self.cfg.pooling)
 
     def embed_pair(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.embed(model, batch["input_ids"], batch["attention_mask"]),
-                self.embed(model, batch["pair_input_ids"], batch["pair_attention_mask"]))
+        """(anchors, documents): documents are the positives, then any hard negatives (row-major)."""
+        a = self.embed(model, batch["input_ids"], batch["attention_mask"])
+        b = self.embed(model, batch["pair_input_ids"], batch["pair_attention_mask"])
+        if "negative_input_ids" in batch:
+            b = torch.cat([b, self.embed(model, batch["negative_input_ids"], batch["negative_attention_mask"])])
+        return a, b
 
     def pair_loss(self, a: torch.Tensor, b: torch.Tensor, batch: dict) -> torch.Tensor:
         if self.cfg.loss == "mnrl":
-            return multiple_negatives_ranking(a, b, self.cfg.scale, batch.get("groups"))
+            groups = batch.get("groups")
+            doc_groups = torch.cat([groups, batch["negative_groups"]]) if "negative_groups" in batch else None
+            return multiple_negatives_ranking(a, b, self.cfg.scale, groups, doc_groups)
         if self.cfg.loss == "cosent":
             return cosent(a, b, batch["scores"], self.cfg.scale)
         return cosine_regression(a, b, batch["scores"])

@@ -7,6 +7,8 @@ other document of the batch is a negative:
     loss_sum = sum_i -log( exp(s * cos(q_i, d_i)) / sum_j exp(s * cos(q_i, d_j)) ),   s = scale (20)
 
 A document that is the positive of two rows of one batch is not a negative for either: that entry is masked.
+Hard negatives (mined, see tuneforge.index.mine) are extra document columns after the B positives: the row's
+softmax then runs over B + B*k documents (sentence-transformers' MNRL on (anchor, positive, negative) triplets).
 
 CoSENT (Su 2022, https://kexue.fm/archives/8847; sentence-transformers' CoSENTLoss). For scored pairs, every
 pair (i, j) whose gold similarity y_i > y_j should also have cos_i > cos_j:
@@ -38,12 +40,16 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean")
 
 
 def multiple_negatives_ranking(queries: torch.Tensor, docs: torch.Tensor, scale: float,
-                               positive_groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed in-batch-negative cross-entropy; rows sharing a positive group do not count as negatives."""
+                               positive_groups: torch.Tensor | None = None,
+                               doc_groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed in-batch-negative cross-entropy. Row i's positive is docs[i]; docs beyond the first B rows are
+    extra (hard) negatives. A column whose document group equals row i's positive group (the same document
+    again) is not a negative for row i. doc_groups: one group per docs row (default: positive_groups)."""
     sims = scale * F.normalize(queries, dim=-1) @ F.normalize(docs, dim=-1).T
     if positive_groups is not None:
-        same = positive_groups.unsqueeze(0) == positive_groups.unsqueeze(1)
-        same.fill_diagonal_(False)
+        columns = positive_groups if doc_groups is None else doc_groups
+        same = positive_groups.unsqueeze(1) == columns.unsqueeze(0)
+        same[torch.arange(sims.shape[0]), torch.arange(sims.shape[0])] = False
         sims = sims.masked_fill(same, float("-inf"))
     target = torch.arange(sims.shape[0], device=sims.device)
     return F.cross_entropy(sims.float(), target, reduction="sum")
