@@ -66,11 +66,14 @@ def mine_negatives_cmd(
     seed: int = typer.Option(42, "--seed", help="Seed of the random draw among the candidate ranks."),
 ) -> None:
     """Mine hard negatives for contrastive fine-tuning (task: embed, loss: mnrl)."""
-    from tuneforge.index.mine import mine_hard_negatives, write_records
+    from pathlib import Path
+
+    from tuneforge.eval.report import write_jsonl
+    from tuneforge.index.mine import mine_hard_negatives
 
     records = mine_hard_negatives(model, data, split=split, num_negatives=negatives, skip_top=skip_top,
                                   depth=depth, index_dir=index, seed=seed)
-    write_records(records, out)
+    write_jsonl(Path(out), records)
     typer.echo(f"wrote {len(records):,} (query, positive, {negatives} negative) records -> {out}")
 
 

@@ -72,18 +72,3 @@ def mine_hard_negatives(model, data_dir, split: str = "train", num_negatives: in
     if not records:
         raise DataError(f"no relevant (score > 0) judgements in split {split!r}", file=data_dir)
     return records
-
-
-def write_records(records: list[dict], out) -> Path:
-    """JSON Lines, written to a temporary name and renamed, so a failed run leaves no partial file."""
-    import json
-    import os
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
-    return out

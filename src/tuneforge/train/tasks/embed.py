@@ -180,8 +180,8 @@ class EmbedTask(BaseTask):
         flat = tokenizer([t for texts in per_row for t in texts], truncation=True, max_length=max_length)["input_ids"]
         out, k = [], len(per_row[0])
         for i, (rec, texts) in enumerate(zip(records, per_row)):
-            ids = rec.get("negative_ids") or texts
-            keys = [str(x) for x in ids] if len(ids) == k else texts
+            ids = rec.get("negative_ids")  # mined files name each document; else its text is its identity
+            keys = [str(x) for x in ids] if ids and len(ids) == k else texts
             out.append((flat[i * k:(i + 1) * k], [groups.setdefault(key, len(groups)) for key in keys]))
         return out
 
@@ -201,13 +201,14 @@ class EmbedTask(BaseTask):
         mined = Path(run_cfg.output_dir) / (f"hard_negatives-{c.hard_negatives}-ranks{c.negatives_skip_top + 1}-"
                                             f"{c.negatives_depth}-seed{run_cfg.train.seed}.jsonl")
         if not mined.exists():
-            from ...index.mine import mine_hard_negatives, write_records
+            from ...eval.report import write_jsonl
+            from ...index.mine import mine_hard_negatives
 
             split = train.stem.split("_", 1)[1]
             records = mine_hard_negatives(run_cfg.model.name, train.parent, split, c.hard_negatives,
                                           c.negatives_skip_top, c.negatives_depth, index_dir=c.negatives_index,
                                           seed=run_cfg.train.seed)
-            write_records(records, mined)
+            write_jsonl(mined, records)
             print(f"mined {c.hard_negatives} hard negative(s) for each of {len(records):,} pairs -> {mined}")
         return read_records(mined)
 
