@@ -13,7 +13,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ALPACA = REPO.parent / "shared" / "data" / "alpaca"
-MODEL = "smollm2-135m-instruct"
+# Any model name tuneforge accepts; TUNEFORGE_BENCH_MODEL points the benchmarks at another (e.g. a local copy of
+# the same architecture on a machine without the packaged weights).
+MODEL = os.environ.get("TUNEFORGE_BENCH_MODEL", "smollm2-135m-instruct")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 IGNORE = -100
 
@@ -84,14 +86,21 @@ def real_tokens(rows: list[dict]) -> int:
     return sum(len(r["input_ids"]) for r in rows)
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5, clock=time.perf_counter) -> float:
-    """Best fp32 GEMM rate of this machine with the current torch thread count, in GFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, clock=time.perf_counter, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate (fp32 unless told) of this machine (CPU: with the current torch thread count; CUDA: the GPU with torch's
+    default fp32 matmul precision, i.e. TF32 only if the process allowed it), in GFLOP/s."""
+    if device.startswith("cuda"):
+        size, clock = max(size, 8192), time.perf_counter
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     torch.mm(a, b)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = clock()
         torch.mm(a, b)
+        sync()
         best = min(best, clock() - t)
     return 2 * size**3 / best / 1e9
 

@@ -43,7 +43,8 @@ LR, CLIP, R, ALPHA = 2e-4, 1.0, 16, 32
 class Ours:
     """tuneforge: load_model + add_adapter + the SFT task's loss through the training loop's own backward."""
 
-    def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, quantization: str | None = None):
+    def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, quantization: str | None = None,
+                 dtype: str = "float32"):
         from tuneforge.methods import add_adapter, trainable_parameters
         from tuneforge.models import load_model, load_tokenizer
         from tuneforge.train.loop import _checkpointing
@@ -53,7 +54,7 @@ class Ours:
 
         tokenizer = load_tokenizer(common.MODEL)
         quant = {"quantization": quantization} if quantization else {}
-        self.model = load_model(common.MODEL, device=device, **quant)
+        self.model = load_model(common.MODEL, device=device, dtype=dtype, **quant)
         torch.manual_seed(0)
         add_adapter(self.model, "lora", r=R, lora_alpha=ALPHA, target_modules=common.TARGETS)
         self.model.train()
@@ -87,7 +88,7 @@ class Theirs:
     """HF peft + transformers in a plain PyTorch loop (their documented usage, no Trainer overhead)."""
 
     def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, pad_token_id: int,
-                 quantization: str | None = None):
+                 quantization: str | None = None, dtype: str = "float32"):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -95,8 +96,8 @@ class Theirs:
         if quantization:
             extra["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32, **extra).to(device)
+                bnb_4bit_compute_dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=getattr(torch, dtype), **extra).to(device)
         if variant == "checkpointing":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -134,14 +135,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(side: str, variant: str, rows_per_step, device: str, pad_token_id: int):
+def build(side: str, variant: str, rows_per_step, device: str, pad_token_id: int, dtype: str = "float32"):
     quantization = "nf4" if variant == "qlora" else None
     ours, theirs = VARIANTS[variant]
     if side == "ours":
-        return Ours(ours, rows_per_step, device, quantization)
+        return Ours(ours, rows_per_step, device, quantization, dtype)
     if side == "ours_lora":  # the dense LoRA that QLoRA is compared against
-        return Ours(ours, rows_per_step, device)
-    return Theirs(theirs, rows_per_step, device, pad_token_id, quantization)
+        return Ours(ours, rows_per_step, device, dtype=dtype)
+    return Theirs(theirs, rows_per_step, device, pad_token_id, quantization, dtype)
 
 
 def probe(args) -> None:
@@ -153,19 +154,21 @@ def probe(args) -> None:
     rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
     rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
     before = common.rss_mb("VmRSS")
-    side = build(args.probe, args.variant, rows_per_step, args.device, tokenizer.pad_token_id)
+    side = build(args.probe, args.variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype)
     loaded = common.rss_mb("VmRSS")
     for i in range(steps):
         side.step(i)
     from tuneforge.quant import weight_bytes
 
     weights = weight_bytes(side.model) / 2**20  # parameters, buffers and quantisation constants (tied: once)
-    print(json.dumps({"peak_mb": common.rss_mb("VmHWM"), "loaded_mb": loaded - before, "weights_mb": weights}))
+    # On a GPU the memory that limits batch and model size is the device's: report torch's peak allocation.
+    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else common.rss_mb("VmHWM")
+    print(json.dumps({"peak_mb": peak, "loaded_mb": loaded - before, "weights_mb": weights}))
 
 
 def measure_memory(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--probe", side, "--variant", args.variant, "--warmup", str(args.warmup),
-           "--seq-len", str(args.seq_len), "--device", args.device]
+           "--seq-len", str(args.seq_len), "--device", args.device, "--dtype", args.dtype]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -175,7 +178,7 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
     rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
     rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
     names = ("ours", "ours_lora") if variant == "qlora" else ("ours", "theirs")
-    sides = {n: build(n, variant, rows_per_step, args.device, tokenizer.pad_token_id) for n in names}
+    sides = {n: build(n, variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype) for n in names}
     if "theirs" in sides:
         sides["theirs"].load_lora(sides["ours"].lora_weights())
     times = {n: [] for n in names}
@@ -225,6 +228,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="base weights (and QLoRA compute) dtype on both sides; adapters train in fp32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-memory", action="store_true", help="timing only (no child processes)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -241,9 +246,11 @@ def main() -> None:
     tokenizer = load_tokenizer(common.MODEL)
     start_load = common.load_average()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    peak = common.matmul_peak_gflops(clock=clock) if args.device == "cpu" else float("nan")
-    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s, "
+    peak = common.matmul_peak_gflops(clock=clock, device=args.device, dtype=getattr(torch, args.dtype))
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    memory = "peak GB = GPU memory allocated" if args.device.startswith("cuda") else "peak GB = process peak RSS"
+    print(f"device {args.device} ({where}), {args.dtype} base, {memory}, {args.clock} clock, "
+          f"{args.dtype} matmul peak {peak:.0f} GFLOP/s, "
           f"{args.warmup} warm-up + {args.steps} timed steps, batch 4 x {args.seq_len}; load average {start_load}")
     header = ["variant", "ours tok/s", "theirs tok/s", "speed", "ours s/step", "theirs s/step", "ours peak GB",
               "theirs peak GB", "memory", "ours % peak", "theirs % peak", "weights MB (ours / theirs)", "max |dloss|"]

@@ -40,7 +40,7 @@ def records(split: str, n: int) -> list[dict]:
     return select_records(read_records(common.ALPACA / f"{split}.jsonl"), n, SEED)
 
 
-def eval_loss(model, tokenizer, val_records: list[dict]) -> float:
+def eval_loss(model, tokenizer, val_records: list[dict], device: str = "cpu") -> float:
     """Token-weighted reply cross-entropy over the validation records (full logits; any causal LM)."""
     from tuneforge.data import build_sft_examples
     from tuneforge.data.config import DataConfig
@@ -52,18 +52,19 @@ def eval_loss(model, tokenizer, val_records: list[dict]) -> float:
     model.eval()
     with torch.no_grad():
         for start in range(0, len(examples), 8):
-            batch = task.collate(examples[start : start + 8])
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in task.collate(examples[start : start + 8]).items()}
             total += float(task.loss_sum(model, batch))
             count += task.num_targets(batch)
     return total / count
 
 
-def run_ours(n: int, n_eval: int, out: Path) -> tuple[float, float, object]:
+def run_ours(n: int, n_eval: int, out: Path, device: str = "cpu") -> tuple[float, float, object]:
     """(wall seconds, CPU seconds, trained model) from config to saved adapter, model loading included."""
     from tuneforge.train.api import train
 
     config = {
-        "model": {"name": common.MODEL, "device": "cpu"},
+        "model": {"name": common.MODEL, "device": device},
         "method": {"name": "lora", "r": R, "lora_alpha": ALPHA, "target_modules": common.TARGETS},
         "task": "sft",
         "data": {"train": str(common.ALPACA / "train.jsonl"), "validation": str(common.ALPACA / "validation.jsonl"),
@@ -79,12 +80,12 @@ def run_ours(n: int, n_eval: int, out: Path) -> tuple[float, float, object]:
     from tuneforge.io import load_adapter
     from tuneforge.models import load_model
 
-    model = load_model(common.MODEL, device="cpu")
+    model = load_model(common.MODEL, device=device, dtype="float32")
     load_adapter(model, out / "adapter")
     return wall, cpu, model
 
 
-def run_trl(n: int, out: Path, fast: bool) -> tuple[float, float, object]:
+def run_trl(n: int, out: Path, fast: bool, device: str = "cpu") -> tuple[float, float, object]:
     """(wall seconds, CPU seconds, trained model) from records to a trained model, model loading included."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -102,7 +103,7 @@ def run_trl(n: int, out: Path, fast: bool) -> tuple[float, float, object]:
     model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
     extra = {"bf16": False, "gradient_checkpointing": False} if fast else {}
     args = SFTConfig(output_dir=str(out), num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear",
-                     max_length=MAX_LEN, report_to=[], save_strategy="no", seed=SEED, use_cpu=True, **extra)
+                     max_length=MAX_LEN, report_to=[], save_strategy="no", seed=SEED, use_cpu=device == "cpu", **extra)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=load_tokenizer(common.MODEL),
                          peft_config=LoraConfig(r=R, lora_alpha=ALPHA, target_modules=common.TARGETS,
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=400)
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--runs", default="ours,trl,trl-fast")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda: ours loads in bf16 (dtype auto) with fp32 adapters; TRL keeps its bf16 autocast")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -126,17 +129,19 @@ def main() -> None:
     tokenizer = load_tokenizer(common.MODEL)
     val = records("validation", args.eval_examples)
     start_load = common.load_average()
-    print(f"{args.examples} train / {args.eval_examples} eval records, {torch.get_num_threads()} threads; "
+    print(f"{args.examples} train / {args.eval_examples} eval records, device {args.device}, "
+          f"{torch.get_num_threads()} threads; "
           f"load average {start_load}", flush=True)
     body = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.runs.split(","):
             run_load = common.load_average()
             if name == "ours":
-                wall, cpu, model = run_ours(args.examples, args.eval_examples, Path(tmp) / name)
+                wall, cpu, model = run_ours(args.examples, args.eval_examples, Path(tmp) / name, args.device)
             else:
-                wall, cpu, model = run_trl(args.examples, Path(tmp) / name, fast=name == "trl-fast")
-            loss = eval_loss(model, tokenizer, val)
+                wall, cpu, model = run_trl(args.examples, Path(tmp) / name, name == "trl-fast", args.device)
+            model = model.to(device=args.device, dtype=torch.float32)
+            loss = eval_loss(model, tokenizer, val, args.device)
             body.append([name, f"{wall:.0f}", f"{cpu:.0f}", f"{loss:.4f}", run_load])
             print(common.table(["run", "wall s", "CPU s", "eval loss", "load average"], body[-1:]), flush=True)
             del model

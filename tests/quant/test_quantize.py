@@ -112,3 +112,16 @@ def test_adapter_records_the_quantised_base(tmp_path):
 
     assert read_base_quantization(tmp_path / "a") == {"quantization": "fp4", "double_quant": False,
                                                       "compute_dtype": "float32", "blocksize": 64}
+
+
+def test_int8_dequantises_after_a_forward_moved_its_scales():
+    """bitsandbytes moves an 8-bit layer's row scales from weight.SCB to layer.state.SCB at the first forward."""
+    model = quantize_model(tiny_llama(), "int8")
+    x = inputs()
+    with torch.no_grad():
+        quantised = model(input_ids=x).logits
+        assert getattr(model.model.layers[0].mlp.down_proj.weight, "SCB", None) is None
+        dequantize_model(model, torch.float32)
+        dense = model(input_ids=x).logits
+    assert not any(is_quantized(m) for m in model.modules())
+    torch.testing.assert_close(dense, quantised, rtol=0, atol=5e-2)  # LLM.int8 rounds the activations too

@@ -116,9 +116,13 @@ class LoraLayer(AdapterLayer):
             del self.lora_dropout[adapter_name]
 
     def _move_to_base(self, *modules):
+        """Onto the base weight's device, in fp32 unless the base is fp64: a bf16/fp16 adapter would round most
+        AdamW updates away (bf16 keeps 8 bits), so half-precision bases get fp32 factors, as peft's
+        autocast_adapter_dtype does; lora_delta casts the input up and its output back down."""
         w = self.base_layer.weight
+        dtype = w.dtype if w.dtype == torch.float64 else torch.float32
         for m in modules:
-            m.to(device=w.device, dtype=w.dtype if w.dtype.is_floating_point else torch.float32)
+            m.to(device=w.device, dtype=dtype)
 
 
 class FrozenFactors(nn.Module):
@@ -196,7 +200,7 @@ class LoraLinear(LoraLayer):
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
         if type(self).lora_delta is LoraLinear.lora_delta and fusable_dtypes(x, A, B, result):
             return LoraAddmm.apply(result, self.lora_dropout[name](x), A, B, self.scaling[name])
-        return result + self.lora_delta(x, name).to(result.dtype)
+        return (result + self.lora_delta(x, name)).to(result.dtype)  # one rounding, in the wider dtype
 
     def mixed_adapters_forward(self, x, result, rows):
         """Inference on a mixed batch in three kernels (_mixed_lora.py); variants that change the maths do not

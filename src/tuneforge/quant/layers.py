@@ -133,16 +133,18 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
 
 
-def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None, scb: torch.Tensor | None = None) -> torch.Tensor:
     """The dense (out, in) weight a layer multiplies by: a bitsandbytes 4-bit or 8-bit weight dequantised
-    (into `dtype`, else the dtype it was quantised from), a dense weight as it is."""
+    (into `dtype`, else the dtype it was quantised from), a dense weight as it is. An 8-bit layer's row scales
+    move from its weight (`weight.SCB`) to the layer's `state.SCB` at its first forward: pass that as `scb`."""
     state = getattr(weight, "quant_state", None)
     if state is not None:
         import bitsandbytes.functional as bnbf
 
         dense = bnbf.dequantize_4bit(weight.data, state).to(state.dtype)
-    elif getattr(weight, "SCB", None) is not None:
-        dense = weight.data.float() * (weight.SCB.float()[:, None] / 127.0)
+    elif getattr(weight, "SCB", None) is not None or scb is not None:
+        scb = weight.SCB if getattr(weight, "SCB", None) is not None else scb
+        dense = weight.data.float() * (scb.float()[:, None] / 127.0)
     elif not weight.dtype.is_floating_point:
         raise NotMergeable(f"cannot dequantise a weight of dtype {weight.dtype}")
     else:
@@ -158,7 +160,8 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype = torch.float32) -> nn
     for name in targets:
         layer = model.get_submodule(name)
         dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-        dense.weight = nn.Parameter(dequantized(layer.weight, dtype).detach().clone(), requires_grad=False)
+        scb = getattr(getattr(layer, "state", None), "SCB", None)
+        dense.weight = nn.Parameter(dequantized(layer.weight, dtype, scb).detach().clone(), requires_grad=False)
         if layer.bias is not None:
             dense.bias = nn.Parameter(layer.bias.data.to(dtype), requires_grad=False)
         _replace(model, name, dense)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU checks in one script, for a CUDA machine that has this repo's tree but not its virtual environment, its
+# packaged weights or ../shared/data. It runs the CUDA tests (tests/gpu, tests/quant, the half-precision LoRA
+# tests) and the speed benchmarks, each under its own time limit so one slow step cannot starve the rest.
+#
+# What it expects beside the tree, in .dev/ (git-ignored; docs/performance.md says how to make it):
+#   .dev/whl/*.whl          transformers, peft, trl, datasets (+ dill, multiprocess): the versions we test with
+#   .dev/bnb/bitsandbytes   bitsandbytes with only its CPU and CUDA 13.0 libraries (the full wheel is 125 MB)
+#   .dev/smollm2-config/    SmolLM2-135M-Instruct's config, tokenizer and chat template (no weights)
+#   .dev/alpaca/            the Alpaca train/validation JSONL from ../shared/data/alpaca (CC BY-NC 4.0)
+# The 98 MB packaged GGUF does not fit the GPU machine's transfer limit, so the benchmarks there run a randomly
+# initialised SmolLM2-135M of the same architecture: speed and memory depend on shapes, not on weight values;
+# the eval losses of the SFT epoch are then those of learning from scratch, only comparable with each other.
+#
+#   OUT=/tmp/out BUDGET_S=520 bash benchmarks/gpu_check.sh
+#   ONLY="tests lora_fp32" bash benchmarks/gpu_check.sh      # some steps only
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+END=$(( $(date +%s) + ${BUDGET_S:-520} ))
+left() { echo $(( END - $(date +%s) )); }
+step() {  # step NAME SECONDS COMMAND...: run with the smaller of SECONDS and the time left, log to $OUT/NAME.log
+  local name=$1 want=$2; shift 2
+  [[ -n "${ONLY:-}" && " $ONLY " != *" $name "* ]] && return
+  local have; have=$(left)
+  (( have < 20 )) && { echo "== $name: skipped, ${have}s left"; return; }
+  (( want > have )) && want=$have
+  echo "== $name (limit ${want}s, $(date +%T))"
+  timeout "$want" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? after $(( $(date +%s) - END + ${BUDGET_S:-520} ))s into the run"
+  tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/whl/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD/.dev/bnb:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p ../shared/data && ln -sfn "$PWD/.dev/alpaca" ../shared/data/alpaca
+nvidia-smi -L
+python3 - <<'EOF'
+import torch, transformers, peft, bitsandbytes, trl
+from bitsandbytes.cextension import lib
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(),
+      "| transformers", transformers.__version__, "| peft", peft.__version__, "| trl", trl.__version__,
+      "| bitsandbytes", bitsandbytes.__version__, type(lib).__name__, getattr(lib, "_lib", None))
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+cfg = AutoConfig.from_pretrained(".dev/smollm2-config")
+torch.manual_seed(0)
+AutoModelForCausalLM.from_config(cfg).save_pretrained("/tmp/smollm2-random")
+AutoTokenizer.from_pretrained(".dev/smollm2-config").save_pretrained("/tmp/smollm2-random")
+print("random-weight SmolLM2-135M saved to /tmp/smollm2-random")
+EOF
+export TUNEFORGE_BENCH_MODEL=/tmp/smollm2-random
+
+step tests 60 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/quant tests/methods/test_half_precision.py
+step lora_fp32 140 python3 benchmarks/lora_sft.py --variants eager,qlora,checkpointing --steps 10 --warmup 3
+step lora_bf16 80 python3 benchmarks/lora_sft.py --dtype bfloat16 --variants eager,qlora --steps 10 --warmup 3
+step sft_epoch 100 python3 benchmarks/sft_epoch.py --runs ours,trl
+step lora_compile 150 python3 benchmarks/lora_sft.py --variants compile --steps 10 --warmup 3
+echo "== done, $(left)s of the budget left"
