@@ -3,7 +3,7 @@
 # packaged weights or ../shared/data. It runs the CUDA tests (tests/gpu, tests/quant, the half-precision LoRA
 # tests) and the speed benchmarks, each under its own time limit so one slow step cannot starve the rest.
 #
-# What it expects beside the tree, in .dev/ (git-ignored; docs/performance.md says how to make it):
+# What it expects beside the tree, in .dev/ (git-ignored; `bash benchmarks/gpu_bundle.sh` makes it here):
 #   .dev/whl/*.whl          transformers, peft, trl, datasets (+ dill, multiprocess): the versions we test with
 #   .dev/bnb/bitsandbytes   bitsandbytes with only its CPU and CUDA 13.0 libraries (the full wheel is 125 MB)
 #   .dev/smollm2-config/    SmolLM2-135M-Instruct's config, tokenizer and chat template (no weights)

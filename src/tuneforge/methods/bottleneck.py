@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import NotMergeable, TargetNotFound
 from ..registry import METHODS
-from .base import AdapterLayer, MethodConfig, check
+from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .targeting import candidate_modules, select_modules
 from .weight_method import WeightMethod
 
@@ -87,7 +87,7 @@ class BottleneckLayer(AdapterLayer):
         for t in (down.bias, up.weight, up.bias):
             nn.init.zeros_(t)
         w = self.base_layer.weight
-        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        dtype = adapter_dtype(w)
         self.adapter_down[name], self.adapter_up[name] = down.to(w.device, dtype), up.to(w.device, dtype)
         self.non_linearity[name] = cfg.activation()
         if name not in self.active_adapters:
@@ -96,7 +96,7 @@ class BottleneckLayer(AdapterLayer):
     def adapter_forward(self, x, result, name, *args, **kwargs):
         down, up = self.adapter_down[name], self.adapter_up[name]
         h = ACTIVATIONS[self.non_linearity[name]](down(result.to(down.weight.dtype)))
-        return result + up(h).to(result.dtype)
+        return (result + up(h)).to(result.dtype)
 
 
 def _conv1d():

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import NotMergeable, TargetNotFound
 from ..registry import METHODS
-from .base import AdapterLayer, MethodConfig, check
+from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .targeting import candidate_modules, select_modules
 from .weight_method import WeightMethod
 
@@ -99,7 +99,7 @@ class IA3Layer(AdapterLayer):
             shape = (1, self.in_features if ff else self.out_features) + (1,) * (w.dim() - 2)
         else:
             shape = (1, self.in_features) if ff else (self.out_features, 1)
-        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        dtype = adapter_dtype(w)
         vector = torch.randn(shape, device=w.device, dtype=dtype)
         if cfg.init_ia3_weights:
             vector.fill_(1.0)

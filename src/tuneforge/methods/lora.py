@@ -19,7 +19,7 @@ from torch import nn
 from ..registry import METHODS
 from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes
 from ._mixed_lora import mixed_lora_forward
-from .base import AdapterLayer, MethodConfig, check
+from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .weight_method import WeightMethod
 
 
@@ -116,13 +116,11 @@ class LoraLayer(AdapterLayer):
             del self.lora_dropout[adapter_name]
 
     def _move_to_base(self, *modules):
-        """Onto the base weight's device, in fp32 unless the base is fp64: a bf16/fp16 adapter would round most
-        AdamW updates away (bf16 keeps 8 bits), so half-precision bases get fp32 factors, as peft's
-        autocast_adapter_dtype does; lora_delta casts the input up and its output back down."""
+        """Onto the base weight's device, in `adapter_dtype` (fp32 on a half-precision base); lora_delta casts the
+        input up and its output back down."""
         w = self.base_layer.weight
-        dtype = w.dtype if w.dtype == torch.float64 else torch.float32
         for m in modules:
-            m.to(device=w.device, dtype=dtype)
+            m.to(device=w.device, dtype=adapter_dtype(w))
 
 
 class FrozenFactors(nn.Module):
@@ -227,8 +225,8 @@ class LoraEmbedding(LoraLayer):
     def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
         r = self._set_common(name, cfg, module_name)
         w = self.base_layer.weight
-        A = torch.zeros(r, w.shape[0], device=w.device, dtype=w.dtype)
-        B = torch.zeros(w.shape[1], r, device=w.device, dtype=w.dtype)
+        A = torch.zeros(r, w.shape[0], device=w.device, dtype=adapter_dtype(w))
+        B = torch.zeros(w.shape[1], r, device=w.device, dtype=adapter_dtype(w))
         if cfg.init_lora_weights is False:
             nn.init.normal_(A)
             nn.init.normal_(B)

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import AdapterMismatch
 from ..registry import METHODS
-from .base import AdapterLayer, MethodConfig, check
+from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .lora import _conv1d
 from .weight_method import WeightMethod
 
@@ -103,7 +103,7 @@ class VeraLinear(AdapterLayer):
     def update_layer(self, name: str, cfg: VeraConfig, module_name: str = "") -> None:
         self.r[name] = cfg.r
         w = self.base_layer.weight
-        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        dtype = adapter_dtype(w)
         if cfg.init_weights:
             lambda_b, lambda_d = torch.zeros(self.out_features), torch.full((cfg.r,), float(cfg.d_initial))
         else:
@@ -125,7 +125,7 @@ class VeraLinear(AdapterLayer):
         A, B = self.sliced(name)
         lambda_b, lambda_d = self.vera_lambda_b[name], self.vera_lambda_d[name]
         x = self.vera_dropout[name](x.to(lambda_d.dtype))
-        return result + (lambda_b * F.linear(lambda_d * F.linear(x, A), B)).to(result.dtype)
+        return (result + lambda_b * F.linear(lambda_d * F.linear(x, A), B)).to(result.dtype)
 
     def delta_weight(self, name: str) -> torch.Tensor:
         A, B = self.sliced(name)
@@ -157,7 +157,7 @@ class Vera(WeightMethod):
         out_max = max(layer.out_features for layer in layers)
         projection = VeraProjection(cfg.r, in_max, out_max, cfg.projection_prng_key)
         w = layers[0].base_layer.weight
-        projection.to(w.device, w.dtype if w.dtype.is_floating_point else torch.float32)
+        projection.to(w.device, adapter_dtype(w))
         for layer in layers:
             layer.attach_projection(adapter_name, projection)
 
