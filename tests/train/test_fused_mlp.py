@@ -88,3 +88,18 @@ def test_steps_aside_for_dora_dropout_and_inference():
     finally:
         SwiGLUDown.apply = original
     assert not calls
+
+
+def test_a_training_down_projection_keeps_its_gradient():
+    """Full fine-tuning: down_proj's own weight trains, so the model's forward runs and the weight gets its grad."""
+    model = tiny_llama()
+    fused = copy.deepcopy(model)
+    use_fused_mlp(fused)
+    model.train()
+    fused.train()
+    ids = torch.randint(0, 200, (2, 16))
+    loss, grads = _grads(model, ids)
+    loss_f, grads_f = _grads(fused, ids)
+    assert "model.layers.0.mlp.down_proj.weight" in grads_f and grads.keys() == grads_f.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_f[name], g, rtol=0, atol=0, msg=name)

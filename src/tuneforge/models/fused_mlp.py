@@ -10,8 +10,9 @@ does), and the backward calls the same kernels (silu_backward, the mul's two pro
 are bit-identical to the unfused path (tests/train/test_fused_mlp.py).
 
 It applies while gradients are on, to MLP classes known to compute exactly down(silu(gate) * up), when down_proj
-is a plain nn.Linear or a LoRA layer whose one active adapter takes the fused path (no dropout); anything else
-(DoRA, mixed batches, autocast, other activations) runs the model's own forward.
+is a frozen nn.Linear or a LoRA layer (frozen base) whose one active adapter takes the fused path (no dropout);
+anything else (a training down_proj weight, DoRA, mixed batches, autocast, other activations) runs the model's
+own forward.
 """
 from __future__ import annotations
 
@@ -74,13 +75,15 @@ def _down_parts(down: nn.Module, x: torch.Tensor):
 
     if down._forward_hooks or down._forward_pre_hooks or torch.is_autocast_enabled(x.device.type):
         return None
+    base = down.base_layer if type(down) is LoraLinear else down
+    if base.weight.requires_grad:  # the base weight trains (full fine-tuning): SwiGLUDown has no gradient for it
+        return None
     if type(down) is nn.Linear:
         ok = down.weight.dtype == x.dtype and (down.bias is None or down.bias.dtype == x.dtype)
         return (down.weight, down.bias, None, None, 1.0) if ok else None
     if type(down) is LoraLinear:
         name = down._fused_adapter(x, (), {})
         if name is not None and isinstance(down.lora_dropout[name], nn.Identity):
-            base = down.base_layer
             return base.weight, base.bias, down.lora_A[name].weight, down.lora_B[name].weight, down.scaling[name]
     return None
 
