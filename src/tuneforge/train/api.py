@@ -102,6 +102,9 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of what the seed reproduces
     add_adapter(model, cfg.method)
     mark_trainable(model)
+    from ..models.fused_mlp import use_fused_mlp
+
+    use_fused_mlp(model)  # every task: SwiGLU MLPs keep less for backward, same gradients (models/fused_mlp.py)
     tokenizer = load_tokenizer(cfg.model.name)
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
     if own_run is not None and launcher.launched_world_size() > 1:
