@@ -116,3 +116,25 @@ def test_qlora_trains_with_paged_8bit_adamw_and_merges(tmp_path, tiny_base_dir):
         merge_adapters(quantised)
         merged = quantised(input_ids=ids).logits
     torch.testing.assert_close(merged, expected, rtol=0, atol=1e-3)
+
+
+def test_fused_mlp_matches_the_model_mlp_on_cuda():
+    import copy
+
+    import tuneforge.methods as M
+    from tuneforge.models.fused_mlp import use_fused_mlp
+    from tuneforge.models.tiny import tiny_llama
+
+    model = tiny_llama().to("cuda")
+    M.add_adapter(model, "lora", r=4, target_modules=TARGETS, init_lora_weights=False)
+    model.train()
+    fused = copy.deepcopy(model)
+    assert use_fused_mlp(fused) == model.config.num_hidden_layers
+    ids = torch.randint(0, 200, (2, 24), device="cuda")
+    grads = []
+    for m in (model, fused):
+        m(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
