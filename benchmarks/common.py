@@ -88,8 +88,8 @@ def real_tokens(rows: list[dict]) -> int:
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5, clock=time.perf_counter, device: str = "cpu",
                        dtype: torch.dtype = torch.float32) -> float:
-    """Best GEMM rate (fp32 unless told) of this machine (CPU: with the current torch thread count; CUDA: the GPU with torch's
-    default fp32 matmul precision, i.e. TF32 only if the process allowed it), in GFLOP/s."""
+    """Best GEMM rate in `dtype`, in GFLOP/s: on a CPU with the current torch thread count; on CUDA with torch's
+    default fp32 matmul precision (TF32 only if the process allowed it)."""
     if device.startswith("cuda"):
         size, clock = max(size, 8192), time.perf_counter
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))

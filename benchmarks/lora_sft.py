@@ -47,6 +47,7 @@ class Ours:
                  dtype: str = "float32"):
         from tuneforge.methods import add_adapter, trainable_parameters
         from tuneforge.models import load_model, load_tokenizer
+        from tuneforge.models.fused_mlp import use_fused_mlp
         from tuneforge.train.loop import _checkpointing
         from tuneforge.train.optim import build_optimizer
         from tuneforge.train.tasks.sft import SFTTask
@@ -57,6 +58,7 @@ class Ours:
         self.model = load_model(common.MODEL, device=device, dtype=dtype, **quant)
         torch.manual_seed(0)
         add_adapter(self.model, "lora", r=R, lora_alpha=ALPHA, target_modules=common.TARGETS)
+        use_fused_mlp(self.model)  # as train() does after adding the adapter
         self.model.train()
         self.task = SFTTask(tokenizer.pad_token_id)
         self.batches = [_to(self.task.collate(rows), device) for rows in rows_per_step]

@@ -101,7 +101,8 @@ def use_fused_mlp(model: nn.Module) -> int:
     count = 0
     for module in model.modules():
         act = getattr(module, "act_fn", None)
-        if type(module).__name__ in SWIGLU_MLPS and (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"):
+        silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"  # transformers' own SiLU module
+        if type(module).__name__ in SWIGLU_MLPS and silu:
             if not getattr(module, _FLAG, False):
                 module.forward = types.MethodType(fused_mlp_forward, module)
                 object.__setattr__(module, _FLAG, True)

@@ -133,17 +133,19 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
 
 
-def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None, scb: torch.Tensor | None = None) -> torch.Tensor:
+def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None,
+                scb: torch.Tensor | None = None) -> torch.Tensor:
     """The dense (out, in) weight a layer multiplies by: a bitsandbytes 4-bit or 8-bit weight dequantised
     (into `dtype`, else the dtype it was quantised from), a dense weight as it is. An 8-bit layer's row scales
     move from its weight (`weight.SCB`) to the layer's `state.SCB` at its first forward: pass that as `scb`."""
     state = getattr(weight, "quant_state", None)
+    if getattr(weight, "SCB", None) is not None:
+        scb = weight.SCB
     if state is not None:
         import bitsandbytes.functional as bnbf
 
         dense = bnbf.dequantize_4bit(weight.data, state).to(state.dtype)
-    elif getattr(weight, "SCB", None) is not None or scb is not None:
-        scb = weight.SCB if getattr(weight, "SCB", None) is not None else scb
+    elif scb is not None:
         dense = weight.data.float() * (scb.float()[:, None] / 127.0)
     elif not weight.dtype.is_floating_point:
         raise NotMergeable(f"cannot dequantise a weight of dtype {weight.dtype}")

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...models.fused_mlp import use_fused_mlp
 from ...models.packed_attention import packed_seq_lens, use_packed_attention
 from ...registry import TASKS
 from ..head_loss import linear_cross_entropy
@@ -51,12 +50,11 @@ class SFTTask(BaseTask):
     name = "sft"
 
     def __init__(self, pad_token_id: int | None = None, chunk_size: int = 256, fused_head: bool | None = None,
-                 packed_attention: bool = True, fused_mlp: bool = True):
+                 packed_attention: bool = True):
         self.pad_token_id = pad_token_id
         self.chunk_size = chunk_size
         self.fused_head = fused_head  # None: use it when the model type is known; False: always full logits
         self.packed_attention = packed_attention  # packed rows attend per example (models/packed_attention.py)
-        self.fused_mlp = fused_mlp  # SwiGLU MLPs keep less for backward (models/fused_mlp.py)
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
         """Tokenise train / validation records (limit_train / limit_eval subsets; a multi-task mixture sampled
@@ -96,9 +94,6 @@ class SFTTask(BaseTask):
             logits = model(**inputs, use_cache=False).logits[:, :-1]
             return F.cross_entropy(logits[keep].float(), shifted[keep], reduction="sum")
         base, head = parts
-        if self.fused_mlp and torch.is_grad_enabled() and not getattr(model, "_tuneforge_mlp_routed", False):
-            use_fused_mlp(model)
-            object.__setattr__(model, "_tuneforge_mlp_routed", True)
         if "packed_seq_lens" in batch and self.packed_attention and use_packed_attention(model):
             inputs["packed_seq_lens"] = batch["packed_seq_lens"]  # attention per example (the mask stays as a net)
         hidden = base(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
