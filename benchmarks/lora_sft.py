@@ -11,7 +11,7 @@ and see the same batches, so their losses must agree step by step (the last colu
 Timing alternates the two sides step by step in one process (warm-up steps first), so load on a shared machine
 hits both alike. Peak RSS comes from a fresh child process per side (VmHWM), run one after another.
 
-    python benchmarks/lora_sft.py                  # eager, selective, checkpointing, compile, qlora
+    python benchmarks/lora_sft.py                  # eager, selective, checkpointing, partial, compile, qlora
     python benchmarks/lora_sft.py --variants eager --steps 10 --warmup 2
 """
 from __future__ import annotations
@@ -29,11 +29,13 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 # variant -> (our setting, their setting); peft + transformers have no selective checkpointing, so our selective
-# row is compared with their eager one (the fastest they offer at full memory).
+# row is compared with their eager one (the fastest they offer at full memory), and so is our partial row
+# (checkpointing only the first --checkpoint-layers blocks: the memory/speed dial between eager and checkpointing).
 VARIANTS = {
     "eager": ("eager", "eager"),
     "selective": ("selective", "eager"),
     "checkpointing": ("checkpointing", "checkpointing"),
+    "partial": ("partial", "eager"),
     "compile": ("compile", "compile"),
     "qlora": ("eager", "eager"),
 }
@@ -44,7 +46,7 @@ class Ours:
     """tuneforge: load_model + add_adapter + the SFT task's loss through the training loop's own backward."""
 
     def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, quantization: str | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", checkpoint_layers: int | None = None):
         from tuneforge.methods import add_adapter, trainable_parameters
         from tuneforge.models import load_model, load_tokenizer
         from tuneforge.models.fused_mlp import use_fused_mlp
@@ -59,14 +61,18 @@ class Ours:
         torch.manual_seed(0)
         add_adapter(self.model, "lora", r=R, lora_alpha=ALPHA, target_modules=common.TARGETS)
         use_fused_mlp(self.model)  # as train() does after adding the adapter
+        if variant != "compile":  # as train() does unless it compiles
+            from tuneforge.models.norm_recompute import use_norm_recompute
+
+            use_norm_recompute(self.model)
         self.model.train()
         self.task = SFTTask(tokenizer.pad_token_id)
         self.batches = [_to(self.task.collate(rows), device) for rows in rows_per_step]
         cfg = TrainConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
         self.optimizer = build_optimizer(self.model, cfg)
         self.params = [p for _, p in trainable_parameters(self.model)]
-        mode = {"checkpointing": True, "selective": "elementwise"}.get(variant, False)
-        self._ckpt = _checkpointing(self.model, mode)
+        mode = {"checkpointing": True, "partial": True, "selective": "elementwise"}.get(variant, False)
+        self._ckpt = _checkpointing(self.model, mode, checkpoint_layers if variant == "partial" else None)
         self._ckpt.__enter__()
         if variant == "compile":
             from tuneforge.train.compile import compile_blocks
@@ -137,11 +143,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def build(side: str, variant: str, rows_per_step, device: str, pad_token_id: int, dtype: str = "float32"):
+def build(side: str, variant: str, rows_per_step, device: str, pad_token_id: int, dtype: str = "float32",
+          checkpoint_layers: int | None = None):
     quantization = "nf4" if variant == "qlora" else None
     ours, theirs = VARIANTS[variant]
     if side == "ours":
-        return Ours(ours, rows_per_step, device, quantization, dtype)
+        return Ours(ours, rows_per_step, device, quantization, dtype, checkpoint_layers)
     if side == "ours_lora":  # the dense LoRA that QLoRA is compared against
         return Ours(ours, rows_per_step, device, dtype=dtype)
     return Theirs(theirs, rows_per_step, device, pad_token_id, quantization, dtype)
@@ -156,7 +163,8 @@ def probe(args) -> None:
     rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
     rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
     before = common.rss_mb("VmRSS")
-    side = build(args.probe, args.variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype)
+    side = build(args.probe, args.variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype,
+                 args.checkpoint_layers)
     loaded = common.rss_mb("VmRSS")
     for i in range(steps):
         side.step(i)
@@ -170,7 +178,8 @@ def probe(args) -> None:
 
 def measure_memory(side: str, args) -> dict:
     cmd = [sys.executable, __file__, "--probe", side, "--variant", args.variant, "--warmup", str(args.warmup),
-           "--seq-len", str(args.seq_len), "--device", args.device, "--dtype", args.dtype]
+           "--seq-len", str(args.seq_len), "--device", args.device, "--dtype", args.dtype,
+           "--checkpoint-layers", str(args.checkpoint_layers)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -180,7 +189,8 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
     rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
     rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
     names = ("ours", "ours_lora") if variant == "qlora" else ("ours", "theirs")
-    sides = {n: build(n, variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype) for n in names}
+    sides = {n: build(n, variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype, args.checkpoint_layers)
+             for n in names}
     if "theirs" in sides:
         sides["theirs"].load_lora(sides["ours"].lora_weights())
     times = {n: [] for n in names}
@@ -214,7 +224,8 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
         mem = {n: measure_memory(n, argparse.Namespace(**{**vars(args), "variant": variant})) for n in names}
     a, b = names
     dloss = max(abs(x - y) for x, y in zip(losses[a], losses[b]))
-    label = {"qlora": "QLoRA nf4 vs our dense LoRA", "selective": "selective vs their eager"}.get(variant, variant)
+    label = {"qlora": "QLoRA nf4 vs our dense LoRA", "selective": "selective vs their eager",
+             "partial": f"first {args.checkpoint_layers} blocks checkpointed vs their eager"}.get(variant, variant)
     return [label, f"{out[a]['tok_s']:.0f}", f"{out[b]['tok_s']:.0f}", f"{out[a]['tok_s'] / out[b]['tok_s']:.2f}x",
             f"{out[a]['s_step']:.2f}", f"{out[b]['s_step']:.2f}",
             f"{mem[a]['peak_mb'] / 1024:.2f}", f"{mem[b]['peak_mb'] / 1024:.2f}",
@@ -232,6 +243,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="base weights (and QLoRA compute) dtype on both sides; adapters train in fp32")
+    parser.add_argument("--checkpoint-layers", type=int, default=15,
+                        help="partial variant: how many blocks (the first ones) our side recomputes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-memory", action="store_true", help="timing only (no child processes)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",

@@ -92,6 +92,15 @@ class TrainConfig:
     elementwise (selective checkpointing): keep matmul and attention outputs, recompute only the elementwise work
     between them (norms, rotary embedding, activation), which costs little time."""
 
+    gradient_checkpointing_layers: int | None = None
+    """With gradient_checkpointing on, recompute only the first this many blocks and let the rest keep their
+    activations: a dial between memory and speed (each block left out costs its activations, ~30 MB per 1k tokens
+    on SmolLM2-135M, and saves its share of the recompute). null: every block."""
+
+    recompute_norms: bool = True
+    """Keep each block's norm inputs only and recompute the norm outputs in backward (bit-identical gradients,
+    ~15% less activation memory with LoRA on every projection). Off under compile, which decides this itself."""
+
     compile: bool = False
     """torch.compile each repeated block of the model (its decoder layers) before training: fuses the elementwise
     work between matmuls; the first steps pay the compile time (minutes on a small CPU)."""
@@ -135,6 +144,13 @@ class TrainConfig:
             raise ConfigError("warmup_steps must not be negative", key="warmup_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("warmup_ratio must be in [0, 1)", key="warmup_ratio")
+        if self.gradient_checkpointing_layers is not None:
+            if self.gradient_checkpointing_layers < 0:
+                raise ConfigError("gradient_checkpointing_layers must not be negative (or null for every block)",
+                                  key="gradient_checkpointing_layers")
+            if not self.gradient_checkpointing:
+                raise ConfigError("gradient_checkpointing_layers needs gradient_checkpointing: true or elementwise",
+                                  key="gradient_checkpointing_layers")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError("max_grad_norm must be positive (or null to disable clipping)", key="max_grad_norm")
 

@@ -23,7 +23,6 @@ peft's in fp32 and 6x in bf16.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 PACKED_SDPA = "tuneforge_packed_sdpa"
 
@@ -35,20 +34,64 @@ def packed_seq_lens(seq_lens: list[list[int]]) -> torch.Tensor:
     return torch.tensor([list(lens) + [0] * (width - len(lens)) for lens in seq_lens], dtype=torch.long)
 
 
+def _spans(seq_lens: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(row, start, length) of every example in the packed rows."""
+    spans = []
+    for row, lens in enumerate(seq_lens.tolist()):
+        start = 0
+        for n in lens:
+            if n > 0:
+                spans.append((row, start, n))
+                start += n
+    return spans
+
+
+class PackedAttention(torch.autograd.Function):
+    """Causal attention per example, written straight into one (rows, length, heads, dim) output.
+
+    Calling sdpa per example under autograd keeps every example's output for its backward, then `cat` copies
+    them into one tensor and the caller's reshape copies that again into the layout o_proj reads: three copies
+    of the attention output per layer, two of them kept until backward. Here the CPU flash kernel's output and
+    log-sum-exp go straight into their slots of one buffer, which is both what backward needs and (reshaped, no
+    copy) o_proj's input: one copy kept, no cat. The kernels are the ones sdpa runs, forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, query, key, value, scaling, spans):
+        rows, heads, length, dim = query.shape
+        out = query.new_zeros((rows, length, heads, dim))
+        lse = query.new_zeros((rows, heads, length), dtype=torch.float32)
+        for b, s, n in spans:
+            o, l = _flash(query[b : b + 1, :, s : s + n], key[b : b + 1, :, s : s + n],
+                          value[b : b + 1, :, s : s + n], 0.0, True, scale=scaling)
+            out[b, s : s + n].copy_(o[0].transpose(0, 1))
+            lse[b, :, s : s + n] = l[0]
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.scaling, ctx.spans = scaling, spans
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        query, key, value, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        for b, s, n in ctx.spans:
+            part = (slice(b, b + 1), slice(None), slice(s, s + n))
+            gq, gk, gv = _flash_backward(grad[b : b + 1, s : s + n].transpose(1, 2), query[part], key[part],
+                                         value[part], out[b : b + 1, s : s + n].transpose(1, 2),
+                                         lse[part], 0.0, True, scale=ctx.scaling)
+            dq[part], dk[part], dv[part] = gq, gk, gv
+        return dq, dk, dv, None, None
+
+
+_flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
 def _per_example(query, key, value, scaling, seq_lens: torch.Tensor) -> torch.Tensor:
-    rows, heads, length, dim = query.shape
-    gqa = key.shape[1] != heads
-    parts = []
-    for b, lens in enumerate(seq_lens.tolist()):
-        sizes = [n for n in lens if n > 0]
-        pad = length - sum(sizes)
-        chunks = zip(*(t[b : b + 1].split(sizes + ([pad] if pad else []), dim=2) for t in (query, key, value)))
-        for (q, k, v), _ in zip(chunks, sizes):
-            parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa))
-        if pad:
-            parts.append(query.new_zeros((1, heads, pad, dim)))
-    out = torch.cat(parts, dim=2).view(heads, rows, length, dim)
-    return out.permute(1, 2, 0, 3)  # (rows, length, heads, dim), as transformers' attention functions return
+    """(rows, length, heads, dim), as transformers' attention functions return; padding gets zeros."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    return PackedAttention.apply(query, key, value, float(scaling), _spans(seq_lens))
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

@@ -105,6 +105,10 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     from ..models.fused_mlp import use_fused_mlp
 
     use_fused_mlp(model)  # every task: SwiGLU MLPs keep less for backward, same gradients (models/fused_mlp.py)
+    if cfg.train.recompute_norms and not cfg.train.compile:
+        from ..models.norm_recompute import use_norm_recompute
+
+        use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
     tokenizer = load_tokenizer(cfg.model.name)
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
     if own_run is not None and launcher.launched_world_size() > 1:

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .distributed import Parallel
-from .compile import compile_blocks
+from .compile import compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs
@@ -183,17 +183,25 @@ def evaluate(model: nn.Module, task, examples: list, cfg, amp=nullcontext) -> di
 
 
 @contextmanager
-def _checkpointing(model: nn.Module, enabled: bool):
+def _checkpointing(model: nn.Module, enabled, layers: int | None = None):
     """Activation checkpointing (non-reentrant, so frozen inputs need no requires_grad trick) for the run;
-    transformers 5.x names it activation_checkpointing_*, older versions gradient_checkpointing_*."""
+    transformers 5.x names it activation_checkpointing_*, older versions gradient_checkpointing_*. `layers`: only
+    the first this many blocks recompute (Megatron's "block" method), the rest keep their activations."""
     config = getattr(model, "config", None)
     use_cache = getattr(config, "use_cache", None)
     new_api = hasattr(model, "activation_checkpointing_enable")
     kwargs = checkpoint_kwargs(enabled)  # True: whole blocks; "elementwise": see selective_checkpoint.py
+    had_input_grads = bool(getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"))
     if enabled and new_api:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     elif enabled and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if enabled and not had_input_grads and hasattr(model, "disable_input_require_grads"):
+        # transformers also makes the embeddings' output require grad, which only reentrant checkpointing needs:
+        # it would make the first block compute an input gradient nobody reads.
+        model.disable_input_require_grads()
+    if enabled and layers is not None:
+        limit_checkpointed_blocks(model, layers)
     if enabled and config is not None:
         config.use_cache = False
     try:
@@ -204,6 +212,19 @@ def _checkpointing(model: nn.Module, enabled: bool):
             getattr(model, disable, lambda: None)()
             if config is not None:
                 config.use_cache = use_cache
+
+
+def limit_checkpointed_blocks(model: nn.Module, layers: int) -> int:
+    """Leave checkpointing on for the first `layers` repeated blocks only; returns how many recompute now. Every
+    block's activations are alive together at the end of the forward pass, so each block left out adds the same
+    memory back and saves the same recompute time, whichever it is."""
+    blocks = repeated_blocks(model)
+    if blocks is None:
+        return 0
+    flagged = [b for b in blocks if hasattr(b, "gradient_checkpointing")]
+    for i, block in enumerate(flagged):
+        block.gradient_checkpointing = block.gradient_checkpointing and i < layers
+    return sum(bool(b.gradient_checkpointing) for b in flagged)
 
 
 def run_training(
@@ -279,7 +300,7 @@ def run_training(
                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
 
     try:
-        with guard, _checkpointing(model, cfg.gradient_checkpointing):
+        with guard, _checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
             while state["global_step"] < total_steps:
                 t0 = time.perf_counter()
                 chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
