@@ -186,3 +186,15 @@ def test_build_dataclass_without_source():
     assert build_dataclass(Inner, {"size": 2}).size == 2
     with pytest.raises(ConfigError, match="unknown key"):
         build_dataclass(Inner, {"nope": 1}, Source())
+
+
+def test_checkpoint_layers_need_checkpointing_and_point_at_their_line(tmp_path):
+    path = write(tmp_path, GOOD.replace("  epochs: 2", "  epochs: 2\n  gradient_checkpointing_layers: 12"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.line, info.value.key) == (13, "train.gradient_checkpointing_layers")
+    assert "needs gradient_checkpointing" in str(info.value)
+    text = GOOD.replace("  epochs: 2", "  epochs: 2\n  gradient_checkpointing: true\n  gradient_checkpointing_layers: 12")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.train.gradient_checkpointing is True and cfg.train.gradient_checkpointing_layers == 12
+    assert cfg.train.recompute_norms is True

@@ -117,3 +117,20 @@ def test_train_resumes_exactly_with_an_adapter(config, tmp_path):
     resumed = api.train(config, progress=False)
     losses = lambda r: [x["loss"] for x in r.history if "loss" in x]  # noqa: E731
     assert losses(resumed) == losses(straight) and len(losses(straight)) == 4
+
+
+def test_memory_switches_keep_the_losses(config, tmp_path):
+    """recompute_norms and checkpointing only the first block change what is kept, not the training run."""
+    import copy
+
+    losses = {}
+    for name, extra in (("plain", {"recompute_norms": False}),
+                        ("lean", {"gradient_checkpointing": True, "gradient_checkpointing_layers": 1})):
+        cfg = copy.deepcopy(config)
+        cfg["train"].update(extra)
+        cfg["output_dir"] = str(tmp_path / name)
+        api.train(cfg, progress=False)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses["plain"]) == 3
+    assert losses["lean"] == pytest.approx(losses["plain"], rel=1e-5, abs=1e-6)
