@@ -28,6 +28,9 @@ class FusedLoraLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling):
+        # x_lora None: the adapter reads x itself (no dropout). Passing x twice would do the same, but
+        # torch.compile cannot trace an autograd.Function given one tensor twice and breaks the graph there.
+        x_lora = x if x_lora is None else x_lora
         shape = x.shape
         x2, xl2 = x.reshape(-1, shape[-1]), x_lora.reshape(-1, shape[-1])
         w = dequantized(weight)

@@ -175,7 +175,9 @@ class LoraLinear(LoraLayer):
         if name is None:
             return super().forward(x, *args, **kwargs)
         base, A, B = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
-        return FusedLoraLinear.apply(x, self.lora_dropout[name](x), base.weight, base.bias, A, B, self.scaling[name])
+        x_lora = self.lora_dropout[name](x)
+        x_lora = None if x_lora is x else x_lora  # see FusedLoraLinear.forward
+        return FusedLoraLinear.apply(x, x_lora, base.weight, base.bias, A, B, self.scaling[name])
 
     def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
         cls, base = type(self), self.base_layer
