@@ -74,6 +74,20 @@ def test_train_on_cuda_in_bf16_then_resume(tmp_path, tiny_base_dir):
     assert again.steps == 6
 
 
+def test_full_fine_tuning_on_cuda_keeps_fp32_master_weights(tmp_path, tiny_base_dir, capsys):
+    """dtype auto loads bf16 on the GPU; the trained base weights run in fp32 under bf16 autocast
+    (train/precision.py) and are bf16 again in what is saved after."""
+    from tuneforge.train.api import train
+
+    config = _config(tmp_path, tiny_base_dir)
+    config["method"] = {"name": "full"}
+    config["train"]["learning_rate"] = 1e-4
+    result = train(config, progress=False)
+    assert result.steps == 4 and result.train_loss is not None
+    if torch.cuda.is_bf16_supported():
+        assert "fp32 master weights" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])
 def test_quantised_base_runs_on_bitsandbytes_cuda_kernels(kind):
     pytest.importorskip("bitsandbytes")

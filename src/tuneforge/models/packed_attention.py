@@ -99,7 +99,9 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     """transformers attention-function signature; see the module docstring."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # Under autocast sdpa casts q/k/v to one dtype itself; the flash kernels PackedAttention calls would not.
     usable = (packed_seq_lens is not None and query.device.type == "cpu" and not torch.compiler.is_compiling()
+              and not torch.is_autocast_enabled("cpu")
               and dropout == 0.0
               and query.shape[2] == key.shape[2]
               and packed_seq_lens.shape[0] == query.shape[0] and not kwargs.get("output_attentions"))
