@@ -55,8 +55,7 @@ class _BlockHooks:
 
     def pack(self, tensor: torch.Tensor):
         hit = self.outputs.get(tensor.untyped_storage().data_ptr()) if tensor.device.type != "meta" else None
-        if hit is None or hit[0].dtype != tensor.dtype or hit[0].untyped_storage().nbytes() != \
-                tensor.untyped_storage().nbytes():
+        if hit is None or hit[0].dtype != tensor.dtype:  # the noted output is alive, so its storage is this one
             return tensor
         return hit[1], tensor.size(), tensor.stride(), tensor.storage_offset()
 
