@@ -11,7 +11,9 @@ so we let the matmul kernels do the adding: with z = x A^T (tokens x r) and g = 
               dA = gB^T x,   dB = s * g^T z,   db = sum_t g
 
 The maths is LoRA's (Hu et al. 2021, https://arxiv.org/abs/2106.09685); only the order of the floating point
-sums differs. Saved for backward: x and z, as autograd would save for the unfused layer. When LoRA dropout is
+sums differs. The adds run in place on the fresh base product (`addmm_`): an out-of-place addmm first copies its
+input into a new tensor, one activation-sized copy per adapted layer and direction. Saved for backward: x and
+z, as autograd would save for the unfused layer. When LoRA dropout is
 active, the adapter reads a different tensor (x_lora = dropout(x)) and its input gradient is returned
 separately, so autograd runs the dropout backward. A 4-bit bitsandbytes base is dequantised in forward and again
 in backward (as bitsandbytes' own matmul does), so no dense copy of W is kept between the two.
@@ -36,7 +38,7 @@ class FusedLoraLinear(torch.autograd.Function):
         w = dequantized(weight)
         base = torch.addmm(bias, x2, w.t()) if bias is not None else x2 @ w.t()
         z = xl2 @ lora_a.t()
-        out = torch.addmm(base, z, lora_b.t(), alpha=scaling)
+        out = base.addmm_(z, lora_b.t(), alpha=scaling)  # in place: base is ours (no copy of it first)
         ctx.same_input = x_lora is x
         ctx.scaling = scaling
         ctx.save_for_backward(xl2, z, weight, lora_a, lora_b)
@@ -51,7 +53,7 @@ class FusedLoraLinear(torch.autograd.Function):
         g_b = (g2 @ lora_b).mul_(ctx.scaling) if (need_x or need_xl or need_a) else None
         dx = dxl = None
         if ctx.same_input and (need_x or need_xl):
-            dx = torch.addmm(g2 @ dequantized(weight), g_b, lora_a).view(in_shape)
+            dx = (g2 @ dequantized(weight)).addmm_(g_b, lora_a).view(in_shape)
         else:
             if need_x:
                 dx = (g2 @ dequantized(weight)).view(in_shape)

@@ -34,14 +34,14 @@ class SwiGLUDown(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling):
-        p = F.silu(gate) * up
+        p = F.silu(gate).mul_(up)  # in place on silu's fresh output: the same product, one buffer less
         p2 = p.reshape(-1, p.shape[-1])
         w = dequantized(weight)
         out = torch.addmm(bias, p2, w.t()) if bias is not None else p2 @ w.t()
         z = None
         if lora_a is not None:
             z = p2 @ lora_a.t()
-            out = torch.addmm(out, z, lora_b.t(), alpha=scaling)
+            out = out.addmm_(z, lora_b.t(), alpha=scaling)
         ctx.scaling = scaling
         ctx.save_for_backward(gate, up, weight, lora_a, lora_b, z)
         return out.view(*p.shape[:-1], out.shape[-1])
@@ -55,7 +55,7 @@ class SwiGLUDown(torch.autograd.Function):
         d_a = d_b = None
         if lora_a is not None:
             g_b = (g2 @ lora_b).mul_(ctx.scaling)
-            dp = torch.addmm(g2 @ dequantized(weight), g_b, lora_a)
+            dp = (g2 @ dequantized(weight)).addmm_(g_b, lora_a)
             if need_a:
                 d_a = g_b.t() @ (silu * up).reshape(-1, gate.shape[-1])
             if need_b:
@@ -63,8 +63,11 @@ class SwiGLUDown(torch.autograd.Function):
         else:
             dp = g2 @ dequantized(weight)
         dp = dp.view(gate.shape)
-        d_gate = torch.ops.aten.silu_backward(dp * up, gate) if need_gate else None
-        d_up = dp * silu if need_up else None
+        d_gate = None
+        if need_gate:
+            d_gate = dp * up
+            d_gate = torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)  # in place
+        d_up = dp.mul_(silu) if need_up else None  # dp is ours and read for the last time
         d_bias = g2.sum(0) if need_bias else None
         return d_gate, d_up, None, d_bias, d_a, d_b, None
 
