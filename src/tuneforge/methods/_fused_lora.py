@@ -22,7 +22,18 @@ from __future__ import annotations
 
 import torch
 
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
 from ..quant.layers import dequantized
+
+
+def add_matmul(fresh: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """fresh + alpha * m1 @ m2, in place on `fresh` (a product the caller just made and owns): an out-of-place addmm
+    would first copy it. Out of place while torch.compile traces (it functionalises anyway) or a dispatch mode
+    watches the ops: selective checkpointing keeps matmul outputs and refuses to see one changed later."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return torch.addmm(fresh, m1, m2, alpha=alpha)
+    return fresh.addmm_(m1, m2, alpha=alpha)
 
 
 class FusedLoraLinear(torch.autograd.Function):
@@ -38,7 +49,7 @@ class FusedLoraLinear(torch.autograd.Function):
         w = dequantized(weight)
         base = torch.addmm(bias, x2, w.t()) if bias is not None else x2 @ w.t()
         z = xl2 @ lora_a.t()
-        out = base.addmm_(z, lora_b.t(), alpha=scaling)  # in place: base is ours (no copy of it first)
+        out = add_matmul(base, z, lora_b.t(), scaling)
         ctx.same_input = x_lora is x
         ctx.scaling = scaling
         ctx.save_for_backward(xl2, z, weight, lora_a, lora_b)
@@ -53,7 +64,7 @@ class FusedLoraLinear(torch.autograd.Function):
         g_b = (g2 @ lora_b).mul_(ctx.scaling) if (need_x or need_xl or need_a) else None
         dx = dxl = None
         if ctx.same_input and (need_x or need_xl):
-            dx = (g2 @ dequantized(weight)).addmm_(g_b, lora_a).view(in_shape)
+            dx = add_matmul(g2 @ dequantized(weight), g_b, lora_a).view(in_shape)
         else:
             if need_x:
                 dx = (g2 @ dequantized(weight)).view(in_shape)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..methods._fused_lora import add_matmul
 from ..quant.layers import dequantized
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
@@ -41,7 +42,7 @@ class SwiGLUDown(torch.autograd.Function):
         z = None
         if lora_a is not None:
             z = p2 @ lora_a.t()
-            out = out.addmm_(z, lora_b.t(), alpha=scaling)
+            out = add_matmul(out, z, lora_b.t(), scaling)
         ctx.scaling = scaling
         ctx.save_for_backward(gate, up, weight, lora_a, lora_b, z)
         return out.view(*p.shape[:-1], out.shape[-1])
@@ -55,7 +56,7 @@ class SwiGLUDown(torch.autograd.Function):
         d_a = d_b = None
         if lora_a is not None:
             g_b = (g2 @ lora_b).mul_(ctx.scaling)
-            dp = (g2 @ dequantized(weight)).addmm_(g_b, lora_a)
+            dp = add_matmul(g2 @ dequantized(weight), g_b, lora_a)
             if need_a:
                 d_a = g_b.t() @ (silu * up).reshape(-1, gate.shape[-1])
             if need_b:
