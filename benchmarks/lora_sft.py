@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="base weights (and QLoRA compute) dtype on both sides; adapters train in fp32")
-    parser.add_argument("--checkpoint-layers", type=int, default=15,
+    parser.add_argument("--checkpoint-layers", type=int, default=8,
                         help="partial variant: how many blocks (the first ones) our side recomputes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-memory", action="store_true", help="timing only (no child processes)")
