@@ -66,14 +66,14 @@ class _BlockHooks:
         recipe, size, stride, offset = packed
         return recipe.output().as_strided(size, stride, offset)
 
-    def enter(self, module, args, kwargs=None):
+    def enter(self, module, args, kwargs):
         # Autocast picks per-op dtypes that a recompute outside it would not: leave those runs as they are.
         if (torch.is_grad_enabled() and module.training and not torch.compiler.is_compiling()
                 and not torch.is_autocast_enabled(next(module.parameters()).device.type)):
             self.context = torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
             self.context.__enter__()
 
-    def exit(self, module, args, output, kwargs=None):
+    def exit(self, module, args, kwargs, output):
         if self.context is not None:
             context, self.context = self.context, None
             context.__exit__(None, None, None)
