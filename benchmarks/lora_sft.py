@@ -82,6 +82,10 @@ class Ours:
     def lora_weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.model.named_parameters() if "lora_" in n}
 
+    def close(self) -> None:
+        """Leave the checkpointing context (at interpreter exit transformers could no longer import its parts)."""
+        self._ckpt.__exit__(None, None, None)
+
     def step(self, i: int) -> float:
         from tuneforge.train.loop import accumulate
 
@@ -173,6 +177,7 @@ def probe(args) -> None:
     weights = weight_bytes(side.model) / 2**20  # parameters, buffers and quantisation constants (tied: once)
     # On a GPU the memory that limits batch and model size is the device's: report torch's peak allocation.
     peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else common.rss_mb("VmHWM")
+    getattr(side, "close", lambda: None)()
     print(json.dumps({"peak_mb": peak, "loaded_mb": loaded - before, "weights_mb": weights}))
 
 
@@ -217,6 +222,8 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
             total_flops += common.step_flops(config, r, R, head, ref["input_ids"].numel())
         out[n] = {"tok_s": statistics.median([k / t for k, t in zip(tokens, times[n])]), "s_step": per_step,
                   "mfu": total_flops / len(tokens) / per_step / 1e9 / peak_gflops}
+    for side in sides.values():
+        getattr(side, "close", lambda: None)()
     del sides
     if args.skip_memory:
         mem = {n: {"peak_mb": float("nan"), "weights_mb": float("nan")} for n in names}
