@@ -21,7 +21,6 @@ in backward (as bitsandbytes' own matmul does), so no dense copy of W is kept be
 from __future__ import annotations
 
 import torch
-
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..quant.layers import dequantized
@@ -36,6 +35,17 @@ def add_matmul(fresh: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: f
     return fresh.addmm_(m1, m2, alpha=alpha)
 
 
+def linear_plus_lora(x2, weight, bias, xl2=None, lora_a=None, lora_b=None, scaling: float = 1.0):
+    """(x2 W^T + b + s (xl2 A^T) B^T, z = xl2 A^T) for a frozen, possibly 4-bit W, the rank-r term added in place
+    on the base product; without lora_a, (x2 W^T + b, None). The forward of both fused autograd functions."""
+    w = dequantized(weight)
+    out = torch.addmm(bias, x2, w.t()) if bias is not None else x2 @ w.t()
+    if lora_a is None:
+        return out, None
+    z = xl2 @ lora_a.t()
+    return add_matmul(out, z, lora_b.t(), scaling), z
+
+
 class FusedLoraLinear(torch.autograd.Function):
     """h = x W^T + b + s (x_lora A^T) B^T for a frozen (possibly 4-bit) W; see the module docstring."""
 
@@ -46,10 +56,7 @@ class FusedLoraLinear(torch.autograd.Function):
         x_lora = x if x_lora is None else x_lora
         shape = x.shape
         x2, xl2 = x.reshape(-1, shape[-1]), x_lora.reshape(-1, shape[-1])
-        w = dequantized(weight)
-        base = torch.addmm(bias, x2, w.t()) if bias is not None else x2 @ w.t()
-        z = xl2 @ lora_a.t()
-        out = add_matmul(base, z, lora_b.t(), scaling)
+        out, z = linear_plus_lora(x2, weight, bias, xl2, lora_a, lora_b, scaling)
         ctx.same_input = x_lora is x
         ctx.scaling = scaling
         ctx.save_for_backward(xl2, z, weight, lora_a, lora_b)

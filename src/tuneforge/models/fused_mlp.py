@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._fused_lora import add_matmul
+from ..methods._fused_lora import add_matmul, linear_plus_lora
 from ..quant.layers import dequantized
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
@@ -37,12 +37,7 @@ class SwiGLUDown(torch.autograd.Function):
     def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling):
         p = F.silu(gate).mul_(up)  # in place on silu's fresh output: the same product, one buffer less
         p2 = p.reshape(-1, p.shape[-1])
-        w = dequantized(weight)
-        out = torch.addmm(bias, p2, w.t()) if bias is not None else p2 @ w.t()
-        z = None
-        if lora_a is not None:
-            z = p2 @ lora_a.t()
-            out = add_matmul(out, z, lora_b.t(), scaling)
+        out, z = linear_plus_lora(p2, weight, bias, p2, lora_a, lora_b, scaling)
         ctx.scaling = scaling
         ctx.save_for_backward(gate, up, weight, lora_a, lora_b, z)
         return out.view(*p.shape[:-1], out.shape[-1])

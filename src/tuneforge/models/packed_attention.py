@@ -46,6 +46,14 @@ def _spans(seq_lens: torch.Tensor) -> list[tuple[int, int, int]]:
     return spans
 
 
+def _row_ends(spans: list[tuple[int, int, int]], rows: int) -> list[int]:
+    """Where each row's examples end (its padding starts)."""
+    ends = [0] * rows
+    for b, s, n in spans:
+        ends[b] = max(ends[b], s + n)
+    return ends
+
+
 class PackedAttention(torch.autograd.Function):
     """Causal attention per example, written straight into one (rows, length, heads, dim) output.
 
@@ -59,21 +67,27 @@ class PackedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, scaling, spans):
         rows, heads, length, dim = query.shape
-        out = query.new_zeros((rows, length, heads, dim))
-        lse = query.new_zeros((rows, heads, length), dtype=torch.float32)
+        out = query.new_empty((rows, length, heads, dim))
+        lse = query.new_empty((rows, heads, length), dtype=torch.float32)  # padding's entries are never read
         for b, s, n in spans:
             o, l = _flash(query[b : b + 1, :, s : s + n], key[b : b + 1, :, s : s + n],
                           value[b : b + 1, :, s : s + n], 0.0, True, scale=scaling)
             out[b, s : s + n].copy_(o[0].transpose(0, 1))
             lse[b, :, s : s + n] = l[0]
+        ends = _row_ends(spans, rows)
+        for b, end in enumerate(ends):
+            out[b, end:] = 0  # only the padding: the examples' slots were all written above
         ctx.save_for_backward(query, key, value, out, lse)
-        ctx.scaling, ctx.spans = scaling, spans
+        ctx.scaling, ctx.spans, ctx.ends = scaling, spans, ends
         return out
 
     @staticmethod
     def backward(ctx, grad):
         query, key, value, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.zeros_like(query), torch.zeros_like(key), torch.zeros_like(value)
+        dq, dk, dv = torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+        for b, end in enumerate(ctx.ends):
+            for d in (dq, dk, dv):
+                d[b, :, end:] = 0
         for b, s, n in ctx.spans:
             part = (slice(b, b + 1), slice(None), slice(s, s + n))
             gq, gk, gv = _flash_backward(grad[b : b + 1, s : s + n].transpose(1, 2), query[part], key[part],

@@ -79,8 +79,8 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     from ..io import save_adapter
     from ..methods import add_adapter, mark_trainable
     from ..models import load_tokenizer
-    from .precision import fp32_master_weights, restore_dtypes
     from ..registry import TASKS
+    from .precision import fp32_master_weights, restore_dtypes
 
     cfg = resolve_config(config_or_path, overrides)
     task = TASKS.get(cfg.task)()
