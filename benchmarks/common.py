@@ -82,6 +82,27 @@ def reference_batch(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
+def padded_batch(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The examples packed in `rows`, one per row, right-padded to the longest of them with an attention_mask:
+    how a peft + transformers user who does not pack collates (DataCollatorForSeq2Seq's default, padding to the
+    longest in the batch). The same examples and label tokens as the packed rows, so the mean loss is the same."""
+    examples = []
+    for row in rows:
+        start = 0
+        for n in row.get("seq_lens", [len(row["input_ids"])]):
+            examples.append((row["input_ids"][start:start + n], row["labels"][start:start + n]))
+            start += n
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for b, (example_ids, example_labels) in enumerate(examples):
+        ids[b, :len(example_ids)] = torch.tensor(example_ids)
+        labels[b, :len(example_ids)] = torch.tensor(example_labels)
+        mask[b, :len(example_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
 def real_tokens(rows: list[dict]) -> int:
     return sum(len(r["input_ids"]) for r in rows)
 

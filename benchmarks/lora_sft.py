@@ -11,7 +11,7 @@ and see the same batches, so their losses must agree step by step (the last colu
 Timing alternates the two sides step by step in one process (warm-up steps first), so load on a shared machine
 hits both alike. Peak RSS comes from a fresh child process per side (VmHWM), run one after another.
 
-    python benchmarks/lora_sft.py                  # eager, selective, checkpointing, partial, compile, qlora
+    python benchmarks/lora_sft.py                  # eager, selective, checkpointing, partial, compile, qlora, padded
     python benchmarks/lora_sft.py --variants eager --steps 10 --warmup 2
 """
 from __future__ import annotations
@@ -31,6 +31,8 @@ import common  # noqa: E402
 # variant -> (our setting, their setting); peft + transformers have no selective checkpointing, so our selective
 # row is compared with their eager one (the fastest they offer at full memory), and so is our partial row
 # (checkpointing only the first --checkpoint-layers blocks: the memory/speed dial between eager and checkpointing).
+# padded: the same examples each step, packed on our side and padded to the longest on theirs (what a user of the
+# two libraries gets without packing): the one row that measures packing itself; every other row packs both sides.
 VARIANTS = {
     "eager": ("eager", "eager"),
     "selective": ("selective", "eager"),
@@ -38,6 +40,7 @@ VARIANTS = {
     "partial": ("partial", "eager"),
     "compile": ("compile", "compile"),
     "qlora": ("eager", "eager"),
+    "padded": ("eager", "padded"),
 }
 LR, CLIP, R, ALPHA = 2e-4, 1.0, 16, 32
 
@@ -116,7 +119,8 @@ class Theirs:
         cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=common.TARGETS, lora_dropout=0.0)
         self.model = get_peft_model(model, cfg)
         self.model.train()
-        self.batches = [_to(common.reference_batch(rows, pad_token_id), device) for rows in rows_per_step]
+        collate = common.padded_batch if variant == "padded" else common.reference_batch
+        self.batches = [_to(collate(rows, pad_token_id), device) for rows in rows_per_step]
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.0)
         self.forward = torch.compile(self.model) if variant == "compile" else self.model
@@ -218,8 +222,12 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
         for r in rows_per_step[args.warmup:]:
             ref = common.reference_batch(r, 0)
             labels = int((ref["labels"][:, 1:] != common.IGNORE).sum())
-            head = ref["input_ids"].numel() if n == "theirs" else labels
-            total_flops += common.step_flops(config, r, R, head, ref["input_ids"].numel())
+            if n == "theirs" and variant == "padded":  # they compute every padded position
+                positions = common.padded_batch(r, 0)["input_ids"].numel()
+            else:
+                positions = ref["input_ids"].numel()
+            head = positions if n == "theirs" else labels
+            total_flops += common.step_flops(config, r, R, head, positions)
         out[n] = {"tok_s": statistics.median([k / t for k, t in zip(tokens, times[n])]), "s_step": per_step,
                   "mfu": total_flops / len(tokens) / per_step / 1e9 / peak_gflops}
     for side in sides.values():
@@ -232,7 +240,8 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
     a, b = names
     dloss = max(abs(x - y) for x, y in zip(losses[a], losses[b]))
     label = {"qlora": "QLoRA nf4 vs our dense LoRA", "selective": "selective vs their eager",
-             "partial": f"first {args.checkpoint_layers} blocks checkpointed vs their eager"}.get(variant, variant)
+             "partial": f"first {args.checkpoint_layers} blocks checkpointed vs their eager",
+             "padded": "eager, ours packed vs theirs padded (same examples)"}.get(variant, variant)
     return [label, f"{out[a]['tok_s']:.0f}", f"{out[b]['tok_s']:.0f}", f"{out[a]['tok_s'] / out[b]['tok_s']:.2f}x",
             f"{out[a]['s_step']:.2f}", f"{out[b]['s_step']:.2f}",
             f"{mem[a]['peak_mb'] / 1024:.2f}", f"{mem[b]['peak_mb'] / 1024:.2f}",

@@ -67,3 +67,35 @@ def test_adapters_on_a_bf16_model_are_unaffected(bf16_config, capsys):
     bf16_config["method"] = {"name": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]}
     api.train(bf16_config, progress=False)
     assert "fp32 master weights" not in capsys.readouterr().out
+
+
+def letter_share(prompts, responses):
+    return [sum(c.isalpha() for c in r) / max(1, len(r)) for r in responses]
+
+
+def test_ppo_on_a_bf16_model_trains_fp32_master_weights_under_autocast(tmp_path, monkeypatch, capsys):
+    """PPO runs its own loop: it gets the same fp32 copies of the trained base weights and the same autocast."""
+    from safetensors.torch import load_file
+
+    model = tiny_llama(seed=0, initializer_range=0.2).to(torch.bfloat16)
+    monkeypatch.setattr(api, "_load_model", lambda cfg: model)
+    monkeypatch.setattr(models, "load_tokenizer", lambda name: tiny_tokenizer())
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in ("hello", "the", "a cat", "we")))
+    config = {
+        "model": {"name": "tiny-llama"},
+        "method": {"name": "last_k", "k": 1},
+        "task": {"name": "ppo", "reward_function": f"{__name__}:letter_share", "template": "raw",
+                 "rollout_batch_size": 2, "max_new_tokens": 3, "max_prompt_length": 16, "ppo_epochs": 1},
+        "data": {"train": str(data)},
+        "train": {"max_steps": 2, "micro_batch_size": 2, "learning_rate": 1e-4, "save_every": 2},
+        "output_dir": str(tmp_path / "run"),
+    }
+    result = api.train(config, progress=False)
+    assert result.steps == 2 and math.isfinite(result.train_loss)
+    assert "in fp32 under bf16 autocast" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["bf16"] is True
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-2" / "trainable.safetensors"))
+    trained = [t for name, t in saved.items() if "value_head" not in name]
+    assert trained and all(t.dtype == torch.float32 for t in trained)
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters())  # back to the model's dtype

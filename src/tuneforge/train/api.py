@@ -115,27 +115,26 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
     main = launcher.process_rank() == 0
-    master = []
     if own_run is None:
         train_examples, eval_examples = task.prepare(cfg, tokenizer)
-        master = fp32_master_weights(model)  # trained base weights of a bf16 model: fp32 for the run (precision.py)
-        if master:
-            cfg.train.bf16 = True  # the fp32 and bf16 weights meet in bf16 matmuls under autocast
-            if main:
-                count = sum(p.numel() for p, _ in master)
-                print(f"training {count:,} bf16 parameters in fp32 under bf16 autocast (fp32 master weights)")
+    master = fp32_master_weights(model)  # trained base weights of a bf16 model: fp32 for the run (precision.py)
+    if master:
+        cfg.train.bf16 = True  # the fp32 and bf16 weights meet in bf16 matmuls under autocast (PPO's loop too)
+        if main:
+            count = sum(p.numel() for p, _ in master)
+            print(f"training {count:,} bf16 parameters in fp32 under bf16 autocast (fp32 master weights)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = write_config(cfg, out / "config.yaml") if main else out / "config.yaml"
-    if own_run is not None:
-        result: TrainResult = own_run(model, tokenizer, cfg, out, resume=resume, progress=progress)
-    else:
-        try:
+    try:
+        if own_run is not None:
+            result: TrainResult = own_run(model, tokenizer, cfg, out, resume=resume, progress=progress)
+        else:
             result = run_training(
                 model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress
             )
-        finally:
-            restore_dtypes(master)
+    finally:
+        restore_dtypes(master)
     if own_group:
         launcher.shutdown()
     if not main:  # process 0 alone writes the adapter and reports

@@ -23,6 +23,7 @@ Output beside the adapter: value_head.safetensors and reward_kl.png (mean reward
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -93,7 +94,8 @@ def policy_outputs(model, batch: dict, rows, temperature: float, values: bool = 
     out[0][resp] = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     out[1][resp] = -(logprobs.exp() * logprobs).sum(-1)
     if values:
-        out[2][resp] = getattr(model, VALUE_HEAD)(hidden.float()).squeeze(-1)
+        with torch.autocast(hidden.device.type, enabled=False):  # values stay fp32 under train.bf16 too
+            out[2][resp] = getattr(model, VALUE_HEAD)(hidden.float()).squeeze(-1)
     return out[0], out[1], out[2]
 
 
@@ -251,7 +253,11 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
                                     {**state, "history": reporter.history, "total_steps": total}, rng_snapshot,
                                     train_cfg.keep_last)
 
+    # train.bf16: every forward, generation included, under bf16 autocast (what train() sets for fp32 master
+    # weights of base weights trained on a bf16 model, as the one-loss-per-batch loop does)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if train_cfg.bf16 else contextlib.nullcontext()
     try:
+        amp.__enter__()
         if latest is None:
             eval_metrics = run_eval()
         while state["global_step"] < total:
@@ -292,6 +298,7 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(output_dir / "value_head.safetensors"))
     finally:
+        amp.__exit__(None, None, None)
         model.train(was_training)
         reporter.close()
         delattr(model, VALUE_HEAD)

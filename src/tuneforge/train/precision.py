@@ -6,8 +6,8 @@ parameters in place, and bf16 keeps 8 bits of mantissa: an AdamW update smaller 
 rounds away (a 2e-5 learning rate moves almost nothing). The usual cure (mixed precision with fp32 master weights,
 as transformers' Trainer does with an fp32 model and bf16 autocast) is applied to just the parameters that train:
 they become fp32 for the run while the frozen rest stays bf16, and the forward runs under bf16 autocast so the
-mixed dtypes meet in bf16 matmuls. After training they return to the model's dtype for saving and inference.
-fp16 models are left alone (fp16 autocast needs loss scaling, which the loop does not do).
+mixed dtypes meet in bf16 matmuls (in PPO's own loop too). After training they return to the model's dtype for
+saving and inference. fp16 models are left alone (fp16 autocast needs loss scaling, which the loop does not do).
 """
 from __future__ import annotations
 
