@@ -9,7 +9,8 @@ block-diagonal mask of the packed rows from position_ids itself. Both sides star
 and see the same batches, so their losses must agree step by step (the last column).
 
 Timing alternates the two sides step by step in one process (warm-up steps first), so load on a shared machine
-hits both alike. Peak RSS comes from a fresh child process per side (VmHWM), run one after another.
+hits both alike; each variant runs in its own process, so one variant cannot slow the next. Peak RSS comes from a
+fresh child process per side (VmHWM), run one after another.
 
     python benchmarks/lora_sft.py                  # eager, selective, checkpointing, partial, compile, qlora, padded
     python benchmarks/lora_sft.py --variants eager --steps 10 --warmup 2
@@ -250,6 +251,24 @@ def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
             f"{mem[a]['weights_mb']:.0f} / {mem[b]['weights_mb']:.0f}", f"{dloss:.1e}"]
 
 
+def _variant_in_child(variant: str, peak: float) -> list[str]:
+    """One variant in a fresh process with this invocation's other options: variants that ran earlier in the same
+    process change later ones (measured: an eager row run after the compiled ones had the reference 26% slower
+    and ours 7% slower than when run first)."""
+    argv = sys.argv[1:]
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--variants":
+            skip = True
+        elif not arg.startswith("--variants="):
+            rest.append(arg)
+    cmd = [sys.executable, __file__, "--variants", variant, "--row-json", "--peak-gflops", str(peak), *rest]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
@@ -265,6 +284,8 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="timing only (no child processes)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this process's CPU time, a fair ratio on a crowded machine with --threads 1")
+    parser.add_argument("--row-json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peak-gflops", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,7 +298,8 @@ def main() -> None:
     tokenizer = load_tokenizer(common.MODEL)
     start_load = common.load_average()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    peak = common.matmul_peak_gflops(clock=clock, device=args.device, dtype=getattr(torch, args.dtype))
+    peak = args.peak_gflops or common.matmul_peak_gflops(clock=clock, device=args.device,
+                                                         dtype=getattr(torch, args.dtype))
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     memory = "peak GB = GPU memory allocated" if args.device.startswith("cuda") else "peak GB = process peak RSS"
     print(f"device {args.device} ({where}), {args.dtype} base, {memory}, {args.clock} clock, "
@@ -286,9 +308,16 @@ def main() -> None:
     header = ["variant", "ours tok/s", "theirs tok/s", "speed", "ours s/step", "theirs s/step", "ours peak GB",
               "theirs peak GB", "memory", "ours % peak", "theirs % peak", "weights MB (ours / theirs)", "max |dloss|"]
     body = []
-    for variant in args.variants.split(","):
-        body.append(run_variant(variant, args, tokenizer, peak))
-        print(common.table(header, body[-1:]), flush=True)
+    variants = args.variants.split(",")
+    for variant in variants:
+        row = run_variant(variant, args, tokenizer, peak) if len(variants) == 1 else _variant_in_child(variant, peak)
+        body.append(row)
+        if args.row_json:
+            print(json.dumps(row))
+        else:
+            print(common.table(header, body[-1:]), flush=True)
+    if args.row_json:
+        return
     print(f"\nload average: {start_load} at start, {common.load_average()} at end\n")
     print(common.table(header, body))
 
