@@ -86,21 +86,17 @@ def padded_batch(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]
     """The examples packed in `rows`, one per row, right-padded to the longest of them with an attention_mask:
     how a peft + transformers user who does not pack collates (DataCollatorForSeq2Seq's default, padding to the
     longest in the batch). The same examples and label tokens as the packed rows, so the mean loss is the same."""
+    from tuneforge.data import collate_causal
+
     examples = []
     for row in rows:
         start = 0
         for n in row.get("seq_lens", [len(row["input_ids"])]):
-            examples.append((row["input_ids"][start:start + n], row["labels"][start:start + n]))
+            examples.append({k: row[k][start:start + n] for k in ("input_ids", "labels")})
             start += n
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for b, (example_ids, example_labels) in enumerate(examples):
-        ids[b, :len(example_ids)] = torch.tensor(example_ids)
-        labels[b, :len(example_ids)] = torch.tensor(example_labels)
-        mask[b, :len(example_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    batch = collate_causal(examples, pad_token_id)
+    del batch["position_ids"]  # left to transformers, as a user's batch would (0..n-1 either way)
+    return batch
 
 
 def real_tokens(rows: list[dict]) -> int:
