@@ -12,12 +12,12 @@ from tuneforge.serve.store import Store, new_id
 
 @pytest.fixture
 def manager(tmp_path):
-    def make(max_restarts: int = 2) -> tuple[JobManager, str]:
+    def make(max_restarts: int = 2, status: str = "running") -> tuple[JobManager, str]:
         store = Store(tmp_path / "db.sqlite")
         job_id = new_id("ftjob")
         store.add_job({"id": job_id, "model": "base", "training_file": new_id("file"), "validation_file": None,
                        "suffix": "s", "method": {"type": "supervised"}, "hyperparameters": {}, "seed": 1,
-                       "status": "running", "attempts": 1})
+                       "status": status, "attempts": 1})
         return JobManager(store, tmp_path, "base", max_restarts=max_restarts), job_id
     return make
 
@@ -34,6 +34,22 @@ def test_a_job_found_running_resumes_from_its_checkpoint(manager):
     assert job["status"] == "queued" and job["restarts"] == 1
     assert messages(jobs.store, job_id) == [
         "The server restarted while this job was running; it will resume from checkpoint step-4."]
+
+
+def test_a_job_is_queued_only_once_its_run_config_is_written(manager):
+    jobs, job_id = manager(status="validating_files")
+    assert jobs.store.list_jobs(("queued",)) == []  # the scheduler cannot pick it up yet
+    jobs.submit(job_id, {"train": {"max_steps": 1}})
+    assert json.loads((jobs.job_dir(job_id) / "run.json").read_text()) == {"train": {"max_steps": 1}}
+    assert jobs.store.get_job(job_id)["status"] == "queued"
+    assert messages(jobs.store, job_id) == ["Validated the training file; the job is queued."]
+
+
+def test_a_job_whose_server_stopped_before_its_run_config_was_written_fails(manager):
+    jobs, job_id = manager(status="validating_files")
+    jobs._recover()
+    job = jobs.store.get_job(job_id)
+    assert job["status"] == "failed" and "create the job again" in job["error"]["message"]
 
 
 def test_a_job_that_lost_its_worker_too_often_fails(manager):

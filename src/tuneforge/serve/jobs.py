@@ -85,6 +85,11 @@ class JobManager:
         """Jobs still marked running lost their server: finish those whose worker reported meanwhile, queue the
         others to resume from their last checkpoint."""
         for job in self.store.list_jobs(("running", "validating_files")):
+            if job["status"] == "validating_files" and not (self.job_dir(job["id"]) / "run.json").is_file():
+                self._fail(job["id"], {"code": "server_error", "param": None, "message":
+                                       "the server stopped before the job's run config was written; "
+                                       "create the job again"})
+                continue
             if (self.job_dir(job["id"]) / RESULT).is_file():
                 self._finish(job["id"], 0)
                 continue
@@ -109,11 +114,13 @@ class JobManager:
 
     # ---- requests -----------------------------------------------------------------------------------------
     def submit(self, job_id: str, run_config: dict) -> None:
-        """Write the job's run config and queue it (the job row already exists with status queued)."""
+        """Write the job's run config, then queue it. The row exists as validating_files until run.json is on
+        disk, so the scheduler (which polls every second) never starts a job that has no config yet."""
         job_dir = self.job_dir(job_id)
         (job_dir / "output").mkdir(parents=True, exist_ok=True)
         (job_dir / "run.json").write_text(json.dumps(run_config, indent=1))
         self.store.add_event(job_id, "Validated the training file; the job is queued.")
+        self.store.update_job(job_id, when=("validating_files",), status="queued")
         self._wake.set()
 
     def cancel(self, job_id: str) -> bool:

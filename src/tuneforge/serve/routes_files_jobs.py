@@ -130,9 +130,10 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
         config_from_dict(run)
     except ConfigError as err:
         raise ApiError(400, f"the job's run config is invalid: {err}", param=None) from None
-    state.store.add_job({**job, "status": "queued"})
+    created = state.store.add_job({**job, "status": "validating_files"})
     state.jobs.submit(job_id, run)
-    return job_object(state.store.get_job(job_id))
+    # The job as created: a free worker may pick it up before this response is written.
+    return job_object({**created, "status": "queued"})
 
 
 def _job(request: Request, job_id: str) -> dict:
