@@ -25,8 +25,9 @@ class ModelConfig:
     """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
     sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
 
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
-    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64", "auto"] = "auto"
+    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU).
+    float64 is for numerical checks: rounding far below any tolerance, whatever the kernels' summation order."""
 
     device: str = "auto"
     """auto (cuda, then mps, then cpu), or a torch device string such as cpu or cuda:1."""

@@ -16,7 +16,7 @@ from .packaged import ModelSource, aliases_hint, converted_gguf, resolve_model
 
 ModelKind = Literal["causal-lm", "encoder", "sequence-classification"]
 MODEL_KINDS = ("causal-lm", "encoder", "sequence-classification")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
