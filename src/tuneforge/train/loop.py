@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
+from .callbacks import RunHooks
 from .distributed import Parallel
 from .compile import compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
@@ -290,6 +291,9 @@ def run_training(
     elif par.is_main:
         ckpt.clear(root)
     reporter = par.reporter(output_dir, history, total_steps, min(state["global_step"], total_steps), progress)
+    # user hooks, trackers, save_best, early stopping, NEFTune: see callbacks.py
+    hooks = RunHooks(cfg, model, output_dir, par, *((loaded.get("hooks"), state["global_step"]) if latest else ()))
+    reporter = hooks.wrap(reporter)
     if latest is not None:
         reporter.message(f"resuming from {latest} (step {state['global_step']} of {total_steps})")
 
@@ -316,18 +320,21 @@ def run_training(
             reporter.record({"step": step, "epoch": epoch_float(), **metrics, "elapsed_s": elapsed()})
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             reporter.message(f"step {step}: {shown}")
+        hooks.on_eval(state["global_step"], metrics)
         return metrics
 
     def save(rng_snapshot: dict) -> Path:
         state["elapsed_s"] = elapsed()
-        extra = {"history": reporter.history, "total_steps": total_steps, "world_size": par.world_size,
-                 "examples": order.n}
-        return par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
+        extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
+                 "world_size": par.world_size, "examples": order.n}
+        path = par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
+        hooks.on_save(state["global_step"], path)
+        return path
 
     try:
         with guard, _checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
-            while state["global_step"] < total_steps:
+            while state["global_step"] < total_steps and not hooks.stopped:
                 t0 = time.perf_counter()
                 chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
                 batches = [_to_device(b, device) for b in par.collate(task, train_examples, chunks)]
@@ -361,15 +368,18 @@ def run_training(
                             "tokens_per_s": window[2] / window[3] if window[3] > 0 else 0.0, "elapsed_s": elapsed(),
                         })
                         state["window"] = [0.0, 0, 0, 0.0]
+                hooks.on_step(step, {"loss": last_loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch_float(),
+                                     "tokens_per_s": tokens / dt if dt > 0 else 0.0})
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     eval_metrics = run_eval()
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                     save(rng)
                     saved_step = step
-            finished_before = latest is not None and session_time == 0.0
+            finished_before = (latest is not None and session_time == 0.0) or hooks.stopped
             eval_metrics = (finished_before and _logged_eval(reporter.history, state["global_step"])) or run_eval()
             final = save(rng) if saved_step != state["global_step"] else ckpt.latest_checkpoint(root)
             par.finish(model)
+            eval_metrics = hooks.finish(model, eval_metrics)
     except KeyboardInterrupt:
         if guard.torn:
             reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
@@ -382,6 +392,7 @@ def run_training(
     finally:
         model.train(was_training)
         reporter.close()
+        hooks.close()
 
     if last_loss is None:
         last_loss = next((r["loss"] for r in reversed(reporter.history) if "loss" in r), None)

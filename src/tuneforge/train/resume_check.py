@@ -4,8 +4,8 @@ A checkpoint holds the weights, Adam moments, lr step and data position of one r
 new learning rate, batch size, seed, schedule, method (a LoRA rank) or data set would continue on the old
 schedule with mismatched state, and config.yaml would record values the run never used; those changes are
 refused, naming each key and the `--no-resume` way to start over. Changes that only touch how the run is watched
-or where it runs (evaluation, logging and checkpoint frequency, the device, the validation set) are applied and
-named. More steps (max_steps, epochs) are applied when the schedule is constant and its warmup does not depend on
+or where it runs (evaluation, logging and checkpoint frequency, trackers, callbacks, early stopping, save_best,
+the device, the validation set) are applied and named. More steps (max_steps, epochs) are applied when the schedule is constant and its warmup does not depend on
 the total; micro_batch_size may change with the number of processes as long as the global batch
 (micro_batch_size x processes) stays the same.
 """
@@ -24,7 +24,8 @@ from . import checkpoint as ckpt
 HARMLESS = ("output_dir", "model.device", "eval", "data.validation", "data.limit_eval", "data.warn_dropped_share",
             "train.eval_every", "train.eval_batches", "train.save_every", "train.keep_last", "train.log_every",
             "train.gradient_checkpointing", "train.gradient_checkpointing_layers", "train.recompute_norms",
-            "train.compile")
+            "train.compile", "train.report_to", "train.mlflow_tracking_uri", "train.mlflow_experiment", "train.wandb",
+            "train.callbacks", "train.early_stopping", "train.save_best", "train.save_best_mode")
 LENGTH = ("train.max_steps", "train.epochs")
 
 
