@@ -28,7 +28,7 @@ def test_warmup_then_cosine():
     decay = got[3:]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert got[4 + 8] == pytest.approx(0.5, abs=1e-9)  # halfway through the 16 decay steps
-    assert 0 < got[-1] < 0.01
+    assert got[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 16)), abs=1e-12)  # step 19: 15/16 decayed
 
 
 def test_linear_and_constant_and_ratio():
