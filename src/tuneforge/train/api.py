@@ -139,7 +139,10 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
         launcher.shutdown()
     if not main:  # process 0 alone writes the adapter and reports
         return result
-    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
+    from ..io.model_card import training_facts
+
+    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name,
+                               card=training_facts(cfg, result))  # README.md model card: io/model_card.py
     export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
     exported = export(model, tokenizer, cfg, out) if export is not None else None
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
