@@ -257,5 +257,6 @@ def test_train_end_to_end(tmp_path, monkeypatch, capsys):
     assert len(train) == 2 and all("kl" in r and "reward/numeric_match" in r for r in train)
     assert "kept 8 of 9 prompts; skipped 1 empty (line 9)" in capsys.readouterr().out
     config["task"]["max_new_tokens"] = 10_000
+    config["output_dir"] = str(tmp_path / "too-long")
     with pytest.raises(ConfigError, match="exceeds the model's context"):
         api.train(config, progress=False)
