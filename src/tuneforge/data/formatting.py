@@ -248,8 +248,8 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
 
     The format is decided once from the first record when cfg.format is "auto". Examples cut at max_length
     are kept and counted; an example left with no trained token (its reply was cut away entirely) is dropped,
-    since it would cost compute and teach nothing. Pass a dict as `stats` to receive `examples`, `truncated`,
-    `dropped` and `lengths` (untruncated token counts, for reports)."""
+    since it would cost compute and teach nothing. Pass a dict as `stats` to receive `records`, `examples`,
+    `truncated`, `dropped` and `lengths` (untruncated token counts, for reports)."""
     from .readers import line_of
 
     fmt = cfg.format
@@ -273,7 +273,8 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
             continue
         examples.append({"input_ids": ids, "labels": labels})
     if stats is not None:
-        stats.update(examples=len(examples), truncated=truncated, dropped=dropped, lengths=lengths)
+        stats.update(records=len(records), examples=len(examples), truncated=truncated, dropped=dropped,
+                     lengths=lengths)
     return examples
 
 

@@ -56,6 +56,8 @@ class TrainResult:
     wall_time_s: float
     tokens_per_s: float
     history: list[dict] = field(default_factory=list, repr=False)
+    data_report: dict = field(default_factory=dict)
+    """Per split: records read, examples kept, dropped and truncated, with shares (train/data_report.py)."""
 
 
 class DataOrder:
@@ -159,6 +161,25 @@ def accumulate(model: nn.Module, task, batches: list[dict], amp=nullcontext, par
     return float(par.all_sum(summed)), total
 
 
+def check_finite(step: int, loss_sum: float, targets: int, grad_norm, root: Path | None) -> None:
+    """Stop before the update when the loss or the gradient norm is nan/inf: one such step turns every weight into
+    NaN, and a run that goes on would save them as its adapter and exit 0. The weights are still those of the
+    previous step; nothing more is written (the newest checkpoint stays the last good one)."""
+    norm = float(grad_norm)
+    loss = loss_sum / targets if targets else 0.0
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    from ..errors import NonFiniteLoss
+
+    checkpoint = ckpt.latest_checkpoint(root) if root is not None else None
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet"
+    raise NonFiniteLoss(
+        f"step {step}: the training loss is {loss:.4g} and the gradient norm {norm:.4g} (not finite); training "
+        f"stopped before this update and saved no adapter; {kept}. Lower train.learning_rate, set "
+        f"train.max_grad_norm, or check the data and the model's dtype"
+    )
+
+
 def _num_tokens(task, batch: dict) -> int:
     fn = getattr(task, "num_tokens", None)
     return int(fn(batch)) if fn is not None else 0
@@ -257,9 +278,13 @@ def run_training(
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
     history: list[dict] = []
-    latest = par.agree(ckpt.latest_checkpoint(root)) if resume else None
+    latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
     if latest is not None:
         loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        if loaded.get("examples", order.n) != order.n:  # the data order is a permutation of this many examples
+            raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
+                              f"{order.n}: the data changed, so it cannot resume exactly; start over with "
+                              f"--no-resume", key="data.train")
         state.update({k: loaded[k] for k in state})
         history = loaded.get("history", [])
         sync_lr(scheduler)
@@ -300,7 +325,8 @@ def run_training(
 
     def save(rng_snapshot: dict) -> Path:
         state["elapsed_s"] = elapsed()
-        extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state()}
+        extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
+                 "world_size": par.world_size, "examples": order.n}
         path = par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
         hooks.on_save(state["global_step"], path)
@@ -319,6 +345,7 @@ def run_training(
                 par.reduce_gradients(params)
                 with guard.critical():
                     grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    check_finite(state["global_step"] + 1, loss_sum, targets, grad_norm, root)
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     scheduler.step()
