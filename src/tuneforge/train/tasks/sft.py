@@ -66,7 +66,7 @@ class SFTTask(BaseTask):
             self.pad_token_id = tokenizer.pad_token_id
         splits = []
         for split in ("train", "validation"):
-            examples = load_examples(data, tokenizer, split)
+            examples = load_examples(data, tokenizer, split, budget_rows=stream_budget(run_cfg))
             splits.append(pack_examples(examples, data.max_length) if data.packing and examples else examples)
         return splits[0], splits[1]
 
@@ -109,6 +109,17 @@ class SFTTask(BaseTask):
             else:
                 total = total + _head_loss(head, h, t)
         return total
+
+
+def stream_budget(run_cfg) -> int | None:
+    """Rows a streamed data set must fill: every micro-batch of train.max_steps steps on every process."""
+    import os
+
+    train = run_cfg.train
+    if not run_cfg.data.streaming or train.max_steps is None:
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return train.max_steps * train.micro_batch_size * train.grad_accum_steps * world
 
 
 def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
