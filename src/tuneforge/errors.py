@@ -47,3 +47,11 @@ class ModelNotFound(TuneforgeError, FileNotFoundError):
 
 class AdapterMismatch(TuneforgeError, ValueError):
     """An adapter file does not fit the model it is loaded into (saved for another base)."""
+
+
+class NonFiniteLoss(TuneforgeError, ArithmeticError):
+    """Training met a nan/inf loss or gradient norm: it stops before the update, so no NaN weights are saved."""
+
+
+class OutputDirInUse(TuneforgeError, RuntimeError):
+    """Another live run holds output_dir (its lock file); two runs would overwrite each other's checkpoints."""

@@ -124,6 +124,11 @@ class DataConfig:
     max_length: int = 512
     """Tokens per example (and per packed row); longer examples are cut at the end and counted as truncated."""
 
+    warn_dropped_share: float = 0.05
+    """Warn when more than this share of a split's records is dropped (nothing left to train once cut at
+    max_length) or truncated; the counts are in the run summary either way. A split with every record dropped is
+    an error."""
+
     packing: bool = True
     """Pack several short examples into one row of max_length tokens. Each example keeps its own positions and
     a block-diagonal causal mask, so the loss equals that of unpacked training; fewer pad tokens are computed."""
@@ -176,6 +181,8 @@ class DataConfig:
             raise ConfigError("text_field must name a record field", key="text_field")
         if self.max_length < 2:
             raise ConfigError("max_length must be at least 2 tokens", key="max_length")
+        if not 0.0 <= self.warn_dropped_share <= 1.0:
+            raise ConfigError("warn_dropped_share must be in [0, 1]", key="warn_dropped_share")
         for key in ("limit_train", "limit_eval"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -329,8 +329,8 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
     since it would cost compute and teach nothing. Format `text` cuts a long text into max_length pieces
     instead (counted as `split`). Reading stops once the examples hold `budget_tokens` tokens or number
     `budget_examples` (a stream).
-    Pass a dict as `stats` to receive `examples`, `truncated`, `dropped`, `split` and `lengths` (untruncated
-    token counts, for reports)."""
+    Pass a dict as `stats` to receive `records`, `examples`, `truncated`, `dropped`, `split` and `lengths`
+    (untruncated token counts, for reports)."""
     from .readers import line_of
 
     fmt = None
@@ -361,8 +361,8 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
                 budget_examples is not None and len(examples) >= budget_examples):
             break
     if stats is not None:
-        stats.update(examples=len(examples), truncated=truncated, dropped=dropped, split=split, lengths=lengths,
-                     format=fmt)
+        stats.update(records=len(lengths), examples=len(examples), truncated=truncated, dropped=dropped,
+                     split=split, lengths=lengths, format=fmt)
     return examples
 
 

@@ -46,6 +46,7 @@ class PairStats:
     skipped_lines: dict = dataclasses.field(default_factory=dict)
     truncated_prompts: int = 0
     truncated_replies: int = 0
+    truncated_pairs: int = 0  # kept pairs with any side cut (each once), for the run's data report
 
     def skip(self, reason: str, line: int) -> None:
         self.skipped[reason] += 1
@@ -140,7 +141,8 @@ def build_pairs(records, tokenizer, *, template: str = "chat", max_length: int =
             prompt_ids = encode_prompt(tokenizer, prompt, template, tools)
         except DataError as e:
             raise DataError(e.message, file=source, line=line, key=e.key) from None
-        if len(prompt_ids) > prompt_budget:
+        cut = len(prompt_ids) > prompt_budget
+        if cut:
             prompt_ids = prompt_ids[-prompt_budget:]
             stats.truncated_prompts += 1
         room = max_length - len(prompt_ids)
@@ -150,10 +152,12 @@ def build_pairs(records, tokenizer, *, template: str = "chat", max_length: int =
             if len(ids) > room:
                 ids = ids[:room]
                 stats.truncated_replies += 1
+                cut = True
             sides.append(ids)
         if sides[0] == sides[1]:
             stats.skip("identical after cutting to max_length", line)
             continue
+        stats.truncated_pairs += cut
         pairs.append({"prompt_ids": prompt_ids, "chosen_ids": sides[0], "rejected_ids": sides[1], "line": line})
         stats.kept += 1
     return pairs, stats

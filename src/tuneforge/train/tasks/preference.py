@@ -79,6 +79,11 @@ class PreferenceTask(BaseTask):
     def data_notes(self) -> list[str]:
         return [s.summary() for s in self.pair_stats]
 
+    def data_report(self) -> dict:
+        """Rows read, pairs kept, rows skipped and pairs cut per split (see train/data_report.py)."""
+        return {s.split: {"records": s.rows, "examples": s.kept, "dropped": sum(s.skipped.values()),
+                          "truncated": s.truncated_pairs} for s in self.pair_stats}
+
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from ...data.preferences import collate_pairs
 
