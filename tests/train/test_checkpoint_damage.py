@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tuneforge.train import checkpoint as ckpt
 from tuneforge.train import run_training
@@ -30,7 +31,14 @@ def step_losses(result) -> dict:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    return step_losses(train(tmp_path_factory.mktemp("straight")))
+    """The uninterrupted run, on one thread like every test here (conftest's one_thread is per test, and the
+    summation order of a reduction depends on the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return step_losses(train(tmp_path_factory.mktemp("straight")))
+    finally:
+        torch.set_num_threads(before)
 
 
 def stop_after_4(out):
@@ -86,6 +94,7 @@ import torch
 from tuneforge.train import checkpoint as ckpt
 from tests.train.test_checkpoint_damage import train
 
+torch.set_num_threads(1)
 out, point = sys.argv[1], sys.argv[2]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)

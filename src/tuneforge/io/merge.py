@@ -41,17 +41,21 @@ def merge(
         if not base:
             raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
     model = _load_base(base, adapter, kind, dtype, quantization)
-    load_adapter(model, adapter)
+    method_cfg = load_adapter(model, adapter)
     model = unload(model, merge=True)
     try:
         tokenizer = load_tokenizer(base)
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
         print(f"warning: no tokenizer saved with the merged model ({err})", file=sys.stderr)
         tokenizer = None
+    from .model_card import method_facts, read_facts, write_model_card
+
+    facts = read_facts(adapter) or method_facts(method_cfg, str(base), kind)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, "merged", {**facts, "merged_from": str(adapter)}, base_model=str(base))
     return out
 
 

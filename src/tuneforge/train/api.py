@@ -184,7 +184,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     if not main:  # process 0 alone writes the adapter and reports
         return result
     summary_path = write_summary(out / "summary.json", result, applied)
-    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
+    from ..io.model_card import training_facts
+
+    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name,
+                               card=training_facts(cfg, result))  # README.md model card: io/model_card.py
     export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
     exported = export(model, tokenizer, cfg, out) if export is not None else None
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")

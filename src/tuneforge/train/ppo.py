@@ -52,7 +52,8 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, temperature: float, greedy: bool) -> dict:
+def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, temperature: float, greedy: bool,
+           top_p: float = 1.0) -> dict:
     """Left-padded prompts + generated responses, with masks: attention_mask (prompt + response up to and
     including its first stop token), response_mask (B x T), score_mask (attention without stop tokens)."""
     from transformers import GenerationConfig
@@ -67,7 +68,7 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, temperatu
         ids[i, width - len(p["ids"]):] = torch.tensor(p["ids"])
         mask[i, width - len(p["ids"]):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    options = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    options = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, **options)
     response = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
     is_stop = torch.isin(response, torch.tensor(stops, device=device))
