@@ -1,8 +1,7 @@
 """Unpaired preference examples (KTO): one reply per row, labelled desirable or undesirable.
 
-A record is either {prompt, completion, label} (label true/false, 1/0, "true"/"false",
- or text equal to positive_label), or
-a pair {prompt, chosen, rejected}, which becomes one desirable and one undesirable example (as TRL's
+A record is either {prompt, completion, label} (label true/false, 1/0, "true"/"false", or text equal to
+positive_label), or a pair {prompt, chosen, rejected}, which becomes one desirable and one undesirable example (as TRL's
 unpair_preference_dataset). Rendering and cutting follow `tuneforge.data.preferences` (chat/raw templates, the
 prompt keeps its last tokens, the reply is cut to fit max_length); empty replies are skipped and counted.
 """
