@@ -129,7 +129,7 @@ class RunHooks:
                     stop = True
                     self._message(f"early stopping at step {step}: {es.metric} has not improved on "
                                   f"{self.early['best']:.6g} for {es.patience} evaluations")
-        if self._agree(stop):
+        if self.par.agree(stop):  # process 0 decides for all (its metrics are everyone's, but floats are floats)
             self.stopped = True
 
     def _message(self, text: str) -> None:
