@@ -36,16 +36,20 @@ def merge(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
     base = base_of(base, adapter)
-    model = load_merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)
+    model, method_cfg = _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)
     try:
         tokenizer = load_tokenizer(base)
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
         print(f"warning: no tokenizer saved with the merged model ({err})", file=sys.stderr)
         tokenizer = None
+    from .model_card import method_facts, read_facts, write_model_card
+
+    facts = read_facts(adapter) or method_facts(method_cfg, str(base), kind)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_model_card(tmp, "merged", {**facts, "merged_from": str(adapter)}, base_model=str(base))
     return out
 
 
@@ -63,12 +67,17 @@ def base_of(base, adapter) -> str:
 def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32", quantization: dict | None = None):
     """The plain transformers model with `adapter` folded into `base` (the methods API's unload(merge=True)),
     on the CPU. Used by `merge` and by the GGUF export."""
+    return _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)[0]
+
+
+def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None):
+    """(merged model, the adapter's method config)."""
     from ..methods import unload
     from . import load_adapter
 
     model = _load_base(base, adapter, kind, dtype, quantization)
-    load_adapter(model, adapter)
-    return unload(model, merge=True)
+    method_cfg = load_adapter(model, adapter)
+    return unload(model, merge=True), method_cfg
 
 
 def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
