@@ -8,7 +8,9 @@ class TuneforgeError(Exception):
 
 def _where(file=None, line=None, key=None) -> str:
     parts = []
-    if file is not None:
+    if file is not None and getattr(file, "rows", False):  # a datasets source: its row index, not a line
+        parts.append(str(file) + (f" row {line}" if line is not None else ""))
+    elif file is not None:
         parts.append(str(file) + (f":{line}" if line is not None else ""))
     elif line is not None:
         parts.append(f"line {line}")

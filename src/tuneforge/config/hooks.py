@@ -42,7 +42,8 @@ class WandbConfig:
 
     mode: Literal["offline", "online", "disabled"] | None = None
     """offline (files under output_dir/wandb, `wandb sync` uploads them later), online or disabled. null: the
-    WANDB_MODE environment variable when set, else offline, so nothing leaves the machine unless asked to."""
+    WANDB_MODE environment variable when set, else online if WANDB_API_KEY is set, else offline, so nothing
+    leaves the machine unless W&B was set up."""
 
 
 @dataclasses.dataclass

@@ -13,6 +13,9 @@ The request speaks OpenAI's terms; this module maps them onto ours and nothing e
     method.adapter: {name: lora, r: 16}     the adaptation method (any registered one that can share a base)
     seed                                    train.seed
     training_file / validation_file         data.train / data.validation (paths inside the data directory)
+    integrations: [{type: wandb, wandb: {project, name, entity, tags}}]
+                                            train.report_to: [wandb] and train.wandb (offline unless the server's
+                                            WANDB_MODE / WANDB_API_KEY say otherwise); any other type is refused
 
 Hyperparameters may come at the top level (OpenAI's older form) or under method.<type>.hyperparameters (the
 newer one); giving different values in both places is an error. Everything else (data.max_length, LoRA rank,
@@ -32,6 +35,7 @@ HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multi
                    "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
                    "reinforcement": ("n_epochs", "batch_size", "learning_rate_multiplier", "eval_interval")}
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+WANDB_FIELDS = ("project", "name", "entity", "tags")
 # Job defaults when no --job-config is given: checkpoints often enough that a restart loses little.
 TEMPLATE_DEFAULTS = {"train": {"epochs": 3, "save_every": 10, "keep_last": 2, "log_every": 1}}
 
@@ -51,6 +55,7 @@ class JobSpec:
     method: dict  # {"type": ..., "<type>": {"hyperparameters": {...}}, "adapter": {...}} with values resolved
     hyperparameters: dict
     seed: int
+    integrations: list = dataclasses.field(default_factory=list)  # validated, as OpenAI's request spells them
 
 
 def load_template(job_config: str | None) -> dict:
@@ -109,8 +114,48 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
     return JobSpec(
         model=model, training_file=body.get("training_file"), validation_file=body.get("validation_file"),
         suffix=suffix, method={"type": kind, kind: section, "adapter": adapter},
-        hyperparameters=resolved, seed=seed,
+        hyperparameters=resolved, seed=seed, integrations=parse_integrations(body.get("integrations")),
     )
+
+
+def parse_integrations(value) -> list[dict]:
+    """OpenAI's `integrations`: only W&B is supported; anything else is refused by name, never dropped."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise JobRequestError("integrations must be a list such as [{\"type\": \"wandb\", \"wandb\": {...}}]",
+                              key="integrations")
+    out = []
+    for i, item in enumerate(value):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind != "wandb":
+            raise JobRequestError(f"integration type {kind!r} is not supported; supported: wandb",
+                                  key=f"integrations.{i}.type")
+        unknown = sorted(set(item) - {"type", "wandb"})
+        if unknown:
+            raise JobRequestError(f"unknown field in integration: {unknown[0]}", key=f"integrations.{i}.{unknown[0]}")
+        settings = item.get("wandb")
+        if not isinstance(settings, dict) or not isinstance(settings.get("project"), str) or not settings["project"]:
+            raise JobRequestError("a wandb integration needs wandb.project (a string)",
+                                  key=f"integrations.{i}.wandb.project")
+        for key, field in settings.items():
+            where = f"integrations.{i}.wandb.{key}"
+            if key not in WANDB_FIELDS:
+                raise JobRequestError(f"unknown wandb field {key!r}; known: {', '.join(WANDB_FIELDS)}", key=where)
+            ok = (isinstance(field, list) and all(isinstance(t, str) for t in field) if key == "tags"
+                  else field is None or isinstance(field, str))
+            if not ok:
+                raise JobRequestError(f"wandb.{key} must be {'a list of strings' if key == 'tags' else 'a string'}",
+                                      key=where)
+        if i > 0:
+            raise JobRequestError("at most one wandb integration per job", key=f"integrations.{i}")
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise JobRequestError("this server cannot log to W&B: the wandb package is not installed "
+                                  "(pip install 'tuneforge[track]')", key=f"integrations.{i}")
+        out.append({"type": "wandb", "wandb": {k: settings[k] for k in WANDB_FIELDS if k in settings}})
+    return out
 
 
 def _merged_hyperparameters(top, section, kind: str) -> dict:
@@ -215,5 +260,9 @@ def build_run_config(job: dict, template: dict, base: str, files_dir: Path, outp
                     "learning_rate": template["train"]["learning_rate"] * hyper["learning_rate_multiplier"]}
     if kind == "reinforcement":
         cfg["train"]["eval_every"] = hyper["eval_interval"]
+    for item in job.get("integrations") or []:  # only wandb passes parse_integrations
+        cfg["train"]["report_to"] = sorted({*(cfg["train"].get("report_to") or []), "wandb"})
+        cfg["train"]["wandb"] = {**(cfg["train"].get("wandb") or {}),
+                                 **{k: v for k, v in item["wandb"].items() if v is not None}}
     cfg["output_dir"] = str(output_dir)
     return cfg

@@ -124,7 +124,8 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
     job_id = new_id("ftjob")
     job = {"id": job_id, "model": spec.model, "training_file": spec.training_file,
            "validation_file": spec.validation_file, "suffix": spec.suffix, "method": spec.method,
-           "hyperparameters": spec.hyperparameters, "seed": spec.seed, "metadata": body.get("metadata")}
+           "hyperparameters": spec.hyperparameters, "seed": spec.seed, "metadata": body.get("metadata"),
+           "integrations": spec.integrations}
     run = build_run_config(job, state.template, state.config.base, state.data_dir / "files",
                            state.jobs.job_dir(job_id) / "output")
     try:

@@ -5,8 +5,9 @@ Names, the same in every tracker:
     train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s, train/epoch   each logged train line
     eval/<metric>                                                                      each evaluation
 TensorBoard writes output_dir/tensorboard/; MLflow a run in train.mlflow_experiment at train.mlflow_tracking_uri
-(default the SQLite store output_dir/mlflow.db, artifacts in output_dir/mlruns) with the resolved config as params; W&B a run under output_dir/wandb,
-offline unless train.wandb.mode or WANDB_MODE say otherwise.
+(default the SQLite store output_dir/mlflow.db, artifacts in output_dir/mlruns) with the resolved config as
+params; W&B a run under output_dir/wandb, offline unless configured: train.wandb.mode, else WANDB_MODE, else
+online when WANDB_API_KEY is set (so nothing leaves the machine unless someone set W&B up).
 
 A resumed run continues where the checkpoint was: TensorBoard drops the events of steps after it (purge_step),
 MLflow appends to the same run (its id travels in the checkpoint), W&B resumes its run id.
@@ -63,8 +64,12 @@ class TensorBoardTracker:
         _require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
+        log_dir = output_dir / "tensorboard"
+        if resumed_step is None:  # a fresh run replaces the old one's checkpoints and metrics.jsonl: its curves too
+            for old in log_dir.glob("events.out.tfevents.*"):
+                old.unlink()
         purge = resumed_step + 1 if resumed_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
@@ -134,7 +139,7 @@ class WandbTracker:
     def __init__(self, cfg, output_dir: Path, config: dict, state: dict):
         wandb = _require("wandb", "wandb")
         w = cfg.wandb
-        mode = w.mode or os.environ.get("WANDB_MODE") or "offline"
+        mode = w.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         run_id = state.get("wandb_run_id")
         self.run = wandb.init(
             project=w.project, name=w.name or output_dir.resolve().name, entity=w.entity, group=w.group,
