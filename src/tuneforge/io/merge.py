@@ -29,20 +29,14 @@ def merge(
     quantised again as recorded in the adapter's base_quantization.json (or as `quantization`, QuantSpec fields,
     says), dequantised into new `dtype` weights, and the adapter merged into those. The quantised tensors are
     never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory."""
-    from ..methods import unload
     from ..models import load_tokenizer
-    from . import atomic_dir, load_adapter, read_adapter_config
+    from . import atomic_dir
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
-    if base is None:
-        base = read_adapter_config(adapter).get("base_model_name_or_path")
-        if not base:
-            raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
-    model = _load_base(base, adapter, kind, dtype, quantization)
-    method_cfg = load_adapter(model, adapter)
-    model = unload(model, merge=True)
+    base = base_of(base, adapter)
+    model, method_cfg = _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)
     try:
         tokenizer = load_tokenizer(base)
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
@@ -57,6 +51,33 @@ def merge(
             tokenizer.save_pretrained(tmp)
         write_model_card(tmp, "merged", {**facts, "merged_from": str(adapter)}, base_model=str(base))
     return out
+
+
+def base_of(base, adapter) -> str:
+    """`base`, else the base model recorded in the adapter's config."""
+    from . import read_adapter_config
+
+    if base is None:
+        base = read_adapter_config(adapter).get("base_model_name_or_path")
+        if not base:
+            raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
+    return base
+
+
+def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32", quantization: dict | None = None):
+    """The plain transformers model with `adapter` folded into `base` (the methods API's unload(merge=True)),
+    on the CPU. Used by `merge` and by the GGUF export."""
+    return _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)[0]
+
+
+def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None):
+    """(merged model, the adapter's method config)."""
+    from ..methods import unload
+    from . import load_adapter
+
+    model = _load_base(base, adapter, kind, dtype, quantization)
+    method_cfg = load_adapter(model, adapter)
+    return unload(model, merge=True), method_cfg
 
 
 def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):

@@ -146,6 +146,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
+    if own_run is not None:
+        from .callbacks import check_own_loop
+
+        check_own_loop(cfg.train, cfg.task)  # hooks live in the shared loop: refuse them, never drop them
     main = launcher.process_rank() == 0
     report: dict = {}
     if own_run is None:
