@@ -97,3 +97,31 @@ def test_scalars_split_train_and_eval_lines():
                               "train/tokens_per_s": 9.0, "train/epoch": 0.5}
     assert scalars({"step": 3, "epoch": 0.5, "eval_loss": float("nan"), "accuracy": 0.75, "elapsed_s": 2.0,
                     "note": "x"}) == {"eval/accuracy": 0.75}
+
+
+def test_tensorboard_resume_and_fresh_start(tmp_path, sft_task):
+    """A resumed run drops the events logged after its checkpoint (purge_step); a fresh run (resume=False)
+    replaces the old run's curves as it replaces its checkpoints and metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneforge.train import run_training
+
+    from .common import make_cfg, make_examples, make_model
+
+    def steps():
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        return [e.step for e in events.Scalars("train/loss")]
+
+    train = make_examples(16)
+    cfg = make_cfg(max_steps=4, save_every=2, keep_last=5, report_to=["tensorboard"])
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    assert steps() == [1, 2, 3, 4]
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step-4")  # as if the run died after logging steps 3 and 4
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    assert steps() == [1, 2, 3, 4]  # 3 and 4 from before the resume were purged, not doubled
+    run_training(make_model(), sft_task, train, [], make_cfg(max_steps=2, report_to=["tensorboard"]), tmp_path,
+                 resume=False, progress=False)
+    assert steps() == [1, 2]

@@ -64,8 +64,12 @@ class TensorBoardTracker:
         _require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
+        log_dir = output_dir / "tensorboard"
+        if resumed_step is None:  # a fresh run replaces the old one's checkpoints and metrics.jsonl: its curves too
+            for old in log_dir.glob("events.out.tfevents.*"):
+                old.unlink()
         purge = resumed_step + 1 if resumed_step is not None else None
-        self.writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
