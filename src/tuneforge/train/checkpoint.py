@@ -35,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import TuneforgeError
+from ..io.tempdirs import apply_umask
+from ..io.tempdirs import temp_dir as user_temp_dir
 
 FORMAT = 1
 SHARDED = "sharded"
@@ -97,9 +99,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def temp_dir(root: str | os.PathLike, step: int) -> Path:
     """A fresh hidden directory beside the final step-N, renamed onto it once complete."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+    return user_temp_dir(root, prefix=f".tmp-step-{step}-")  # not mkdtemp's 0700
 
 
 def save_checkpoint(
@@ -131,6 +131,7 @@ def save_checkpoint(
         for rank, rank_rng in enumerate(rank_rngs, start=1):
             torch.save(rank_rng, tmp / f"rng-rank{rank}.pt")
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
+        apply_umask(tmp)  # safetensors writes 0600: a checkpoint gets the permissions of the user's other files
         _replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
