@@ -134,8 +134,9 @@ class TrainConfig:
     eval/<metric>), mlflow (params = the resolved config), wandb. Needs the `track` extra installed."""
 
     mlflow_tracking_uri: str | None = None
-    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null = the
-    local SQLite store output_dir/mlflow.db (MLflow 3's default backend; `mlflow ui` inside output_dir shows it)."""
+    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null =
+    MLFLOW_TRACKING_URI when set, else the local SQLite store output_dir/mlflow.db (MLflow 3's default backend;
+    `mlflow ui` inside output_dir shows it)."""
 
     mlflow_experiment: str = "tuneforge"
     """MLflow experiment name the run is filed under."""
