@@ -1,4 +1,4 @@
-"""`tuneforge export`: a model (with an adapter merged in) as a GGUF file for llama.cpp, or GGUF + Modelfile for Ollama."""
+"""`tuneforge export`: a model (adapter merged in) as a GGUF file for llama.cpp, or GGUF + Modelfile for Ollama."""
 from __future__ import annotations
 
 from typing import Optional

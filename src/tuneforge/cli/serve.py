@@ -24,6 +24,8 @@ def serve_cmd(
     adapter_cache_mb: float = typer.Option(1024.0, "--adapter-cache-mb", help="RAM budget of loaded adapters."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Requests generated together."),
     max_concurrent_jobs: int = typer.Option(1, "--max-concurrent-jobs", help="Jobs training at the same time."),
+    allow_python_graders: bool = typer.Option(
+        False, "--allow-python-graders", help="Accept reinforcement jobs with python graders (runs callers' code)."),
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow this browser origin (repeatable; CORS is off by default)."),
     device: str = typer.Option("auto", "--device", help="Generation device: auto, cpu, cuda, mps."),
@@ -37,7 +39,7 @@ def serve_cmd(
         base=base, adapters=list(adapters or []), data_dir=data_dir, host=host, port=port,
         api_keys=list(api_key or []), base_name=base_name, job_config=job_config, max_upload_mb=max_upload_mb,
         adapter_cache_mb=adapter_cache_mb, max_batch_size=max_batch_size, max_concurrent_jobs=max_concurrent_jobs,
-        cors_origins=list(cors_origin or []), device=device, threads=threads,
+        allow_python_graders=allow_python_graders, cors_origins=list(cors_origin or []), device=device, threads=threads,
     )
     serve(config, log_level=log_level)
 

@@ -7,7 +7,9 @@ The request speaks OpenAI's terms; this module maps them onto ours and nothing e
     hyperparameters.batch_size              train.micro_batch_size  ("auto": the job template's value)
     hyperparameters.learning_rate_multiplier  train.learning_rate = template learning rate x multiplier
     hyperparameters.beta (dpo only)         task.beta
-    method.type: supervised | dpo           task: sft | dpo
+    hyperparameters.eval_interval (reinforcement only)  train.eval_every
+    method.type: supervised | dpo | reinforcement   task: sft | dpo | grpo
+    method.reinforcement.grader             task.rewards (see serve/graders.py); batch_size = prompts per step
     method.adapter: {name: lora, r: 16}     the adaptation method (any registered one that can share a base)
     seed                                    train.seed
     training_file / validation_file         data.train / data.validation (paths inside the data directory)
@@ -28,9 +30,10 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo"}
+TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
 HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
-                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
+                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
+                   "reinforcement": ("n_epochs", "batch_size", "learning_rate_multiplier", "eval_interval")}
 SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 WANDB_FIELDS = ("project", "name", "entity", "tags")
 # Job defaults when no --job-config is given: checkpoints often enough that a restart loses little.
@@ -66,8 +69,10 @@ def load_template(job_config: str | None) -> dict:
     return dump_config(load_config(job_config))
 
 
-def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, default_seed: int) -> JobSpec:
-    """Check the request and resolve every 'auto' to the value the job will really use."""
+def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, default_seed: int, *,
+                      allow_python_graders: bool = False) -> JobSpec:
+    """Check the request and resolve every 'auto' to the value the job will really use. Reinforcement jobs
+    carry their grader as GRPO rewards; python graders only with allow_python_graders (the server's flag)."""
     model = body.get("model")
     if model not in base_names:
         raise JobRequestError(f"model {model!r} cannot be fine-tuned here; this server fine-tunes its base model "
@@ -87,6 +92,19 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
         raise JobRequestError(f"unknown field in method: {sorted(unknown)[0]}", key=f"method.{sorted(unknown)[0]}")
     hyper = _merged_hyperparameters(body.get("hyperparameters"), method.get(kind), kind)
     resolved = _resolve_hyperparameters(hyper, kind, template)
+    section = {"hyperparameters": resolved}
+    if kind == "reinforcement":
+        from .graders import grader_rewards
+
+        unknown = set(method.get(kind) or {}) - {"grader", "hyperparameters"}
+        if unknown:
+            raise JobRequestError(f"unknown field in method.reinforcement: {sorted(unknown)[0]}",
+                                  key=f"method.reinforcement.{sorted(unknown)[0]}")
+        grader = (method.get(kind) or {}).get("grader")
+        if grader is None:
+            raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
+        section["grader"] = grader
+        section["rewards"] = grader_rewards(grader, allow_python=allow_python_graders)
     adapter = _adapter_section(method.get("adapter"), template)
     seed = body.get("seed", default_seed)
     if seed is None:
@@ -95,7 +113,7 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
         raise JobRequestError("seed must be a non-negative integer", key="seed")
     return JobSpec(
         model=model, training_file=body.get("training_file"), validation_file=body.get("validation_file"),
-        suffix=suffix, method={"type": kind, kind: {"hyperparameters": resolved}, "adapter": adapter},
+        suffix=suffix, method={"type": kind, kind: section, "adapter": adapter},
         hyperparameters=resolved, seed=seed, integrations=parse_integrations(body.get("integrations")),
     )
 
@@ -172,6 +190,11 @@ def _resolve_hyperparameters(hyper: dict, kind: str, template: dict) -> dict:
         task = template.get("task")
         default_beta = task.get("beta", 0.1) if isinstance(task, dict) and task.get("name") == "dpo" else 0.1
         out["beta"] = _number(hyper, "beta", float, default_beta, low=0, strict=True)
+    if kind == "reinforcement":
+        task = template.get("task")
+        grpo = task if isinstance(task, dict) and task.get("name") == "grpo" else {}
+        out["batch_size"] = _number(hyper, "batch_size", int, grpo.get("prompts_per_step", 4), low=1)
+        out["eval_interval"] = _number(hyper, "eval_interval", int, train.get("eval_every") or 0, low=0) or None
     return out
 
 
@@ -220,14 +243,23 @@ def build_run_config(job: dict, template: dict, base: str, files_dir: Path, outp
     if kind == "dpo":
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
         cfg["task"] = {**(task if task.get("name") == "dpo" else {}), "name": "dpo", "beta": hyper["beta"]}
+    elif kind == "reinforcement":
+        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages
+        task = template.get("task") if isinstance(template.get("task"), dict) else {}
+        cfg["task"] = {**(task if task.get("name") == "grpo" else {"prompt_field": "messages"}), "name": "grpo",
+                       "rewards": job["method"][kind]["rewards"], "reward_weights": None,
+                       "prompts_per_step": hyper["batch_size"]}
     else:
         cfg["task"] = TASK_OF_TYPE[kind]
     cfg["data"] = {**cfg["data"], "train": str(files_dir / f"{job['training_file']}.jsonl"),
                    "validation": (str(files_dir / f"{job['validation_file']}.jsonl") if job["validation_file"]
                                   else None)}
+    micro = cfg["train"]["micro_batch_size"] if kind == "reinforcement" else hyper["batch_size"]
     cfg["train"] = {**cfg["train"], "epochs": hyper["n_epochs"], "max_steps": None,
-                    "micro_batch_size": hyper["batch_size"], "seed": job["seed"],
+                    "micro_batch_size": micro, "seed": job["seed"],
                     "learning_rate": template["train"]["learning_rate"] * hyper["learning_rate_multiplier"]}
+    if kind == "reinforcement":
+        cfg["train"]["eval_every"] = hyper["eval_interval"]
     for item in job.get("integrations") or []:  # only wandb passes parse_integrations
         cfg["train"]["report_to"] = sorted({*(cfg["train"].get("report_to") or []), "wandb"})
         cfg["train"]["wandb"] = {**(cfg["train"].get("wandb") or {}),

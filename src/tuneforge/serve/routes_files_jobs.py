@@ -104,7 +104,8 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
 
     state = _state(request)
     try:
-        spec = parse_job_request(body, state.base_names, state.template, default_seed=42)
+        spec = parse_job_request(body, state.base_names, state.template, default_seed=42,
+                                 allow_python_graders=state.config.allow_python_graders)
     except JobRequestError as err:
         raise ApiError(400, err.message, param=err.key) from None
     task = "sft" if spec.method["type"] == "supervised" else spec.method["type"]

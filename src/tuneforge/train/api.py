@@ -100,7 +100,8 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     a way that cannot resume exactly is refused (resume_check.py); output_dir is locked for the run (run_lock.py).
     The run summary (summary.json, result.data_report) counts the examples dropped or truncated per split."""
     cfg = resolve_config(config_or_path, overrides)
-    if dry_run or launcher.process_rank() != 0:  # process 0 of a multi-process run holds the lock for the group
+    rank = launcher.process_rank() or int(os.environ.get("RANK", "0"))  # torchrun's RANK: the group is not up yet
+    if dry_run or rank != 0:  # process 0 of a multi-process run holds the lock for the group
         return _train(cfg, progress, resume, dry_run)
     with output_dir_lock(cfg.output_dir):  # before anything is loaded: a second run into a live one fails at once
         return _train(cfg, progress, resume, dry_run)
