@@ -62,9 +62,10 @@ def base_name_of(model) -> str | None:
 
 
 def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name: str | None = None,
-                 base_quantization: dict | None = None) -> Path:
-    """Write one adapter in peft's layout; returns the directory. base_quantization records the quantised base the
-    adapter was trained against when `model` itself is dense (an adapter rebuilt from such files)."""
+                 base_quantization: dict | None = None, card: dict | None = None) -> Path:
+    """Write one adapter in peft's layout, with a README.md model card; returns the directory. base_quantization
+    records the quantised base the adapter was trained against when `model` itself is dense (an adapter rebuilt
+    from such files). card: the training facts for the card (model_card.training_facts); default: the method's."""
     from ..methods import adapter_state_dict, list_adapters, method_for
 
     adapters = list_adapters(model)
@@ -87,6 +88,10 @@ def save_adapter(model, out_dir, adapter_name: str = "default", base_model_name:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         if base_quantization is not None:  # what `tuneforge merge` must rebuild the base as (peft ignores the file)
             (tmp / QUANTIZATION_NAME).write_text(json.dumps(base_quantization, indent=2))
+        from .model_card import method_facts, write_model_card
+
+        kind = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "sequence-classification"}.get(body["task_type"], "encoder")
+        write_model_card(tmp, "adapter", card or method_facts(cfg, body["base_model_name_or_path"], kind))
     return Path(out_dir)
 
 

@@ -65,6 +65,10 @@ class ServeConfig:
     default_max_tokens: int = 256
     """Reply length when a request gives no max_tokens (and the model's context allows it)."""
 
+    allow_python_graders: bool = False
+    """Accept reinforcement jobs whose grader is Python code (it runs in the job's worker process). Off by
+    default: only for callers trusted to run code on this machine."""
+
     max_concurrent_jobs: int = 1
     """Fine-tuning jobs that train at the same time (each in its own worker process)."""
 

@@ -2,6 +2,7 @@
 shape, types and ranges are declared here, and every error names its field as the client wrote it
 (`hyperparameters.n_epochs`, `method.adapter.r`). jobspec.py maps a valid request onto a run config.
 
+Each method type is a field of `method` (supervised, dpo, reinforcement), so its section is declared like the rest.
 Messages are ours where pydantic's would be vague (`n_epochs must be 'auto' or an integer >= 1`); an unknown field
 is refused rather than ignored inside `method` and the hyperparameters, where a typo would silently train with a
 default. Unknown top-level fields are ignored, as OpenAI's API adds fields clients may send.
@@ -68,14 +69,26 @@ class DpoHyperparameters(SupervisedHyperparameters):
     beta: Positive = AUTO
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    eval_interval: Annotated[Union[Literal["auto"], int], _auto_or_number(int, 0)] = AUTO
+
+
 HYPERPARAMETER_MODELS: dict[str, type[SupervisedHyperparameters]] = {
-    "supervised": SupervisedHyperparameters, "dpo": DpoHyperparameters}
+    "supervised": SupervisedHyperparameters, "dpo": DpoHyperparameters,
+    "reinforcement": ReinforcementHyperparameters}
 
 
 class TypeSection(_Strict):
-    """`method.<type>`: OpenAI's newer place for the hyperparameters."""
+    """`method.<type>`: OpenAI's newer place for the hyperparameters (values checked once merged with the
+    top-level ones)."""
 
     hyperparameters: dict[str, Any] | None = None
+
+
+class ReinforcementSection(TypeSection):
+    """`method.reinforcement`: the grader as well (turned into GRPO rewards by serve/graders.py)."""
+
+    grader: dict[str, Any] | None = None
 
 
 class MethodRequest(BaseModel):
@@ -86,6 +99,9 @@ class MethodRequest(BaseModel):
 
     type: str = "supervised"
     adapter: dict[str, Any] | None = None
+    supervised: TypeSection | None = None
+    dpo: TypeSection | None = None
+    reinforcement: ReinforcementSection | None = None
 
     @field_validator("type")
     @classmethod
@@ -105,14 +121,15 @@ class MethodRequest(BaseModel):
 
     @model_validator(mode="after")
     def _only_its_own_section(self):
-        for key, value in (self.model_extra or {}).items():
+        given = [*(self.model_extra or {}), *(k for k in HYPERPARAMETER_MODELS if getattr(self, k) is not None)]
+        for key in given:
             if key != self.type:
                 raise PydanticCustomError("unknown_field", "unknown field in method: {field}", {"field": key})
-            TypeSection.model_validate(value)  # shape only; the values are checked once merged
         return self
 
     def section(self) -> TypeSection:
-        return TypeSection.model_validate((self.model_extra or {}).get(self.type) or {})
+        """method.<type>, empty when not given."""
+        return getattr(self, self.type) or (ReinforcementSection() if self.type == "reinforcement" else TypeSection())
 
 
 class JobRequest(BaseModel):
@@ -128,6 +145,7 @@ class JobRequest(BaseModel):
     hyperparameters: dict[str, Any] | None = None
     method: MethodRequest | None = None
     metadata: dict[str, Any] | None = None
+    integrations: Any = None  # checked by jobspec.parse_integrations
 
     @field_validator("model")
     @classmethod

@@ -120,6 +120,7 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
     state = _state(request)
     try:
         spec = parse_job_request(body, state.base_names, state.template, default_seed=42,
+                                 allow_python_graders=state.config.allow_python_graders,
                                  max_epochs=state.config.max_job_epochs)
     except JobRequestError as err:
         raise ApiError(400, err.message, param=err.key) from None
@@ -142,7 +143,8 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
     job_id = new_id("ftjob")
     job = {"id": job_id, "model": spec.model, "training_file": spec.training_file,
            "validation_file": spec.validation_file, "suffix": spec.suffix, "method": spec.method,
-           "hyperparameters": spec.hyperparameters, "seed": spec.seed, "metadata": body.get("metadata")}
+           "hyperparameters": spec.hyperparameters, "seed": spec.seed, "metadata": body.get("metadata"),
+           "integrations": spec.integrations}
     run = build_run_config(job, state.template, state.config.base, state.data_dir / "files",
                            state.jobs.job_dir(job_id) / "output", allow_pickle=state.config.allow_pickle)
     try:

@@ -3,10 +3,11 @@
 Two passes, both through the data package's own readers so the server accepts exactly what `tuneforge train`
 accepts, and both streaming (one line in memory: a 500 MB upload must not cost gigabytes of records):
 - on upload: UTF-8, one JSON object per non-empty line (`iter_jsonl`, read_records' rules);
-- on job creation: every record has the layout the job's task reads. For supervised jobs that is a chat
-  record (`{"messages": [{role, content}, ...]}` with an assistant turn) or an alpaca record
-  (`instruction`, optional `input`, `output`), checked with `to_messages`. Other tasks check their records in
-  the worker, which fails the job naming the line in the same way.
+- on job creation: every record has the layout the job's task reads. For supervised jobs that is a record of
+  any data.format layout (OpenAI's chat format with tools and weights, alpaca, sharegpt, ...), checked with
+  `to_conversation`; for DPO jobs a preference pair (OpenAI's `input` / `preferred_output` /
+  `non_preferred_output`, or `{prompt, chosen, rejected}`), checked with `pair_fields`. Other tasks check
+  their records in the worker, which fails the job naming the line in the same way.
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ import unicodedata
 from pathlib import Path
 
 from ..errors import DataError
-
-SUPERVISED_FORMATS = ("chat", "alpaca")
 
 
 class FileValidationError(ValueError):
@@ -53,14 +52,17 @@ def check_jsonl(path: Path, name: str) -> int:
 
 def check_records(path: Path, name: str, task: str, data_format: str = "auto") -> None:
     """Check the records of a stored file against what the job's task reads (see the module docstring)."""
-    from ..data import to_messages
+    from ..data import pair_fields, to_conversation
     from ..data.readers import iter_jsonl
 
-    if task != "sft":
+    if task not in ("sft", "dpo"):
         return
     try:
         for record in iter_jsonl(path):
-            to_messages(record, data_format, source=None, line=record.line)
+            if task == "dpo":
+                pair_fields(record, source=None, line=record.line)
+            else:
+                to_conversation(record, data_format, source=None, line=record.line)
     except DataError as err:
         raise _describe(err, name) from None
 
