@@ -45,6 +45,10 @@ class ModelConfig:
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
+    allow_pickle: bool = False
+    """Also load weights stored as pickles (pytorch_model.bin, adapter_model.bin). Unpickling can run code from
+    the file, so this is off: such files are refused with a hint to use safetensors."""
+
     def validate(self) -> None:
         if self.num_labels is not None and self.kind != "sequence-classification":
             raise ConfigError("num_labels only applies to kind 'sequence-classification'", key="num_labels")

@@ -79,7 +79,8 @@ def _load_model(cfg):
 
     m = cfg.model
     return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
-                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype)
+                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
+                      allow_pickle=m.allow_pickle)
 
 
 def dry_run_report(cfg, model) -> dict:
