@@ -25,11 +25,11 @@ def metric_mode(metric: str, mode: str) -> str:
 class WandbConfig:
     """Weights & Biases run settings (with `wandb` in train.report_to)."""
 
-    project: str = "tuneforge"
-    """W&B project the run is logged to."""
+    project: str | None = None
+    """W&B project the run is logged to; null = WANDB_PROJECT, else tuneforge."""
 
     name: str | None = None
-    """Display name of the run; null = the output_dir's folder name."""
+    """Display name of the run; null = WANDB_NAME, else the output_dir's folder name."""
 
     entity: str | None = None
     """Team or user owning the project; null = the logged-in default."""
@@ -42,7 +42,8 @@ class WandbConfig:
 
     mode: Literal["offline", "online", "disabled"] | None = None
     """offline (files under output_dir/wandb, `wandb sync` uploads them later), online or disabled. null: the
-    WANDB_MODE environment variable when set, else offline, so nothing leaves the machine unless asked to."""
+    WANDB_MODE environment variable when set, else online if WANDB_API_KEY is set, else offline, so nothing
+    leaves the machine unless W&B was set up."""
 
 
 @dataclasses.dataclass

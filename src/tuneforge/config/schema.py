@@ -45,6 +45,10 @@ class ModelConfig:
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
+    allow_pickle: bool = False
+    """Also load weights stored as pickles (pytorch_model.bin, adapter_model.bin). Unpickling can run code from
+    the file, so this is off: such files are refused with a hint to use safetensors."""
+
     def validate(self) -> None:
         if self.num_labels is not None and self.kind != "sequence-classification":
             raise ConfigError("num_labels only applies to kind 'sequence-classification'", key="num_labels")
@@ -134,8 +138,9 @@ class TrainConfig:
     eval/<metric>), mlflow (params = the resolved config), wandb. Needs the `track` extra installed."""
 
     mlflow_tracking_uri: str | None = None
-    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null = the
-    local SQLite store output_dir/mlflow.db (MLflow 3's default backend; `mlflow ui` inside output_dir shows it)."""
+    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null =
+    MLFLOW_TRACKING_URI when set, else the local SQLite store output_dir/mlflow.db (MLflow 3's default backend;
+    `mlflow ui` inside output_dir shows it)."""
 
     mlflow_experiment: str = "tuneforge"
     """MLflow experiment name the run is filed under."""
