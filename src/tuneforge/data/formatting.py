@@ -17,10 +17,9 @@ offsets, so token merges at a boundary cannot shift the labels.
 from __future__ import annotations
 
 from ..errors import DataError
-from .formats import (chat_messages, detect_format, prompt_completion, record_tools, sharegpt_messages,
-                      text_segments)
+from .formats import (ROLES, chat_messages, detect_format, prompt_completion, record_tools,  # noqa: F401
+                      sharegpt_messages, text_segments)
 
-ROLES = ("system", "user", "assistant", "tool")
 IGNORE = -100  # label of a position without loss (torch cross_entropy's ignore_index)
 
 
