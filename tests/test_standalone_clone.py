@@ -25,6 +25,9 @@ def test_an_existing_path_is_used_as_given(tmp_path, monkeypatch):
 
 
 def test_full_data_comes_first_then_the_slice(tmp_path, monkeypatch, capsys):
+    from tuneforge.data import sets
+
+    monkeypatch.setattr(sets, "_announced", set())  # said once per process: other tests may have said it already
     full = tmp_path / "full"
     (full / "alpaca").mkdir(parents=True)
     (full / "alpaca" / "train.jsonl").write_text('{"instruction": "x", "output": "y"}\n')
@@ -93,7 +96,7 @@ def test_a_plain_clone_loads_every_shipped_config(tmp_path):
     assert len(loaded) >= 40
     for config, paths in loaded.items():
         for path in filter(None, paths):
-            resolved = Path(path).resolve()
+            resolved = (clone / path).resolve()  # relative to the clone, its working directory
             assert resolved.is_relative_to(clone.resolve()) and resolved.exists(), (config, path)
 
 
