@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-ALPACA = REPO.parent / "shared" / "data" / "alpaca"
+ALPACA = Path(os.environ.get("TUNEFORGE_BENCH_ALPACA", REPO.parent / "shared" / "data" / "alpaca"))  # env: from a worktree
 # Any model name tuneforge accepts; TUNEFORGE_BENCH_MODEL points the benchmarks at another (e.g. a local copy of
 # the same architecture on a machine without the packaged weights).
 MODEL = os.environ.get("TUNEFORGE_BENCH_MODEL", "smollm2-135m-instruct")

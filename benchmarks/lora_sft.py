@@ -1,325 +1,357 @@
-"""LoRA SFT speed and memory: tuneforge against HF peft + transformers, on the same model, batches, LoRA config and
-machine, in one invocation.
+"""LoRA SFT speed and memory through `tuneforge train`, against HF peft + transformers on the same work, machine and
+batches, in one invocation.
 
 Work: LoRA r=16, alpha=32 on q/k/v/o/gate/up/down of SmolLM2-135M-Instruct; batches of 4 rows x 256 tokens,
-each row packing whole chat-formatted Alpaca examples (CC BY-NC 4.0) with loss on the replies; AdamW (lr 2e-4),
-gradient clipping at 1.0. The reference is the fastest honest way to use the two libraries: a plain PyTorch loop
-over `get_peft_model(...)` calling `model(input_ids, position_ids, labels).loss`, with transformers building the
-block-diagonal mask of the packed rows from position_ids itself. Both sides start from the same adapter weights
-and see the same batches, so their losses must agree step by step (the last column).
+each row packing whole chat-formatted Alpaca examples (CC BY-NC 4.0) with loss on the replies; AdamW (lr 2e-4,
+constant), gradient clipping at 1.0.
 
-Timing alternates the two sides step by step in one process (warm-up steps first), so load on a shared machine
-hits both alike; each variant runs in its own process, so one variant cannot slow the next. Peak RSS comes from a
-fresh child process per side (VmHWM), run one after another.
+Our side is the real command: a fresh process runs `tuneforge train CONFIG --no-resume` (the CLI entry point,
+so `train()`, its data pipeline, `run_training` with its collator, progress bar, metrics.jsonl, clipping,
+scheduler and final checkpoint). The benchmark only watches it through torch's global hooks: the first module
+call marks the end of set-up (and hands the adapter's initial weights to the reference), and the post-hook of
+every optimizer step reports the step's wall time and waits for its turn. A step's time is what the user's loop
+spends from one optimizer update to the next: the previous step's scheduler, logging and progress bar, this
+step's collation, forward, backward, clipping and update.
 
-    python benchmarks/lora_sft.py                  # eager, selective, checkpointing, partial, compile, qlora, padded
-    python benchmarks/lora_sft.py --variants eager --steps 10 --warmup 2
+The reference is a second fresh process: the fastest honest way to use the two libraries, a plain PyTorch loop
+over `get_peft_model(...)` calling `model(input_ids, position_ids, labels).loss` (transformers builds the
+block-diagonal mask of the packed rows from position_ids itself), collating its rows inside the timed step too.
+It gets the very rows our loop draws (tuneforge's own data pipeline and `DataOrder` with the run's seed) and our
+adapter's initial weights, so without dropout the losses agree step by step (the last column); with dropout the
+two draw different masks and the column only says how far apart the runs drift.
+
+The two processes alternate step by step (one waits while the other runs), so load on a shared machine hits
+both alike. Peak memory is each whole process's peak RSS (VmHWM: loading, data, training, final save), or on a
+GPU torch's peak allocation. The fp32 matmul peak is measured several times in the same run (before, between
+and after the variants, while both sides wait) and the best is used, so "% peak" cannot pass 100%.
+
+    python benchmarks/lora_sft.py                           # rows: eager (no dropout), dropout (0.05)
+    python benchmarks/lora_sft.py --variants eager,dropout,checkpointing,partial,selective,compile,qlora,padded
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-# variant -> (our setting, their setting); peft + transformers have no selective checkpointing, so our selective
-# row is compared with their eager one (the fastest they offer at full memory), and so is our partial row
-# (checkpointing only the first --checkpoint-layers blocks: the memory/speed dial between eager and checkpointing).
-# padded: the same examples each step, packed on our side and padded to the longest on theirs (what a user of the
-# two libraries gets without packing): the one row that measures packing itself; every other row packs both sides.
+LR, CLIP, R, ALPHA, SEED = 2e-4, 1.0, 16, 32, 42
+# variant -> (our train: keys, their setting, lora_dropout, quantization, label). Their setting: eager,
+# checkpointing, compile or padded (one example per row, right-padded: what a user who does not pack collates).
 VARIANTS = {
-    "eager": ("eager", "eager"),
-    "selective": ("selective", "eager"),
-    "checkpointing": ("checkpointing", "checkpointing"),
-    "partial": ("partial", "eager"),
-    "compile": ("compile", "compile"),
-    "qlora": ("eager", "eager"),
-    "padded": ("eager", "padded"),
+    "eager": ({}, "eager", 0.0, None, "eager, lora_dropout 0"),
+    "dropout": ({}, "eager", 0.05, None, "eager, lora_dropout 0.05"),
+    "checkpointing": ({"gradient_checkpointing": True}, "checkpointing", 0.0, None, "checkpointing, both sides"),
+    "partial": ({"gradient_checkpointing": True}, "eager", 0.0, None, "first {n} blocks checkpointed vs their eager"),
+    "selective": ({"gradient_checkpointing": "elementwise"}, "eager", 0.0, None, "selective vs their eager"),
+    "compile": ({"compile": True}, "compile", 0.0, None, "torch.compile, both sides"),
+    "qlora": ({}, "eager", 0.0, "nf4", "QLoRA nf4, both sides"),
+    "padded": ({}, "padded", 0.0, None, "eager, ours packed vs theirs padded (same examples)"),
 }
-LR, CLIP, R, ALPHA = 2e-4, 1.0, 16, 32
 
 
-class Ours:
-    """tuneforge: load_model + add_adapter + the SFT task's loss through the training loop's own backward."""
+def write_config(variant: str, args, out: Path) -> Path:
+    """The run config a user would write for this work."""
+    import yaml
 
-    def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, quantization: str | None = None,
-                 dtype: str = "float32", checkpoint_layers: int | None = None):
-        from tuneforge.methods import add_adapter, trainable_parameters
-        from tuneforge.models import load_model, load_tokenizer
-        from tuneforge.models.fused_mlp import use_fused_mlp
-        from tuneforge.train.loop import _checkpointing
-        from tuneforge.train.optim import build_optimizer
-        from tuneforge.train.tasks.sft import SFTTask
-        from tuneforge.config.schema import TrainConfig
-
-        tokenizer = load_tokenizer(common.MODEL)
-        quant = {"quantization": quantization} if quantization else {}
-        self.model = load_model(common.MODEL, device=device, dtype=dtype, **quant)
-        torch.manual_seed(0)
-        add_adapter(self.model, "lora", r=R, lora_alpha=ALPHA, target_modules=common.TARGETS)
-        use_fused_mlp(self.model)  # as train() does after adding the adapter
-        if variant != "compile":  # as train() does unless it compiles
-            from tuneforge.models.norm_recompute import use_norm_recompute
-
-            use_norm_recompute(self.model)
-        self.model.train()
-        self.task = SFTTask(tokenizer.pad_token_id)
-        self.batches = [_to(self.task.collate(rows), device) for rows in rows_per_step]
-        cfg = TrainConfig(learning_rate=LR, weight_decay=0.0, max_grad_norm=CLIP)
-        self.optimizer = build_optimizer(self.model, cfg)
-        self.params = [p for _, p in trainable_parameters(self.model)]
-        mode = {"checkpointing": True, "partial": True, "selective": "elementwise"}.get(variant, False)
-        self._ckpt = _checkpointing(self.model, mode, checkpoint_layers if variant == "partial" else None)
-        self._ckpt.__enter__()
-        if variant == "compile":
-            from tuneforge.train.compile import compile_blocks
-
-            compile_blocks(self.model)
-
-    def lora_weights(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.model.named_parameters() if "lora_" in n}
-
-    def close(self) -> None:
-        """Leave the checkpointing context (at interpreter exit transformers could no longer import its parts)."""
-        self._ckpt.__exit__(None, None, None)
-
-    def step(self, i: int) -> float:
-        from tuneforge.train.loop import accumulate
-
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, targets = accumulate(self.model, self.task, [self.batches[i]])
-        torch.nn.utils.clip_grad_norm_(self.params, CLIP)
-        self.optimizer.step()
-        return loss_sum / targets
+    train_keys, _, dropout, quant, _ = VARIANTS[variant]
+    model = {"name": common.MODEL, "dtype": args.dtype, "device": args.device}
+    if quant:
+        model.update(quantization=quant, compute_dtype=args.dtype)
+    train = {"max_steps": args.warmup + args.steps, "micro_batch_size": 4, "learning_rate": LR, "weight_decay": 0.0,
+             "lr_schedule": "constant", "max_grad_norm": CLIP, "seed": SEED, "log_every": 1, **train_keys}
+    if variant == "partial":
+        train["gradient_checkpointing_layers"] = args.checkpoint_layers
+    config = {
+        "model": model,
+        "method": {"name": "lora", "r": R, "lora_alpha": ALPHA, "lora_dropout": dropout,
+                   "target_modules": common.TARGETS},
+        "task": "sft",
+        "data": {"train": str(common.ALPACA / "train.jsonl"), "format": "alpaca", "max_length": args.seq_len,
+                 "packing": True, "limit_train": args.records},
+        "train": train,
+        "output_dir": str(out / "run"),
+    }
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
-class Theirs:
-    """HF peft + transformers in a plain PyTorch loop (their documented usage, no Trainer overhead)."""
+# ---- the two sides, each in its own process ------------------------------------------------------------------------
 
-    def __init__(self, variant: str, rows_per_step: list[list[dict]], device: str, pad_token_id: int,
-                 quantization: str | None = None, dtype: str = "float32"):
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+class Channel:
+    """The child's end of the step protocol: JSON lines to the parent on the original stdout, 'go' lines back on
+    stdin. Everything else the process prints (progress bar, summary) goes to stderr, which the parent logs."""
 
-        extra = {}
-        if quantization:
-            extra["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=quantization, bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=getattr(torch, dtype))
-        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=getattr(torch, dtype), **extra).to(device)
-        if variant == "checkpointing":
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.config.use_cache = False
-        cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=common.TARGETS, lora_dropout=0.0)
-        self.model = get_peft_model(model, cfg)
-        self.model.train()
-        collate = common.padded_batch if variant == "padded" else common.reference_batch
-        self.batches = [_to(collate(rows, pad_token_id), device) for rows in rows_per_step]
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=LR, weight_decay=0.0)
-        self.forward = torch.compile(self.model) if variant == "compile" else self.model
+    def __init__(self, clock):
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        self.clock = clock
 
-    def load_lora(self, weights: dict[str, torch.Tensor]) -> None:
-        """Start from our adapter's initial weights (both tools name them ...lora_A.default.weight)."""
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                if "lora_" in name:
-                    key = name.replace("base_model.model.", "")
-                    p.copy_(weights[key])
+    def send(self, **message) -> None:
+        self.out.write(json.dumps(message) + "\n")
 
-    def step(self, i: int) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.forward(**self.batches[i], use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, CLIP)
-        self.optimizer.step()
-        return float(loss.detach())
+    def wait(self) -> None:
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("benchmark parent went away")
 
 
-def _to(batch: dict, device: str) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def peak_mb(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else common.rss_mb("VmHWM")
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def run_ours(args) -> None:
+    """`tuneforge train CONFIG --no-resume`, watched through torch's global hooks."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    chan = Channel(time.process_time if args.clock == "cpu" else time.perf_counter)
+    state = {"resumed": 0.0, "step": 0}
+
+    def first_call(module, inputs):  # set-up is over: the loop's first forward (the model's base transformer)
+        weights = {n[n.index("layers."):]: p.detach().cpu() for n, p in module.named_parameters() if "lora_" in n}
+        if not weights:
+            return
+        handle.remove()
+        torch.save(weights, Path(args.workdir) / "initial_lora.pt")
+        chan.send(event="ready")
+        chan.wait()
+        state["resumed"] = chan.clock()
+
+    def after_step(optimizer, a, kw):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        chan.send(event="step", step=state["step"], seconds=chan.clock() - state["resumed"])
+        state["step"] += 1
+        chan.wait()
+        state["resumed"] = chan.clock()
+
+    handle = register_module_forward_pre_hook(first_call)
+    register_optimizer_step_post_hook(after_step)
+    from tuneforge.cli.main import main
+
+    try:
+        main(["train", args.config, "--no-resume"])
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    records = [json.loads(line) for line in (Path(args.workdir) / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r and "lr" in r]
+    tokens = [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + steps, steps)]
+    chan.send(event="done", losses=[r["loss"] for r in steps], tokens=tokens, peak_mb=peak_mb(args.device))
 
 
-def build(side: str, variant: str, rows_per_step, device: str, pad_token_id: int, dtype: str = "float32",
-          checkpoint_layers: int | None = None):
-    quantization = "nf4" if variant == "qlora" else None
-    ours, theirs = VARIANTS[variant]
-    if side == "ours":
-        return Ours(ours, rows_per_step, device, quantization, dtype, checkpoint_layers)
-    if side == "ours_lora":  # the dense LoRA that QLoRA is compared against
-        return Ours(ours, rows_per_step, device, dtype=dtype)
-    return Theirs(theirs, rows_per_step, device, pad_token_id, quantization, dtype)
+def run_theirs(args) -> None:
+    """peft + transformers in a plain PyTorch loop over the rows our loop draws."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-
-def probe(args) -> None:
-    """Child process: build one side, run warm-up + a few steps, print its memory as JSON."""
     from tuneforge.models import load_tokenizer
+    from tuneforge.train.api import resolve_config
+    from tuneforge.train.loop import DataOrder
+    from tuneforge.train.tasks.sft import SFTTask
 
-    tokenizer = load_tokenizer(common.MODEL)
-    steps = args.warmup + 2
-    rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
-    rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
-    before = common.rss_mb("VmRSS")
-    side = build(args.probe, args.variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype,
-                 args.checkpoint_layers)
-    loaded = common.rss_mb("VmRSS")
-    for i in range(steps):
-        side.step(i)
-    from tuneforge.quant import weight_bytes
+    chan = Channel(time.process_time if args.clock == "cpu" else time.perf_counter)
+    cfg = resolve_config(args.config)
+    _, setting, dropout, quant, _ = VARIANTS[args.variant]
+    tokenizer = load_tokenizer(cfg.model.name)
+    rows, _ = SFTTask().prepare(cfg, tokenizer)
+    order = DataOrder(len(rows), cfg.train.micro_batch_size, cfg.train.grad_accum_steps, cfg.train.seed)
+    dtype = getattr(torch, args.dtype)
+    extra = {}
+    if quant:
+        extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant,
+                                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=dtype, **extra).to(args.device)
+    if setting == "checkpointing":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=common.TARGETS,
+                                             lora_dropout=dropout))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    forward = torch.compile(model) if setting == "compile" else model
+    collate = common.padded_batch if setting == "padded" else common.reference_batch
+    pad = tokenizer.pad_token_id
+    chan.send(event="ready")
+    epoch, index, losses = 0, 0, []
+    for step in range(cfg.train.max_steps):
+        chunks, epoch, index = order.step(epoch, index)
+        step_rows = [rows[i] for i in chunks[0]]
+        chan.wait()
+        if step == 0:  # our adapter's initial weights, written by our side at its first forward
+            initial = torch.load(Path(args.workdir) / "initial_lora.pt")
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_" in name:
+                        p.copy_(initial[name[name.index("layers."):]])
+        start = chan.clock()
+        batch = {k: v.to(args.device) for k, v in collate(step_rows, pad).items()}
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        seconds = chan.clock() - start
+        ref = common.reference_batch(step_rows, 0)
+        labels = int((ref["labels"][:, 1:] != common.IGNORE).sum())
+        positions = ref["input_ids"].numel()
+        theirs_positions = common.padded_batch(step_rows, 0)["input_ids"].numel() if setting == "padded" else positions
+        chan.send(event="step", step=step, seconds=seconds, tokens=common.real_tokens(step_rows),
+                  flops_ours=common.step_flops(model.config, step_rows, R, labels, positions),
+                  flops_theirs=common.step_flops(model.config, step_rows, R, theirs_positions, theirs_positions))
+    chan.wait()
+    chan.send(event="done", losses=losses, peak_mb=peak_mb(args.device))
 
-    weights = weight_bytes(side.model) / 2**20  # parameters, buffers and quantisation constants (tied: once)
-    # On a GPU the memory that limits batch and model size is the device's: report torch's peak allocation.
-    peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else common.rss_mb("VmHWM")
-    getattr(side, "close", lambda: None)()
-    print(json.dumps({"peak_mb": peak, "loaded_mb": loaded - before, "weights_mb": weights}))
+
+# ---- the parent: two children in lockstep ---------------------------------------------------------------------------
+
+class Side:
+    def __init__(self, name: str, args, variant: str, config: Path, workdir: Path):
+        cmd = [sys.executable, __file__, "--side", name, "--config", str(config), "--workdir", str(workdir),
+               "--variant", variant, "--device", args.device, "--dtype", args.dtype, "--clock", args.clock]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        self.name, self.log = name, workdir / f"{name}.log"
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log.open("w"),
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def expect(self, event: str) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            tail = self.log.read_text()[-3000:]
+            raise RuntimeError(f"{self.name} side exited ({self.proc.wait()}) before '{event}'; its log ends:\n{tail}")
+        message = json.loads(line)
+        if message["event"] != event:
+            raise RuntimeError(f"{self.name} side sent {message['event']!r}, expected {event!r}")
+        return message
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
 
-def measure_memory(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--probe", side, "--variant", args.variant, "--warmup", str(args.warmup),
-           "--seq-len", str(args.seq_len), "--device", args.device, "--dtype", args.dtype,
-           "--checkpoint-layers", str(args.checkpoint_layers)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run_variant(variant: str, args, peaks: list[float]) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"lora_sft_{variant}_") as tmp:
+        work = Path(tmp)
+        config = write_config(variant, args, work)
+        ours = Side("ours", args, variant, config, work)
+        theirs = Side("theirs", args, variant, config, work)
+        try:
+            theirs.expect("ready")
+            ours.expect("ready")
+            peaks.append(measure_peak(args))  # both sides loaded and waiting
+            steps = {"ours": [], "theirs": []}
+            for _ in range(args.warmup + args.steps):
+                for side in (ours, theirs):
+                    side.go()
+                    steps[side.name].append(side.expect("step"))
+            peaks.append(measure_peak(args))
+            done = {}
+            for side in (ours, theirs):
+                side.go()
+                done[side.name] = side.expect("done")
+                side.proc.wait()
+        finally:
+            for side in (ours, theirs):
+                if side.proc.poll() is None:
+                    side.proc.kill()
+    return summarise(variant, args, steps, done)
 
 
-def run_variant(variant: str, args, tokenizer, peak_gflops: float) -> list[str]:
-    steps = args.warmup + args.steps
-    rows = common.packed_rows(tokenizer, 4 * steps, args.seq_len)
-    rows_per_step = [rows[4 * i: 4 * i + 4] for i in range(steps)]
-    names = ("ours", "ours_lora") if variant == "qlora" else ("ours", "theirs")
-    sides = {n: build(n, variant, rows_per_step, args.device, tokenizer.pad_token_id, args.dtype, args.checkpoint_layers)
-             for n in names}
-    if "theirs" in sides:
-        sides["theirs"].load_lora(sides["ours"].lora_weights())
-    times = {n: [] for n in names}
-    losses = {n: [] for n in names}
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    for i in range(steps):
-        for n, side in sides.items():
-            _sync(args.device)
-            t = clock()
-            losses[n].append(side.step(i))
-            _sync(args.device)
-            if i >= args.warmup:
-                times[n].append(clock() - t)
-    tokens = [common.real_tokens(r) for r in rows_per_step[args.warmup:]]
-    config = sides["ours"].model.config
+def summarise(variant: str, args, steps: dict, done: dict) -> dict:
+    timed = slice(args.warmup, None)
+    ref = steps["theirs"][timed]
+    tokens = [s["tokens"] for s in ref]
+    if done["ours"]["tokens"][timed] != tokens:
+        raise RuntimeError(f"the two sides saw different batches: {done['ours']['tokens']} vs {tokens}")
     out = {}
-    for n in names:
-        per_step = statistics.median(times[n])
-        total_flops = 0.0
-        for r in rows_per_step[args.warmup:]:
-            ref = common.reference_batch(r, 0)
-            labels = int((ref["labels"][:, 1:] != common.IGNORE).sum())
-            if n == "theirs" and variant == "padded":  # they compute every padded position
-                positions = common.padded_batch(r, 0)["input_ids"].numel()
-            else:
-                positions = ref["input_ids"].numel()
-            head = positions if n == "theirs" else labels
-            total_flops += common.step_flops(config, r, R, head, positions)
-        out[n] = {"tok_s": statistics.median([k / t for k, t in zip(tokens, times[n])]), "s_step": per_step,
-                  "mfu": total_flops / len(tokens) / per_step / 1e9 / peak_gflops}
-    for side in sides.values():
-        getattr(side, "close", lambda: None)()
-    del sides
-    if args.skip_memory:
-        mem = {n: {"peak_mb": float("nan"), "weights_mb": float("nan")} for n in names}
-    else:
-        mem = {n: measure_memory(n, argparse.Namespace(**{**vars(args), "variant": variant})) for n in names}
-    a, b = names
-    dloss = max(abs(x - y) for x, y in zip(losses[a], losses[b]))
-    label = {"qlora": "QLoRA nf4 vs our dense LoRA", "selective": "selective vs their eager",
-             "partial": f"first {args.checkpoint_layers} blocks checkpointed vs their eager",
-             "padded": "eager, ours packed vs theirs padded (same examples)"}.get(variant, variant)
-    return [label, f"{out[a]['tok_s']:.0f}", f"{out[b]['tok_s']:.0f}", f"{out[a]['tok_s'] / out[b]['tok_s']:.2f}x",
-            f"{out[a]['s_step']:.2f}", f"{out[b]['s_step']:.2f}",
-            f"{mem[a]['peak_mb'] / 1024:.2f}", f"{mem[b]['peak_mb'] / 1024:.2f}",
-            f"{mem[a]['peak_mb'] / mem[b]['peak_mb']:.2f}x",
-            f"{100 * out[a]['mfu']:.0f}%", f"{100 * out[b]['mfu']:.0f}%",
-            f"{mem[a]['weights_mb']:.0f} / {mem[b]['weights_mb']:.0f}", f"{dloss:.1e}"]
+    for name in ("ours", "theirs"):
+        seconds = [s["seconds"] for s in steps[name][timed]]
+        flops = statistics.mean(s[f"flops_{name}"] for s in ref)
+        out[name] = {"tok_s": statistics.median(k / t for k, t in zip(tokens, seconds)),
+                     "s_step": statistics.median(seconds), "flops": flops, "peak_mb": done[name]["peak_mb"],
+                     "losses": done[name]["losses"]}
+    out["dloss"] = max(abs(a - b) for a, b in zip(out["ours"]["losses"], out["theirs"]["losses"]))
+    return out
 
 
-def _variant_in_child(variant: str, peak: float) -> list[str]:
-    """One variant in a fresh process with this invocation's other options: variants that ran earlier in the same
-    process change later ones (measured: an eager row run after the compiled ones had the reference 26% slower
-    and ours 7% slower than when run first)."""
-    argv = sys.argv[1:]
-    rest, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == "--variants":
-            skip = True
-        elif not arg.startswith("--variants="):
-            rest.append(arg)
-    cmd = [sys.executable, __file__, "--variants", variant, "--row-json", "--peak-gflops", str(peak), *rest]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def measure_peak(args) -> float:
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    return common.matmul_peak_gflops(clock=clock, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def row(variant: str, args, result: dict, peak: float) -> list[str]:
+    a, b = result["ours"], result["theirs"]
+    label = VARIANTS[variant][4].format(n=args.checkpoint_layers)
+    share = lambda side: f"{100 * side['flops'] / side['s_step'] / 1e9 / peak:.0f}%"  # noqa: E731
+    return [label, f"{a['tok_s']:.0f}", f"{b['tok_s']:.0f}", f"{a['tok_s'] / b['tok_s']:.2f}x",
+            f"{a['s_step']:.2f}", f"{b['s_step']:.2f}", f"{a['peak_mb'] / 1024:.2f}", f"{b['peak_mb'] / 1024:.2f}",
+            f"{a['peak_mb'] / b['peak_mb']:.2f}x", share(a), share(b), f"{result['dloss']:.1e}"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="eager,dropout", help=f"comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--records", type=int, default=400, help="Alpaca records the run packs its rows from")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="base weights (and QLoRA compute) dtype on both sides; adapters train in fp32")
     parser.add_argument("--checkpoint-layers", type=int, default=8,
                         help="partial variant: how many blocks (the first ones) our side recomputes")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--skip-memory", action="store_true", help="timing only (no child processes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in each side's process")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: this process's CPU time, a fair ratio on a crowded machine with --threads 1")
-    parser.add_argument("--row-json", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--peak-gflops", type=float, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+                        help="cpu: each side's CPU time, a fairer ratio on a crowded machine with --threads 1")
+    parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.probe:
-        return probe(args)
-    from tuneforge.models import load_tokenizer
-
-    tokenizer = load_tokenizer(common.MODEL)
-    start_load = common.load_average()
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    peak = args.peak_gflops or common.matmul_peak_gflops(clock=clock, device=args.device,
-                                                         dtype=getattr(torch, args.dtype))
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    memory = "peak GB = GPU memory allocated" if args.device.startswith("cuda") else "peak GB = process peak RSS"
-    print(f"device {args.device} ({where}), {args.dtype} base, {memory}, {args.clock} clock, "
-          f"{args.dtype} matmul peak {peak:.0f} GFLOP/s, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, batch 4 x {args.seq_len}; load average {start_load}")
-    header = ["variant", "ours tok/s", "theirs tok/s", "speed", "ours s/step", "theirs s/step", "ours peak GB",
-              "theirs peak GB", "memory", "ours % peak", "theirs % peak", "weights MB (ours / theirs)", "max |dloss|"]
-    body = []
+    if args.side:
+        return (run_ours if args.side == "ours" else run_theirs)(args)
     variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    start_load = common.load_average()
+    peaks = [measure_peak(args) for _ in range(2)]
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    memory = "peak GB = GPU memory allocated" if args.device.startswith("cuda") else "peak GB = whole-process peak RSS"
+    print(f"`tuneforge train` vs peft + transformers: device {args.device} ({where}), {args.dtype} base, {memory}, "
+          f"{args.clock} clock, {args.warmup} warm-up + {args.steps} timed steps, batch 4 x {args.seq_len}; "
+          f"load average {start_load}", flush=True)
+    results = {}
     for variant in variants:
-        row = run_variant(variant, args, tokenizer, peak) if len(variants) == 1 else _variant_in_child(variant, peak)
-        body.append(row)
-        if args.row_json:
-            print(json.dumps(row))
-        else:
-            print(common.table(header, body[-1:]), flush=True)
-    if args.row_json:
-        return
-    print(f"\nload average: {start_load} at start, {common.load_average()} at end\n")
-    print(common.table(header, body))
+        results[variant] = run_variant(variant, args, peaks)
+        r = results[variant]
+        print(f"  {variant}: s/step ours {r['ours']['s_step']:.2f} theirs {r['theirs']['s_step']:.2f}; peak GB ours "
+              f"{r['ours']['peak_mb'] / 1024:.2f} theirs {r['theirs']['peak_mb'] / 1024:.2f}; max |dloss| "
+              f"{r['dloss']:.1e}", flush=True)
+    peaks.append(measure_peak(args))
+    peak = max(peaks)
+    header = ["variant", "ours tok/s", "theirs tok/s", "speed", "ours s/step", "theirs s/step", "ours peak GB",
+              "theirs peak GB", "memory", "ours % peak", "theirs % peak", "max |dloss|"]
+    print(f"\n{args.dtype} matmul peak: best {peak:.0f} GFLOP/s of {len(peaks)} measurements "
+          f"({', '.join(f'{p:.0f}' for p in peaks)}); load average {start_load} at start, "
+          f"{common.load_average()} at end\n")
+    print(common.table(header, [row(v, args, results[v], peak) for v in variants]))
 
 
 if __name__ == "__main__":

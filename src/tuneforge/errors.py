@@ -8,7 +8,9 @@ class TuneforgeError(Exception):
 
 def _where(file=None, line=None, key=None) -> str:
     parts = []
-    if file is not None:
+    if file is not None and getattr(file, "rows", False):  # a datasets source: its row index, not a line
+        parts.append(str(file) + (f" row {line}" if line is not None else ""))
+    elif file is not None:
         parts.append(str(file) + (f":{line}" if line is not None else ""))
     elif line is not None:
         parts.append(f"line {line}")
@@ -45,3 +47,23 @@ class ModelNotFound(TuneforgeError, FileNotFoundError):
 
 class AdapterMismatch(TuneforgeError, ValueError):
     """An adapter file does not fit the model it is loaded into (saved for another base)."""
+
+
+class PickleRefused(TuneforgeError):
+    """Weights stored as a pickle (torch.save) were found and pickle was not allowed: unpickling a file can run
+    code, so loading one is an explicit choice (`--allow-pickle`, `allow_pickle: true`)."""
+
+    def __init__(self, path, alternative: str = "model.safetensors"):
+        self.path = path
+        super().__init__(
+            f"{path}: pickle weights are not loaded by default (unpickling can run code from the file). Save them "
+            f"as {alternative} (safetensors), or if you trust this file pass --allow-pickle (allow_pickle: true "
+            "in the model config, allow_pickle=True in Python)")
+
+
+class NonFiniteLoss(TuneforgeError, ArithmeticError):
+    """Training met a nan/inf loss or gradient norm: it stops before the update, so no NaN weights are saved."""
+
+
+class OutputDirInUse(TuneforgeError, RuntimeError):
+    """Another live run holds output_dir (its lock file); two runs would overwrite each other's checkpoints."""

@@ -42,7 +42,7 @@ def test_auto_detects_chat_and_alpaca():
     assert to_messages({"messages": msgs}) == msgs
     assert to_messages({"messages": json.dumps(msgs)}) == msgs  # a CSV cell
     with pytest.raises(DataError, match="cannot tell the data format"):
-        to_messages({"prompt": "x", "completion": "y"}, source="d.jsonl", line=4)
+        to_messages({"question": "x", "answer": "y"}, source="d.jsonl", line=4)
 
 
 @pytest.mark.parametrize("messages,key,fragment", [
@@ -174,7 +174,7 @@ def test_load_examples_reads_limits_and_handles_no_validation(tok, tmp_path):
 
 def test_data_config_validate():
     DataConfig().validate()
-    for bad, key in [(dict(format="sharegpt"), "format"), (dict(train_on="prompt"), "train_on"),
+    for bad, key in [(dict(format="yaml"), "format"), (dict(train_on="prompt"), "train_on"),
                      (dict(max_length=1), "max_length"), (dict(limit_train=0), "limit_train")]:
         with pytest.raises(ConfigError) as info:
             DataConfig(**bad).validate()

@@ -1,5 +1,5 @@
-"""LoReFT / DiReFT: the formula, R's orthonormality under training, the positions, equality with pyreft (when it
-is installed: `pip install --no-deps pyreft pyvene`), generation, packed rows, mixed batches and the files."""
+"""LoReFT / DiReFT: the formula, R's orthonormality under training, the positions, equality with pyreft (installed
+by `make setup` with --no-deps; missing, those tests fail), generation, packed rows, mixed batches and the files."""
 import json
 
 import pytest
@@ -12,11 +12,15 @@ from tuneforge.io import load_adapter, save_adapter
 from tuneforge.methods.reft import Intervention, prompt_positions
 from tuneforge.models.tiny import tiny_bert, tiny_llama
 
+from ..oracles import require
+
 D, R = 64, 4
 
 
 def pyreft_or_skip():
-    return pytest.importorskip("pyreft", reason="pyreft not installed (pip install --no-deps pyreft pyvene)")
+    """pyreft, or a failure saying to run `make setup` (named for its history: it used to skip)."""
+    require("pyvene")
+    return require("pyreft")
 
 
 def copy_from_pyreft(ours: Intervention, theirs) -> None:

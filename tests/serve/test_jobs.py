@@ -22,13 +22,26 @@ def manager(tmp_path):
     return make
 
 
+def _complete_checkpoint(step) -> None:
+    """The files a resume needs to take a directory for a checkpoint (train/checkpoint.py `damage`)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(step / "trainable.safetensors"))
+    (step / "scheduler.pt").write_bytes(b"")
+    (step / "state.json").write_text(json.dumps({"global_step": int(step.name.split("-")[1])}))
+
+
 def messages(store: Store, job_id: str) -> list[str]:
     return [e["message"] for e in reversed(store.list_events(job_id))]
 
 
 def test_a_job_found_running_resumes_from_its_checkpoint(manager):
     jobs, job_id = manager()
-    (jobs.job_dir(job_id) / "output" / "checkpoints" / "step-4").mkdir(parents=True)
+    step = jobs.job_dir(job_id) / "output" / "checkpoints" / "step-4"
+    step.mkdir(parents=True)
+    _complete_checkpoint(step)
+    (step.parent / "step-6").mkdir()  # damaged (empty): a resume skips it
     jobs._recover()
     job = jobs.store.get_job(job_id)
     assert job["status"] == "queued" and job["restarts"] == 1

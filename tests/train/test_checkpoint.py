@@ -22,7 +22,7 @@ def test_keep_last_and_layout(tmp_path, sft_task):
     assert sorted(p.name for p in root.iterdir()) == ["step-6", "step-7"]  # no temp dirs left either
     assert result.checkpoint_dir == root / "step-7"
     files = sorted(p.name for p in (root / "step-7").iterdir())
-    assert files == ["optimizer.pt", "rng.pt", "scheduler.pt", "state.json", "trainable.safetensors"]
+    assert files == ["manifest.json", "optimizer.pt", "rng.pt", "scheduler.pt", "state.json", "trainable.safetensors"]
     state = json.loads((root / "step-7" / "state.json").read_text())
     assert state["global_step"] == 7 and state["total_steps"] == 7
     assert (state["epoch"], state["index"]) == (1, 2)  # 6 steps of 2 examples per epoch: step 7 opens epoch 1
@@ -61,10 +61,10 @@ def test_resaving_a_step_replaces_it(tmp_path):
     assert json.loads((tmp_path / "step-3" / "state.json").read_text())["tag"] == "b"
 
 
-def test_latest_is_numeric_and_ignores_temp_dirs(tmp_path):
+def test_listing_is_numeric_and_ignores_temp_dirs(tmp_path):
     for name in ("step-9", "step-10", ".tmp-step-11-abc", "notes"):
         (tmp_path / name).mkdir()
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-10"
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-9", "step-10"]
 
 
 def test_rng_round_trip(tmp_path):

@@ -42,6 +42,9 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
     config = build_dataclass(RunConfig, data, source)
     config.method = build_method(method_section, source)
     config.task, config.task_config = build_task(task_section, source)
+    if config.data.streaming and config.train.max_steps is None:
+        raise source.error("data.streaming reads records lazily, so the run length must be given: set "
+                           "train.max_steps", ("data", "streaming"))
     return config
 
 

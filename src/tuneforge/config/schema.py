@@ -13,6 +13,7 @@ from typing import Any, Literal
 from ..data.config import DataConfig
 from ..eval.config import EvalSystem, EvalTask
 from ..errors import ConfigError
+from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 
 
 @dataclasses.dataclass
@@ -25,8 +26,9 @@ class ModelConfig:
     """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
     sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
 
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
-    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64", "auto"] = "auto"
+    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU).
+    float64 is for numerical checks: rounding far below any tolerance, whatever the kernels' summation order."""
 
     device: str = "auto"
     """auto (cuda, then mps, then cpu), or a torch device string such as cpu or cuda:1."""
@@ -67,6 +69,10 @@ class ModelConfig:
     """RoPE scaling for a longer context than the model was trained on, passed into the model config, e.g.
     {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}; rope_type is linear, dynamic, yarn,
     longrope or llama3."""
+
+    allow_pickle: bool = False
+    """Also load weights stored as pickles (pytorch_model.bin, adapter_model.bin). Unpickling can run code from
+    the file, so this is off: such files are refused with a hint to use safetensors."""
 
     def validate(self) -> None:
         from .model_options import check_model_options
@@ -156,6 +162,40 @@ class TrainConfig:
     log_every: int = 1
     """Log loss, learning rate and throughput every N optimizer steps."""
 
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = dataclasses.field(default_factory=list)
+    """Experiment trackers that get the metrics.jsonl lines too (process 0 only): tensorboard (event files under
+    output_dir/tensorboard, tags train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s,
+    eval/<metric>), mlflow (params = the resolved config), wandb. Needs the `track` extra installed."""
+
+    mlflow_tracking_uri: str | None = None
+    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null =
+    MLFLOW_TRACKING_URI when set, else the local SQLite store output_dir/mlflow.db (MLflow 3's default backend;
+    `mlflow ui` inside output_dir shows it)."""
+
+    mlflow_experiment: str = "tuneforge"
+    """MLflow experiment name the run is filed under."""
+
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    """Weights & Biases project, run name, tags and mode (offline unless configured)."""
+
+    callbacks: list[str] = dataclasses.field(default_factory=list)
+    """User hooks, each 'module:Class' (importable; built without arguments). Optional methods:
+    on_step(step, logs), on_eval(step, metrics), on_save(step, path); on_step/on_eval returning True stop training."""
+
+    early_stopping: EarlyStoppingConfig | None = None
+    """Stop when an eval metric has not improved for `patience` evaluations: {metric, patience, mode, min_delta}."""
+
+    save_best: str | None = None
+    """Eval metric whose best value's weights are kept in output_dir/best and restored at the end, so the saved
+    adapter is the best one seen (Hugging Face's load_best_model_at_end). Needs eval_every."""
+
+    save_best_mode: Literal["auto", "min", "max"] = "auto"
+    """Whether lower (min) or higher (max) save_best values are better; auto: min for losses/perplexity/error."""
+
+    neftune_noise_alpha: float | None = None
+    """NEFTune: add uniform noise of scale alpha/sqrt(L*d) to the input embeddings while training (L: padded
+    sequence length, d: hidden size), as TRL/transformers do; 5 is the paper's usual value. null = off."""
+
     def validate(self) -> None:
         positive = ("epochs", "micro_batch_size", "grad_accum_steps", "log_every", "keep_last")
         for key in positive:
@@ -182,6 +222,7 @@ class TrainConfig:
                                   key="gradient_checkpointing_layers")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError("max_grad_norm must be positive (or null to disable clipping)", key="max_grad_norm")
+        validate_hooks(self)
 
 
 @dataclasses.dataclass

@@ -3,7 +3,8 @@
 One generic validator serves every config section (model, data, train, eval) so the rules are the same
 everywhere: unknown keys are errors with a "did you mean" suggestion, values must match the annotation
 (int, float, bool, str, Optional, list[...], Literal[...], nested dataclass), ints are accepted where a float
-is expected, and so is a string such as "1e-4" (YAML 1.1 reads that spelling as a string, not a number).
+is expected (and must be finite: inf and nan are errors), and so is a string such as "1e-4" (YAML 1.1 reads that
+spelling as a string, not a number).
 After the fields are set, the dataclass's own `validate()` runs, and a ConfigError it raises with a key is
 given the file and line of that key.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -106,13 +108,17 @@ def _convert(value, annotation, source: Source, path: KeyPath):
         return value if isinstance(value, int) and not isinstance(value, bool) else _MISSING
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 return _MISSING
-        return _MISSING
+        else:
+            return _MISSING
+        if not math.isfinite(number):  # `.inf`, `.nan`, "Infinity": a run would train to NaN and exit 0
+            raise source.error(f"expected a finite number, got {value!r}", path)
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value

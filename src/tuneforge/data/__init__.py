@@ -8,14 +8,18 @@ from .formatting import (
     detect_format,
     fill_template,
     load_examples,
+    encode_record,
     select_records,
+    to_conversation,
     to_messages,
     tokenize_messages,
 )
+from .pair_formats import pair_fields
 from .mixing import load_mixture, mixing_rates
 from .packing import pack_examples, packing_efficiency
 from .preview import preview
 from .readers import Record, read_records, require_fields
+from .sources import read_source
 
 __all__ = [
     "IGNORE",
@@ -25,16 +29,20 @@ __all__ = [
     "build_sft_examples",
     "collate_causal",
     "detect_format",
+    "encode_record",
     "fill_template",
     "load_examples",
     "load_mixture",
     "mixing_rates",
     "pack_examples",
     "packing_efficiency",
+    "pair_fields",
     "preview",
     "read_records",
+    "read_source",
     "require_fields",
     "select_records",
+    "to_conversation",
     "to_messages",
     "tokenize_messages",
 ]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ConfigError
+from .sets import resolve_data_path
 
-FORMATS = ("auto", "alpaca", "chat", "template")
+FORMATS = ("auto", "alpaca", "chat", "openai", "sharegpt", "prompt_completion", "text", "template")
 TRAIN_ON = ("assistant", "all")
 MIXING = ("proportional", "temperature", "explicit")
 
@@ -17,7 +18,7 @@ def _check_template(format: str, prompt: str | None, target: str | None) -> None
         raise ConfigError("format 'template' needs both prompt and target templates", key="prompt")
     if target is not None and prompt is None:
         raise ConfigError("target is set but prompt is not; a template record needs both", key="prompt")
-    if prompt is not None and format in ("alpaca", "chat"):
+    if prompt is not None and format not in ("auto", "template"):
         raise ConfigError(f"prompt/target templates apply to format 'template', not {format!r}", key="format")
     if prompt is not None and target is None:
         raise ConfigError("prompt is set but target is not; a template record needs both", key="target")
@@ -37,7 +38,7 @@ class DataSource:
     """Held-out records of this data set (added to the run's validation set)."""
 
     format: str = "auto"
-    """alpaca, chat, template or auto, as data.format."""
+    """A record layout as data.format (alpaca, chat, openai, sharegpt, prompt_completion, text, template, auto)."""
 
     prompt: str | None = None
     """User-turn template with {field} placeholders, e.g. "Summarize in one sentence:\n{document}"."""
@@ -65,6 +66,8 @@ class DataSource:
             raise ConfigError("a mixture entry needs a name", key="name")
         if self.train is None:
             raise ConfigError(f"mixture entry {self.name!r} has no train file", key="train")
+        self.train = resolve_data_path(self.train, key="train")
+        self.validation = resolve_data_path(self.validation, key="validation")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
         if self.train_on not in TRAIN_ON:
@@ -82,15 +85,38 @@ class DataSource:
 @dataclasses.dataclass
 class DataConfig:
     train: str | None = None
-    """Training records: a .jsonl, .json (array), .csv or .parquet file."""
+    """Training records: a .jsonl, .json (array), .csv or .parquet file, or a Hugging Face `datasets` source: a
+    folder written by save_to_disk, a file set (a folder of data files, a glob such as data/*.parquet, an .arrow
+    file) or a hub id (org/name, with split / revision); or a data set reference `NAME:SPLIT` (e.g. `alpaca:train`:
+    $TUNEFORGE_DATA/alpaca/train.jsonl, else the repository's data/ slice)."""
 
     validation: str | None = None
-    """Held-out records in the same formats, used for evaluation; none means no eval set."""
+    """Held-out records from the same kinds of source, used for evaluation; none means no eval set."""
 
     format: str = "auto"
-    """Record layout: `alpaca` (instruction, input, output), `chat` (messages: [{role, content}]), `template`
-    (any fields, mapped through `prompt` and `target`) or `auto` (template when prompt is set, else decided from
-    the first record's keys)."""
+    """Record layout: `alpaca` (instruction, input, output); `chat` or `openai` (messages: [{role, content}],
+    OpenAI's fine-tuning format with tools, assistant tool_calls, role tool and per-message weight 0|1);
+    `sharegpt` (conversations: [{from: human|gpt|system|tool, value}], with system and tools fields);
+    `prompt_completion` ({prompt, completion}: loss on the completion; plain text without the chat template,
+    message lists with it); `text` (raw text in text_field for continued pre-training: loss on every token, long
+    texts cut into max_length pieces); `template` (any fields, through `prompt` and `target`); `auto` (template
+    when prompt is set, else decided from the first record's keys)."""
+
+    text_field: str = "text"
+    """The record field holding the raw text of format `text`."""
+
+    split: str = "train"
+    """Split of a datasets source named by `train` (a DatasetDict folder or a hub id)."""
+
+    validation_split: str = "validation"
+    """Split of a datasets source named by `validation`."""
+
+    revision: str | None = None
+    """Hub dataset revision (branch, tag or commit) for a hub id."""
+
+    streaming: bool = False
+    """Read a datasets source lazily (`load_dataset(..., streaming=True)`): only as many records as the run's
+    train.max_steps (required) needs are read, or limit_train records (the first ones, not a random subset)."""
 
     prompt: str | None = None
     """User-turn template for records of any layout: {field} names a record field ({{ and }} are literal braces),
@@ -101,6 +127,11 @@ class DataConfig:
 
     max_length: int = 512
     """Tokens per example (and per packed row); longer examples are cut at the end and counted as truncated."""
+
+    warn_dropped_share: float = 0.05
+    """Warn when more than this share of a split's records is dropped (nothing left to train once cut at
+    max_length) or truncated; the counts are in the run summary either way. A split with every record dropped is
+    an error."""
 
     packing: bool = True
     """Pack several short examples into one row of max_length tokens. Each example keeps its own positions and
@@ -142,6 +173,8 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the key of the first bad value."""
+        self.train = resolve_data_path(self.train, key="train")
+        self.validation = resolve_data_path(self.validation, key="validation")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
         if self.train_on not in TRAIN_ON:
@@ -150,8 +183,12 @@ class DataConfig:
             )
         _check_template(self.format, self.prompt, self.target)
         self._validate_mixture()
+        if not self.text_field:
+            raise ConfigError("text_field must name a record field", key="text_field")
         if self.max_length < 2:
             raise ConfigError("max_length must be at least 2 tokens", key="max_length")
+        if not 0.0 <= self.warn_dropped_share <= 1.0:
+            raise ConfigError("warn_dropped_share must be in [0, 1]", key="warn_dropped_share")
         for key in ("limit_train", "limit_eval"):
             value = getattr(self, key)
             if value is not None and value < 1:

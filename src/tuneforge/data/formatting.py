@@ -3,7 +3,12 @@
 Why render through the tokenizer's own chat template: the fine-tuned model is later prompted with that same
 template (`apply_chat_template(..., add_generation_prompt=True)`), so training must see exactly those tokens.
 
-Which tokens are trained is found without knowing the template: for each assistant turn i, the text of
+Record layouts (alpaca, chat / openai, sharegpt, prompt_completion, text, template) are read in formats.py;
+raw-text layouts skip the template (encode_segments).
+
+Which tokens are trained: where the template marks replies with `{% generation %}` blocks, transformers'
+`apply_chat_template(return_assistant_tokens_mask=True)` says so (assistant_mask.py). Otherwise it is found
+without knowing the template: for each assistant turn i, the text of
 `messages[:i]` with the generation prompt is where the reply starts, and the text of `messages[:i+1]` is where
 it ends. Both must be prefixes of the whole conversation's text (true for ChatML, Llama-3, Mistral, SmolLM2's
 default system prompt, ...). The whole text is tokenized once and each token is labelled by its character
@@ -11,40 +16,42 @@ offsets, so token merges at a boundary cannot shift the labels.
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from ..errors import DataError
+from .formats import (ROLES, chat_messages, detect_format, prompt_completion, record_tools,  # noqa: F401
+                      sharegpt_messages, text_segments)
 
-ROLES = ("system", "user", "assistant")
 IGNORE = -100  # label of a position without loss (torch cross_entropy's ignore_index)
 
 
-def detect_format(record: dict, source=None, line=None) -> str:
-    """`chat` when the record has `messages`, `alpaca` when it has `instruction` and `output`."""
-    if "messages" in record:
-        return "chat"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    have = ", ".join(sorted(map(str, record))) or "none"
-    raise DataError(
-        f"cannot tell the data format from the keys ({have}); expected 'messages' (chat) or "
-        "'instruction' + 'output' (alpaca), or set data.format",
-        file=source, line=line,
-    )
-
-
-def to_messages(record: dict, fmt: str = "auto", system_prompt: str | None = None, *, source=None,
-                line=None, prompt: str | None = None, target: str | None = None) -> list[dict[str, str]]:
-    """One record as `[{role, content}, ...]`. The system prompt goes first unless the record brings its own.
-    With `prompt` / `target` templates (format "template", or "auto" when a prompt is given) any record becomes
-    one user turn and one assistant reply."""
+def resolve_format(fmt: str, record: dict | None, prompt: str | None = None, source=None, line=None) -> str:
+    """data.format as a concrete layout: `auto` is template when a prompt template is set, else read from the
+    record's keys; `openai` is the chat layout (the same `messages` parser)."""
     if fmt == "auto":
-        fmt = "template" if prompt is not None else detect_format(record, source, line)
+        if prompt is not None:
+            return "template"
+        return detect_format(record, source, line) if record is not None else "chat"
+    return "chat" if fmt == "openai" else fmt
+
+
+def to_conversation(record: dict, fmt: str = "auto", system_prompt: str | None = None, *, source=None, line=None,
+                    prompt: str | None = None, target: str | None = None, text_field: str = "text") -> dict:
+    """One record as `{"messages", "tools"}` (rendered with the chat template) or `{"segments"}` (raw text
+    pieces with a trained flag, for formats text and string prompt_completion). See formats.py."""
+    fmt = resolve_format(fmt, record, prompt, source, line)
+    tools = None
     if fmt == "alpaca":
         messages = _alpaca(record, source, line)
     elif fmt == "chat":
-        messages = _chat(record, source, line)
+        messages, tools = chat_messages(record, source, line), record_tools(record, source, line)
+    elif fmt == "sharegpt":
+        messages, tools = sharegpt_messages(record, source, line), record_tools(record, source, line)
+    elif fmt == "prompt_completion":
+        conv = prompt_completion(record, source, line)
+        if "segments" in conv:
+            return conv
+        messages, tools = conv["messages"], conv["tools"]
+    elif fmt == "text":
+        return text_segments(record, text_field, source, line)
     elif fmt == "template":
         if prompt is None or target is None:
             raise DataError("format 'template' needs prompt and target templates", file=source, line=line,
@@ -52,11 +59,24 @@ def to_messages(record: dict, fmt: str = "auto", system_prompt: str | None = Non
         messages = [{"role": "user", "content": fill_template(prompt, record, source, line)},
                     {"role": "assistant", "content": fill_template(target, record, source, line)}]
     else:
-        raise DataError(f"unknown data format {fmt!r}; choose alpaca, chat, template or auto", file=source,
-                        line=line)
+        raise DataError(f"unknown data format {fmt!r}; choose alpaca, chat, openai, sharegpt, prompt_completion, "
+                        "text, template or auto", file=source, line=line)
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
+    return {"messages": messages, "tools": tools}
+
+
+def to_messages(record: dict, fmt: str = "auto", system_prompt: str | None = None, *, source=None,
+                line=None, prompt: str | None = None, target: str | None = None) -> list[dict]:
+    """One record as `[{role, content, ...}, ...]`. The system prompt goes first unless the record brings its
+    own. With `prompt` / `target` templates (format "template", or "auto" when a prompt is given) any record
+    becomes one user turn and one assistant reply. Raw-text layouts (text, string prompt_completion) have no
+    messages: a DataError."""
+    conv = to_conversation(record, fmt, system_prompt, source=source, line=line, prompt=prompt, target=target)
+    if "segments" in conv:
+        raise DataError("this record is raw text (format text or prompt_completion with text fields), not a "
+                        "conversation", file=source, line=line)
+    return conv["messages"]
 
 
 class _Fields(dict):
@@ -102,40 +122,8 @@ def _alpaca(record: dict, source, line) -> list[dict[str, str]]:
             {"role": "assistant", "content": _text(record, "output", source, line)}]
 
 
-def _chat(record: dict, source, line) -> list[dict[str, str]]:
-    messages = record.get("messages")
-    if isinstance(messages, str):  # a CSV cell holding JSON
-        try:
-            messages = json.loads(messages)
-        except json.JSONDecodeError as e:
-            raise DataError(f"'messages' is not valid JSON: {e.msg}", file=source, line=line, key="messages") from None
-    if not isinstance(messages, list) or not messages:
-        raise DataError("'messages' must be a non-empty list of {role, content}", file=source, line=line,
-                        key="messages")
-    out = []
-    for i, m in enumerate(messages):
-        key = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise DataError(f"expected an object with role and content, got {type(m).__name__}", file=source,
-                            line=line, key=key)
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise DataError(f"role must be one of {', '.join(ROLES)}, got {role!r}", file=source, line=line,
-                            key=f"{key}.role")
-        if not isinstance(content, str):
-            raise DataError(f"content must be text, got {type(content).__name__}", file=source, line=line,
-                            key=f"{key}.content")
-        if role == "system" and i > 0:
-            raise DataError("a system message may only come first", file=source, line=line, key=f"{key}.role")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise DataError("conversation has no assistant message to train on", file=source, line=line,
-                        key="messages")
-    return out
-
-
 def tokenize_messages(tokenizer, messages: list[dict], max_length: int | None = None,
-                      train_on: str = "assistant") -> dict[str, list[int]]:
+                      train_on: str = "assistant", tools: list[dict] | None = None) -> dict[str, list[int]]:
     """`{"input_ids", "labels"}` for one conversation, cut to max_length.
 
     labels equal input_ids on trained tokens and -100 elsewhere: with train_on="assistant" the trained tokens
@@ -143,70 +131,147 @@ def tokenize_messages(tokenizer, messages: list[dict], max_length: int | None = 
     The sequence ends with EOS. labels[0] is always -100: nothing predicts the first token, and in a packed
     row this keeps the previous example's last position from being trained to predict it.
     """
-    ids, labels = encode_conversation(tokenizer, messages, train_on)
+    ids, labels = encode_conversation(tokenizer, messages, train_on, tools=tools)
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels}
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+def check_tool_support(tokenizer, messages: list[dict], tools: list[dict] | None) -> None:
+    """Tools and tool calls are rendered by the chat template itself; a template that never reads them would
+    drop them silently, so that is an error."""
+    from .assistant_mask import template_source
+
+    calls = any(m.get("tool_calls") for m in messages)
+    if not tools and not calls:
+        return
+    source = template_source(tokenizer, tools) or ""
+    missing = [name for name, used in (("tools", bool(tools)), ("tool_calls", calls)) if used and name not in source]
+    if missing:
+        raise DataError(f"the tokenizer's chat template has no tool support (it never reads {' or '.join(missing)}),"
+                        " so the record's tools / tool calls cannot be rendered; use a model whose chat template "
+                        "supports tools (Qwen2.5, Llama 3.1, Mistral, ...) or drop them from the data")
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
     except Exception as e:  # no template set (ValueError), or the template's own raise_exception (jinja)
         raise DataError(f"cannot apply the tokenizer's chat template: {e}") from None
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation's text and the [start, end) character span of each assistant reply in it."""
-    full = render(tokenizer, messages)
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                    ) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation's text and the [start, end) character span of each trained assistant reply in it
+    (replies with weight 0 are context)."""
+    full = render(tokenizer, messages, tools=tools)
     spans, prev_end = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
-        turn = render(tokenizer, messages[: i + 1])
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        turn = render(tokenizer, messages[: i + 1], tools=tools)
         if not (full.startswith(turn) and turn.startswith(prompt) and prev_end <= len(prompt) < len(turn)):
             raise DataError(
                 f"the chat template does not render this conversation prefix by prefix (at message {i}), "
                 "so the assistant tokens cannot be located; use data.train_on=all or another template"
             )
-        spans.append((len(prompt), len(turn)))
+        if m.get("weight", 1):
+            spans.append((len(prompt), len(turn)))
         prev_end = len(turn)
     return full, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict], train_on: str = "assistant") -> tuple[list[int], list[int]]:
-    """Untruncated (input_ids, labels); see tokenize_messages."""
+MASK_METHODS = ("auto", "generation", "prefix")
+
+
+def encode_conversation(tokenizer, messages: list[dict], train_on: str = "assistant", *,
+                        tools: list[dict] | None = None, mask_method: str = "auto") -> tuple[list[int], list[int]]:
+    """Untruncated (input_ids, labels); see tokenize_messages.
+
+    Which tokens are the replies: with mask_method "auto", the template's own `{% generation %}` blocks
+    (`apply_chat_template(return_assistant_tokens_mask=True)`) where it has them, else prefix rendering
+    (the module docstring); "generation" / "prefix" force one (tests compare them)."""
     if train_on not in ("assistant", "all"):
         raise ValueError(f"train_on must be 'assistant' or 'all', got {train_on!r}")
+    if mask_method not in MASK_METHODS:
+        raise ValueError(f"mask_method must be one of {MASK_METHODS}, got {mask_method!r}")
+    check_tool_support(tokenizer, messages, tools)
+    got = None
     if train_on == "all":
-        full = render(tokenizer, messages)
-        spans = [(0, len(full))]
-    else:
-        full, spans = assistant_spans(tokenizer, messages)
-    ids, trained = _tokenize_with_spans(tokenizer, full, spans)
-    eos = tokenizer.eos_token_id
+        full = render(tokenizer, messages, tools=tools)
+        got = _tokenize_with_spans(tokenizer, full, [(0, len(full))])
+    elif mask_method != "prefix":
+        from .assistant_mask import generation_mask
+
+        got = generation_mask(tokenizer, messages, tools)
+        if got is None and mask_method == "generation":
+            raise DataError("the chat template has no {% generation %} blocks (or the tokenizer is not a fast one), "
+                            "so apply_chat_template cannot return an assistant-token mask")
+    if got is None:
+        full, spans = assistant_spans(tokenizer, messages, tools)
+        got = _tokenize_with_spans(tokenizer, full, spans)
+    ids, trained = got
     labels = [t if keep else IGNORE for t, keep in zip(ids, trained)]
+    eos = tokenizer.eos_token_id
     if eos is not None:
         labels = _untrain_after_eos(tokenizer, ids, labels, eos)
-        train_last = train_on == "all" or messages[-1]["role"] == "assistant"
+        last = messages[-1]
+        train_last = train_on == "all" or (last["role"] == "assistant" and last.get("weight", 1) != 0)
         ids, labels = _end_with_eos(tokenizer, ids, labels, eos, train_last)
     if labels:
         labels[0] = IGNORE
     return ids, labels
 
 
-def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[bool]]:
+def encode_segments(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Raw text (no chat template) as (input_ids, labels): the tokenizer's own special tokens (a BOS) added,
+    the trained segments' tokens labelled, and a trained EOS appended so the model learns where text ends."""
+    text, spans, pos = "", [], 0
+    for piece, keep in segments:
+        if keep and piece:
+            spans.append((pos, pos + len(piece)))
+        text += piece
+        pos += len(piece)
+    ids, trained = _tokenize_with_spans(tokenizer, text, spans, add_special_tokens=True)
+    labels = [t if keep else IGNORE for t, keep in zip(ids, trained)]
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids, labels = ids + [eos], labels + [eos]
+    if labels:
+        labels[0] = IGNORE
+    return ids, labels
+
+
+def encode_record(tokenizer, conv: dict, train_on: str = "assistant", source=None, line=None
+                  ) -> tuple[list[int], list[int]]:
+    """A `to_conversation` result as (input_ids, labels); a template error names the record's file and line."""
+    try:
+        if "segments" in conv:
+            return encode_segments(tokenizer, conv["segments"])
+        return encode_conversation(tokenizer, conv["messages"], train_on, tools=conv.get("tools"))
+    except DataError as e:
+        if e.file is not None:
+            raise
+        raise DataError(e.message, file=source, line=line, key=e.key) from None
+
+
+def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]], add_special_tokens: bool = False
+                         ) -> tuple[list[int], list[bool]]:
     """Token ids of the whole text and, per token, whether it overlaps a trained character span."""
     if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         trained, k = [], 0
         for a, b in enc["offset_mapping"]:  # offsets and spans both ascend: one sweep
             while k < len(spans) and spans[k][1] <= a:
                 k += 1
-            trained.append(k < len(spans) and spans[k][0] < b)
+            trained.append(a < b and k < len(spans) and spans[k][0] < b)
         return list(enc["input_ids"]), trained
     ids, trained, pos = [], [], 0  # slow tokenizers have no offsets: tokenize piece by piece
+    if add_special_tokens and getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
+        ids, trained = [tokenizer.bos_token_id], [False]
     for s, e in spans + [(len(text), len(text))]:
         for piece, keep in ((text[pos:s], False), (text[s:e], True)):
             if piece:
@@ -242,38 +307,61 @@ def _end_with_eos(tokenizer, ids, labels, eos: int, train_last: bool):
     return ids + [eos], labels + [eos if train_last else IGNORE]
 
 
-def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | None = None) -> list[dict]:
-    """Tokenized SFT examples `{"input_ids", "labels"}` for a list of records, following cfg (a DataConfig:
-    format, system_prompt, train_on, max_length).
+def chunk(ids: list[int], labels: list[int], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """A long raw text cut into max_length pieces (continued pre-training keeps all of it, not only the start);
+    each piece's first label is -100 like every example's."""
+    out = []
+    for start in range(0, len(ids), max_length):
+        piece_labels = list(labels[start : start + max_length])
+        piece_labels[0] = IGNORE
+        out.append((ids[start : start + max_length], piece_labels))
+    return out
+
+
+def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | None = None,
+                       budget_tokens: int | None = None, budget_examples: int | None = None) -> list[dict]:
+    """Tokenized SFT examples `{"input_ids", "labels"}` for records (a list or a stream), following cfg (a
+    DataConfig: format, system_prompt, train_on, max_length, text_field).
 
     The format is decided once from the first record when cfg.format is "auto". Examples cut at max_length
     are kept and counted; an example left with no trained token (its reply was cut away entirely) is dropped,
-    since it would cost compute and teach nothing. Pass a dict as `stats` to receive `examples`, `truncated`,
-    `dropped` and `lengths` (untruncated token counts, for reports)."""
+    since it would cost compute and teach nothing. Format `text` cuts a long text into max_length pieces
+    instead (counted as `split`). Reading stops once the examples hold `budget_tokens` tokens or number
+    `budget_examples` (a stream).
+    Pass a dict as `stats` to receive `records`, `examples`, `truncated`, `dropped`, `split` and `lengths`
+    (untruncated token counts, for reports)."""
     from .readers import line_of
 
-    fmt = cfg.format
-    if fmt == "auto" and records:
-        fmt = "template" if cfg.prompt is not None else detect_format(records[0], source, line_of(records[0], 0))
-    examples, lengths, truncated, dropped = [], [], 0, 0
+    fmt = None
+    examples, lengths, truncated, dropped, split, total = [], [], 0, 0, 0, 0
     for i, rec in enumerate(records):
         line = line_of(rec, i)
-        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line, prompt=cfg.prompt,
-                               target=cfg.target)
-        try:
-            ids, labels = encode_conversation(tokenizer, messages, cfg.train_on)
-        except DataError as e:
-            raise DataError(e.message, file=source, line=line, key=e.key) from None
+        if fmt is None:
+            fmt = resolve_format(cfg.format, rec, cfg.prompt, source, line)
+        conv = to_conversation(rec, fmt, cfg.system_prompt, source=source, line=line, prompt=cfg.prompt,
+                               target=cfg.target, text_field=getattr(cfg, "text_field", "text"))
+        ids, labels = encode_record(tokenizer, conv, cfg.train_on, source, line)
         lengths.append(len(ids))
-        if len(ids) > cfg.max_length:
-            truncated += 1
-            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
-        if all(t == IGNORE for t in labels):
-            dropped += 1
-            continue
-        examples.append({"input_ids": ids, "labels": labels})
+        if fmt == "text" and len(ids) > cfg.max_length:
+            pieces = chunk(ids, labels, cfg.max_length)
+            split += 1
+        else:
+            if len(ids) > cfg.max_length:
+                truncated += 1
+                ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
+            pieces = [(ids, labels)]
+        for ids, labels in pieces:
+            if all(t == IGNORE for t in labels):
+                dropped += 1
+                continue
+            examples.append({"input_ids": ids, "labels": labels})
+            total += len(ids)
+        if (budget_tokens is not None and total >= budget_tokens) or (
+                budget_examples is not None and len(examples) >= budget_examples):
+            break
     if stats is not None:
-        stats.update(examples=len(examples), truncated=truncated, dropped=dropped, lengths=lengths)
+        stats.update(records=len(lengths), examples=len(examples), truncated=truncated, dropped=dropped,
+                     split=split, lengths=lengths, format=fmt)
     return examples
 
 
@@ -287,11 +375,13 @@ def select_records(records: list, limit: int | None, seed: int = 0) -> list:
     return [records[i] for i in keep]
 
 
-def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = None) -> list[dict]:
+def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = None,
+                  budget_rows: int | None = None) -> list[dict]:
     """Read, subset and tokenize one split ("train" or "validation") of a DataConfig; [] when the split has no
-    file (no validation set). What a task's `prepare` calls."""
+    source (no validation set). What a task's `prepare` calls. A streamed source (data.streaming) is read until
+    its examples fill `budget_rows` rows of max_length (plus a margin for packing gaps), or limit_train records."""
     from ..errors import ConfigError
-    from .readers import read_records
+    from .sources import read_source
 
     if cfg.mixture:
         from .mixing import load_mixture
@@ -300,9 +390,19 @@ def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = 
     path = cfg.train if split == "train" else cfg.validation
     if path is None:
         if split == "train":
-            raise ConfigError("no training data: set data.train to a .jsonl/.json/.csv/.parquet file",
+            raise ConfigError("no training data: set data.train to a data file or a Hugging Face dataset",
                               key="data.train")
         return []
     limit = cfg.limit_train if split == "train" else cfg.limit_eval
-    records = select_records(read_records(path), limit, cfg.shuffle_seed)
-    return build_sft_examples(records, tokenizer, cfg, source=path, stats=stats)
+    records, source = read_source(path, **source_options(cfg, split), limit=limit, seed=cfg.shuffle_seed)
+    budget = {}
+    if cfg.streaming and split == "train" and limit is None and budget_rows is not None:
+        budget = ({"budget_tokens": int(budget_rows * cfg.max_length * 1.1)} if cfg.packing
+                  else {"budget_examples": budget_rows})
+    return build_sft_examples(records, tokenizer, cfg, source=source, stats=stats, **budget)
+
+
+def source_options(cfg, split: str) -> dict:
+    """read_source's keyword arguments for a split of a DataConfig."""
+    return {"split": cfg.split if split == "train" else cfg.validation_split, "revision": cfg.revision,
+            "streaming": cfg.streaming}

@@ -65,14 +65,20 @@ def load_mixture(cfg, tokenizer, split: str = "train", *, stats: dict | None = N
     """Tokenized examples of a mixture config (cfg.mixture non-empty), each tagged with its `source`.
 
     train: the sampled epoch (order: data set by data set; the training loop shuffles). validation: every
-    entry's validation examples, concatenated. `stats` receives per-source sizes and counts."""
+    entry's validation examples, concatenated. `stats` receives per-source sizes and counts, and the records read,
+    dropped and truncated over all data sets (`kept`: examples left before sampling)."""
     from .formatting import load_examples
 
-    per_source = []
+    per_source, counted = [], {"records": 0, "dropped": 0, "truncated": 0}
     for source in cfg.mixture:
-        examples = load_examples(cfg.for_source(source), tokenizer, split)
+        source_stats: dict = {}
+        examples = load_examples(cfg.for_source(source), tokenizer, split, stats=source_stats)
         per_source.append([dict(ex, source=source.name) for ex in examples])
+        for key in counted:
+            counted[key] += source_stats.get(key, 0)
     sizes = [len(examples) for examples in per_source]
+    if stats is not None:  # what reading cost: records dropped or cut in the data sets themselves
+        stats.update(counted, kept=sum(sizes))
     if split != "train":
         out = [ex for examples in per_source for ex in examples]
         if stats is not None:

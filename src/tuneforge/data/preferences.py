@@ -1,5 +1,9 @@
 """Preference pairs `{prompt, chosen, rejected}` -> token ids, for reward models and DPO.
 
+The plain, conversational (message lists) and OpenAI DPO (`input`, `preferred_output`,
+`non_preferred_output`) layouts are read by pair_formats.py; a prompt given as messages is rendered with the
+chat template (with the record's tools, when it has any).
+
 A pair is kept as three id lists (prompt, chosen reply, rejected reply); the collate puts the chosen rows first
 and the rejected rows after them in one batch, so one forward pass scores both sides.
 
@@ -23,6 +27,7 @@ from collections import Counter
 import torch
 
 from ..errors import DataError
+from .pair_formats import pair_fields
 from .readers import Record, line_of
 
 TEMPLATES = ("chat", "raw")
@@ -41,6 +46,7 @@ class PairStats:
     skipped_lines: dict = dataclasses.field(default_factory=dict)
     truncated_prompts: int = 0
     truncated_replies: int = 0
+    truncated_pairs: int = 0  # kept pairs with any side cut (each once), for the run's data report
 
     def skip(self, reason: str, line: int) -> None:
         self.skipped[reason] += 1
@@ -75,17 +81,25 @@ def hh_messages(prompt: str) -> list[dict[str, str]] | None:
     return messages
 
 
-def encode_prompt(tokenizer, prompt: str, template: str) -> list[int]:
-    """Token ids of the prompt as the model sees it before the reply (see the module docstring)."""
+def encode_prompt(tokenizer, prompt, template: str, tools: list | None = None) -> list[int]:
+    """Token ids of the prompt as the model sees it before the reply (see the module docstring); `prompt` is
+    text or a message list."""
     if template == "raw":
+        if not isinstance(prompt, str):
+            raise DataError("template 'raw' needs a text prompt; this pair's prompt is a conversation (use "
+                            "task.template: chat)", key="prompt")
         return tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-    messages = hh_messages(prompt) or [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from .formatting import check_tool_support, render
+
+    messages = prompt if isinstance(prompt, list) else hh_messages(prompt) or [{"role": "user", "content": prompt}]
+    check_tool_support(tokenizer, messages, tools)
+    text = render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def encode_reply(tokenizer, prompt: str, reply: str, template: str) -> list[int]:
-    if template == "raw" and prompt and not prompt[-1].isspace() and not reply[:1].isspace():
+def encode_reply(tokenizer, prompt, reply: str, template: str) -> list[int]:
+    if template == "raw" and isinstance(prompt, str) and prompt and not prompt[-1].isspace() \
+            and not reply[:1].isspace():
         reply = " " + reply
     return tokenizer.encode(reply, add_special_tokens=False)
 
@@ -116,15 +130,19 @@ def build_pairs(records, tokenizer, *, template: str = "chat", max_length: int =
     for i, record in enumerate(records):
         line = line_of(record, i)
         stats.rows += 1
-        prompt, chosen, rejected = (_text_field(record, key, source, line) for key in FIELDS)
+        prompt, chosen, rejected, tools = pair_fields(record, source, line)
         if not chosen.strip() or not rejected.strip():
             stats.skip("with an empty reply", line)
             continue
         if chosen.strip() == rejected.strip():
             stats.skip("with chosen == rejected", line)
             continue
-        prompt_ids = encode_prompt(tokenizer, prompt, template)
-        if len(prompt_ids) > prompt_budget:
+        try:
+            prompt_ids = encode_prompt(tokenizer, prompt, template, tools)
+        except DataError as e:
+            raise DataError(e.message, file=source, line=line, key=e.key) from None
+        cut = len(prompt_ids) > prompt_budget
+        if cut:
             prompt_ids = prompt_ids[-prompt_budget:]
             stats.truncated_prompts += 1
         room = max_length - len(prompt_ids)
@@ -134,10 +152,12 @@ def build_pairs(records, tokenizer, *, template: str = "chat", max_length: int =
             if len(ids) > room:
                 ids = ids[:room]
                 stats.truncated_replies += 1
+                cut = True
             sides.append(ids)
         if sides[0] == sides[1]:
             stats.skip("identical after cutting to max_length", line)
             continue
+        stats.truncated_pairs += cut
         pairs.append({"prompt_ids": prompt_ids, "chosen_ids": sides[0], "rejected_ids": sides[1], "line": line})
         stats.kept += 1
     return pairs, stats
@@ -182,12 +202,16 @@ def pairs_from_labels(records, *, text_field: str, label_field: str, positive_la
 
 
 def load_pair_splits(data_cfg, tokenizer, *, template: str, max_prompt_length: int | None, append_eos: bool,
-                     labels: dict | None = None) -> tuple[list[dict], list[dict], list[PairStats]]:
+                     labels: dict | None = None, budget_rows: int | None = None
+                     ) -> tuple[list[dict], list[dict], list[PairStats]]:
     """Train and validation pairs of a DataConfig (limit_train / limit_eval subsets), with each split's stats.
     `labels` ({text_field, label_field, positive_label}) builds the pairs from labelled single texts instead.
+    A streamed source (data.streaming) gives its first budget_rows records (or limit_train).
     A split whose rows were all skipped is an error: training on nothing would only look like success."""
-    from .formatting import select_records
-    from .readers import read_records
+    import itertools
+
+    from .formatting import source_options
+    from .sources import read_source
 
     out, stats = [], []
     for split, path, limit in (("train", data_cfg.train, data_cfg.limit_train),
@@ -197,14 +221,18 @@ def load_pair_splits(data_cfg, tokenizer, *, template: str, max_prompt_length: i
                 raise DataError("preference training needs a data file", key="data.train")
             out.append([])
             continue
-        records = select_records(read_records(path), limit, data_cfg.shuffle_seed)
+        records, source = read_source(path, **source_options(data_cfg, split), limit=limit,
+                                      seed=data_cfg.shuffle_seed)
+        if not isinstance(records, list):  # a stream
+            records = list(itertools.islice(records, budget_rows) if split == "train" and limit is None
+                           and budget_rows is not None else records)
         if labels is not None:
-            records = pairs_from_labels(records, **labels, seed=data_cfg.shuffle_seed, source=path)
+            records = pairs_from_labels(records, **labels, seed=data_cfg.shuffle_seed, source=source)
         pairs, split_stats = build_pairs(records, tokenizer, template=template, max_length=data_cfg.max_length,
                                          max_prompt_length=max_prompt_length, append_eos=append_eos,
-                                         source=path, split=split)
+                                         source=source, split=split)
         if not pairs:
-            raise DataError(f"no usable preference pairs: {split_stats.summary()}", file=path)
+            raise DataError(f"no usable preference pairs: {split_stats.summary()}", file=source)
         out.append(pairs)
         stats.append(split_stats)
     return out[0], out[1], stats

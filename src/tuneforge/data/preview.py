@@ -10,35 +10,48 @@ import math
 import statistics
 from pathlib import Path
 
-from .formatting import IGNORE, build_sft_examples, detect_format, encode_conversation, select_records, to_messages
+from .formatting import IGNORE, build_sft_examples, encode_record, resolve_format, select_records, to_conversation
 from .packing import pack_examples, packing_efficiency
-from .readers import line_of, read_records
+from .readers import line_of
 
 OPEN, CLOSE = "⟦", "⟧"
 
 
 def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
     """A text report: the first n examples with trained tokens marked, then dataset statistics.
-    `cfg` is a DataConfig; its limit_train subset is what gets previewed (what training would see)."""
+    `cfg` is a DataConfig; its limit_train subset is what gets previewed (what training would see). A path may
+    name any source data.train accepts (a file or a Hugging Face dataset); a stream is previewed over its first
+    limit_train records (1000 when unset)."""
+    import itertools
+
     if isinstance(records_or_path, (str, Path)):
-        source, records = records_or_path, read_records(records_or_path)
+        from .formatting import source_options
+        from .sources import read_source
+
+        records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
+                                      limit=cfg.limit_train, seed=cfg.shuffle_seed)
+        if not isinstance(records, list):
+            records = list(itertools.islice(records, cfg.limit_train or 1000))
     else:
-        source, records = None, list(records_or_path)
-    records = select_records(records, cfg.limit_train, cfg.shuffle_seed)
-    fmt = cfg.format
-    if fmt == "auto" and records:
-        fmt = "template" if cfg.prompt is not None else detect_format(records[0], source, line_of(records[0], 0))
-    lines = [f"data: {source or '(in memory)'}  format: {fmt}  train_on: {cfg.train_on}  max_length: {cfg.max_length}",
+        source = None
+        records = select_records(list(records_or_path), cfg.limit_train, cfg.shuffle_seed)
+    fmt = resolve_format(cfg.format, records[0] if records else None, cfg.prompt, source,
+                         line_of(records[0], 0) if records else None)
+    train_on = "all tokens (raw text)" if fmt == "text" else cfg.train_on
+    lines = [f"data: {source or '(in memory)'}  format: {fmt}  train_on: {train_on}  max_length: {cfg.max_length}",
              f"legend: {OPEN}trained tokens{CLOSE}; text outside the brackets is context only (no loss)", ""]
     for i, rec in enumerate(records[:n]):
-        messages = to_messages(rec, fmt, cfg.system_prompt, source=source, line=line_of(rec, i), prompt=cfg.prompt,
-                               target=cfg.target)
-        ids, labels = encode_conversation(tokenizer, messages, cfg.train_on)
+        line = line_of(rec, i)
+        conv = to_conversation(rec, fmt, cfg.system_prompt, source=source, line=line, prompt=cfg.prompt,
+                               target=cfg.target, text_field=cfg.text_field)
+        ids, labels = encode_record(tokenizer, conv, cfg.train_on, source, line)
         cut = f", cut from {len(ids)}" if len(ids) > cfg.max_length else ""
         ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
         trained = sum(t != IGNORE for t in labels)
-        lines.append(f"--- example {i + 1} (line {line_of(rec, i)}): {len(ids)} tokens{cut}, {trained} trained ---")
-        lines.append(mark_trained(tokenizer, ids, labels) + (" [... truncated]" if cut else ""))
+        where = f"row {line}" if getattr(source, "rows", False) else f"line {line}"
+        lines.append(f"--- example {i + 1} ({where}): {len(ids)} tokens{cut}, {trained} trained ---")
+        more = " [... continues in the next piece]" if cut and fmt == "text" else " [... truncated]"
+        lines.append(mark_trained(tokenizer, ids, labels) + (more if cut else ""))
         lines.append("")
     stats: dict = {}
     examples = build_sft_examples(records, tokenizer, cfg, source=source, stats=stats)
@@ -71,6 +84,8 @@ def summarize(examples: list[dict], stats: dict, cfg) -> list[str]:
                      f"median {statistics.median(lengths):g}  p95 {p95}  max {lengths[-1]}")
         cut = stats["truncated"]
         lines.append(f"truncated at max_length={cfg.max_length}: {cut} ({cut / count:.1%})")
+        if stats.get("split"):
+            lines.append(f"long texts cut into max_length pieces: {stats['split']}")
     total = sum(len(ex["input_ids"]) for ex in examples)
     trained = sum(t != IGNORE for ex in examples for t in ex["labels"])
     if total:
@@ -80,3 +95,38 @@ def summarize(examples: list[dict], stats: dict, cfg) -> list[str]:
         lines.append(f"packing: {len(examples)} examples -> {len(rows)} rows of {cfg.max_length} tokens, "
                      f"efficiency {packing_efficiency(rows, cfg.max_length):.1%}")
     return lines
+
+
+def preview_pairs(records_or_path, tokenizer, cfg, *, template: str = "chat", max_prompt_length: int | None = None,
+                  append_eos: bool = False, n: int = 3) -> str:
+    """The preference-pair preview (task dpo / reward): each pair's prompt as the model sees it, then the chosen
+    and the rejected reply with their scored tokens marked, then what became of every pair (PairStats)."""
+    import itertools
+
+    from .preferences import build_pairs
+
+    if isinstance(records_or_path, (str, Path)):
+        from .formatting import source_options
+        from .sources import read_source
+
+        records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
+                                      limit=cfg.limit_train, seed=cfg.shuffle_seed)
+        if not isinstance(records, list):
+            records = list(itertools.islice(records, cfg.limit_train or 1000))
+    else:
+        source = None
+        records = select_records(list(records_or_path), cfg.limit_train, cfg.shuffle_seed)
+    pairs, stats = build_pairs(records, tokenizer, template=template, max_length=cfg.max_length,
+                               max_prompt_length=max_prompt_length, append_eos=append_eos, source=source)
+    lines = [f"data: {source or '(in memory)'}  preference pairs  template: {template}  max_length: {cfg.max_length}",
+             f"legend: {OPEN}scored reply tokens{CLOSE}; the prompt is context only", ""]
+    for i, pair in enumerate(pairs[:n]):
+        where = f"row {pair['line']}" if getattr(source, "rows", False) else f"line {pair['line']}"
+        lines.append(f"--- pair {i + 1} ({where}): prompt {len(pair['prompt_ids'])} tokens ---")
+        lines.append(tokenizer.decode(pair["prompt_ids"], skip_special_tokens=False))
+        for side in ("chosen", "rejected"):
+            reply = tokenizer.decode(pair[f"{side}_ids"], skip_special_tokens=False)
+            lines.append(f"{side} ({len(pair[f'{side}_ids'])} tokens): {OPEN}{reply}{CLOSE}")
+        lines.append("")
+    lines.append(stats.summary())
+    return "\n".join(lines)

@@ -114,9 +114,11 @@ def st_settings(name_or_path) -> dict:
 
 
 def write_sentence_transformer(model, tokenizer, out_dir, pooling: str = "mean", normalize: bool = True,
-                               max_seq_length: int = DEFAULT_MAX_LENGTH) -> Path:
-    """Save a plain transformers encoder in sentence-transformers' layout, atomically."""
+                               max_seq_length: int = DEFAULT_MAX_LENGTH, card: dict | None = None) -> Path:
+    """Save a plain transformers encoder in sentence-transformers' layout, atomically, with a model card
+    (card: the training facts of io.model_card; default: the base model alone)."""
     from ..io import atomic_dir
+    from ..io.model_card import write_model_card
 
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
@@ -141,11 +143,15 @@ def write_sentence_transformer(model, tokenizer, out_dir, pooling: str = "mean",
             json.dumps({"max_seq_length": int(max_seq_length), "do_lower_case": False}, indent=2))
         (tmp / "config_sentence_transformers.json").write_text(
             json.dumps({"similarity_fn_name": "cosine", "prompts": {}, "default_prompt_name": None}, indent=2))
+        base = getattr(model.config, "_name_or_path", None) or None
+        facts = {**(card or {"base_model": base, "model_kind": "encoder"}),
+                 "pooling": pooling, "normalize": normalize, "max_seq_length": int(max_seq_length)}
+        write_model_card(tmp, "sentence-transformers", facts)
     return Path(out_dir)
 
 
 def export_sentence_transformer(model, tokenizer, output_dir, pooling: str = "mean", normalize: bool = True,
-                                max_seq_length: int = DEFAULT_MAX_LENGTH) -> Path | None:
+                                max_seq_length: int = DEFAULT_MAX_LENGTH, card: dict | None = None) -> Path | None:
     """Merge the model's adapters and write `output_dir/sentence-transformer`; None (and a note) when an adapter
     cannot merge. The model is unloaded in place, so call this last."""
     from ..methods import list_adapters, unload
@@ -159,4 +165,4 @@ def export_sentence_transformer(model, tokenizer, output_dir, pooling: str = "me
         return None
     plain = unload(model, merge=True) if adapters else model
     return write_sentence_transformer(plain, tokenizer, Path(output_dir) / EXPORT_DIR, pooling, normalize,
-                                      max_seq_length)
+                                      max_seq_length, card=card)

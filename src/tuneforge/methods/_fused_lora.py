@@ -13,10 +13,19 @@ so we let the matmul kernels do the adding: with z = x A^T (tokens x r) and g = 
 The maths is LoRA's (Hu et al. 2021, https://arxiv.org/abs/2106.09685); only the order of the floating point
 sums differs. The adds run in place on the fresh base product (`addmm_`): an out-of-place addmm first copies its
 input into a new tensor, one activation-sized copy per adapted layer and direction. Saved for backward: x and
-z, as autograd would save for the unfused layer. When LoRA dropout is
-active, the adapter reads a different tensor (x_lora = dropout(x)) and its input gradient is returned
-separately, so autograd runs the dropout backward. A 4-bit bitsandbytes base is dequantised in forward and again
-in backward (as bitsandbytes' own matmul does), so no dense copy of W is kept between the two.
+z, as autograd would save for the unfused layer.
+
+LoRA dropout (x_lora = dropout(x) feeds the adapter only) is fused too, without keeping a dropped copy of x:
+the forward draws a bool keep-mask with the very call `F.dropout` makes on a CPU (`bernoulli_(1 - p)` on the
+default generator, same shape, so the same random stream and the same mask for the same generator state), forms
+x_lora = x * (mask / (1 - p)) for the rank-r product z only, and saves x, z and the mask (1 byte per element
+instead of dropout's float noise plus the float x_lora: 8 bytes). Backward rebuilds the same noise and x_lora
+bit for bit: dA = gB^T x_lora, dx = g W + (gB A) * noise. The maths and the mask's distribution are nn.Dropout's
+(what peft applies); replaying a generator state gives peft's mask exactly (tests/methods/test_fused_dropout.py).
+While torch.compile traces, the plain dropout module runs instead and x_lora is passed in (the older path: the
+adapter reads a separate tensor and autograd runs the dropout backward). A 4-bit bitsandbytes base is
+dequantised in forward and again in backward (as bitsandbytes' own matmul does), so no dense copy of W is kept
+between the two.
 """
 from __future__ import annotations
 
@@ -35,6 +44,17 @@ def add_matmul(fresh: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, alpha: f
     return fresh.addmm_(m1, m2, alpha=alpha)
 
 
+def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """nn.Dropout's keep-mask for x as a bool tensor: the same generator call as F.dropout on a CPU (bernoulli_
+    with 1 - p on the default generator over x's shape), so the same draws and the same mask."""
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1 - p)
+
+
+def dropout_noise(mask: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """mask / (1 - p) in `dtype`: F.dropout's noise tensor, bit for bit (its values are 0 and the rounded 1/(1-p))."""
+    return mask.to(dtype).div_(1 - p)
+
+
 def linear_plus_lora(x2, weight, bias, xl2=None, lora_a=None, lora_b=None, scaling: float = 1.0):
     """(x2 W^T + b + s (xl2 A^T) B^T, z = xl2 A^T) for a frozen, possibly 4-bit W, the rank-r term added in place
     on the base product; without lora_a, (x2 W^T + b, None). The forward of both fused autograd functions."""
@@ -47,40 +67,53 @@ def linear_plus_lora(x2, weight, bias, xl2=None, lora_a=None, lora_b=None, scali
 
 
 class FusedLoraLinear(torch.autograd.Function):
-    """h = x W^T + b + s (x_lora A^T) B^T for a frozen (possibly 4-bit) W; see the module docstring."""
+    """h = x W^T + b + s (x_lora A^T) B^T for a frozen (possibly 4-bit) W; see the module docstring. x_lora: the
+    adapter's own (already dropped) input, or None; p > 0: draw dropout's mask here and keep only the mask."""
 
     @staticmethod
-    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling):
+    def forward(ctx, x, x_lora, weight, bias, lora_a, lora_b, scaling, p=0.0):
         # x_lora None: the adapter reads x itself (no dropout). Passing x twice would do the same, but
         # torch.compile cannot trace an autograd.Function given one tensor twice and breaks the graph there.
-        x_lora = x if x_lora is None else x_lora
         shape = x.shape
-        x2, xl2 = x.reshape(-1, shape[-1]), x_lora.reshape(-1, shape[-1])
+        x2 = x.reshape(-1, shape[-1])
+        mask = None
+        if p > 0:
+            mask = keep_mask(x, p).view(x2.shape)
+            xl2 = x2 * dropout_noise(mask, p, x.dtype)  # freed once z is made: backward rebuilds it
+        else:
+            xl2 = x2 if x_lora is None else x_lora.reshape(-1, shape[-1])
         out, z = linear_plus_lora(x2, weight, bias, xl2, lora_a, lora_b, scaling)
-        ctx.same_input = x_lora is x
-        ctx.scaling = scaling
-        ctx.save_for_backward(xl2, z, weight, lora_a, lora_b)
+        ctx.same_input = x_lora is None and p == 0
+        ctx.scaling, ctx.p = scaling, p
+        ctx.save_for_backward(x2 if p > 0 else xl2, mask, z, weight, lora_a, lora_b)
         return out.view(*shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        xl2, z, weight, lora_a, lora_b = ctx.saved_tensors
-        need_x, need_xl, _, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        xs, mask, z, weight, lora_a, lora_b = ctx.saved_tensors
+        need_x, need_xl, _, need_bias, need_a, need_b = ctx.needs_input_grad[:6]
         g2 = grad.reshape(-1, grad.shape[-1])
-        in_shape = grad.shape[:-1] + (xl2.shape[-1],)
+        in_shape = grad.shape[:-1] + (xs.shape[-1],)
         g_b = (g2 @ lora_b).mul_(ctx.scaling) if (need_x or need_xl or need_a) else None
         dx = dxl = None
+        noise = dropout_noise(mask, ctx.p, xs.dtype) if mask is not None else None
         if ctx.same_input and (need_x or need_xl):
             dx = add_matmul(g2 @ dequantized(weight), g_b, lora_a).view(in_shape)
+        elif noise is not None:
+            if need_x:  # both paths read x: dx = g W + (gB A) * noise
+                dx = (g2 @ dequantized(weight)).addcmul_(g_b @ lora_a, noise).view(in_shape)
         else:
             if need_x:
                 dx = (g2 @ dequantized(weight)).view(in_shape)
             if need_xl:
                 dxl = (g_b @ lora_a).view(in_shape)
-        d_a = g_b.t() @ xl2 if need_a else None
+        if need_a:  # with dropout, the forward's x_lora rebuilt: the same bits
+            d_a = g_b.t() @ (xs * noise if noise is not None else xs)
+        else:
+            d_a = None
         d_b = (g2.t() @ z).mul_(ctx.scaling) if need_b else None
         d_bias = g2.sum(0) if need_bias else None
-        return dx, dxl, None, d_bias, d_a, d_b, None
+        return (dx, dxl, None, d_bias, d_a, d_b, None, None)[: len(ctx.needs_input_grad)]
 
 
 class LoraAddmm(torch.autograd.Function):
@@ -106,6 +139,17 @@ class LoraAddmm(torch.autograd.Function):
         d_a = g_b.t() @ x2 if need_a else None
         d_b = (g2.t() @ z).mul_(ctx.scaling) if need_b else None
         return (grad if need_result else None), dx, d_a, d_b, None
+
+
+def fused_dropout_p(dropout: torch.nn.Module, x: torch.Tensor) -> float | None:
+    """The probability the fused kernels draw dropout's mask with (0.0: no dropout), or None when the dropout
+    module must run itself: a dropout other than plain nn.Dropout, or torch.compile tracing (it would see a
+    random op inside an autograd.Function)."""
+    if isinstance(dropout, torch.nn.Identity) or (isinstance(dropout, torch.nn.Dropout) and not dropout.training):
+        return 0.0
+    if type(dropout) is not torch.nn.Dropout or torch.compiler.is_compiling() or not x.is_floating_point():
+        return None
+    return float(dropout.p) if dropout.p > 0 else 0.0
 
 
 def fusable_dtypes(x: torch.Tensor, *tensors: torch.Tensor) -> bool:

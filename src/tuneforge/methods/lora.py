@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import METHODS
-from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes
+from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes, fused_dropout_p
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .weight_method import WeightMethod
@@ -175,9 +175,10 @@ class LoraLinear(LoraLayer):
         if name is None:
             return super().forward(x, *args, **kwargs)
         base, A, B = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
-        x_lora = self.lora_dropout[name](x)
+        p = fused_dropout_p(self.lora_dropout[name], x)
+        x_lora = None if p is not None else self.lora_dropout[name](x)
         x_lora = None if x_lora is x else x_lora  # see FusedLoraLinear.forward
-        return FusedLoraLinear.apply(x, x_lora, base.weight, base.bias, A, B, self.scaling[name])
+        return FusedLoraLinear.apply(x, x_lora, base.weight, base.bias, A, B, self.scaling[name], p or 0.0)
 
     def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
         cls, base = type(self), self.base_layer

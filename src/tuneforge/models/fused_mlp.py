@@ -9,8 +9,12 @@ unfused layer (silu, mul, then the base matmul with the LoRA term added by addmm
 does), and the backward calls the same kernels (silu_backward, the mul's two products), so outputs and gradients
 are bit-identical to the unfused path (tests/train/test_fused_mlp.py).
 
+With LoRA dropout on down_proj, the adapter reads dropout(p): its bool keep-mask is drawn as nn.Dropout draws it
+(`_fused_lora.keep_mask`) and kept instead of a dropped float copy of p; backward rebuilds the dropped p from the
+recomputed product and the mask.
+
 It applies while gradients are on, to MLP classes known to compute exactly down(silu(gate) * up), when down_proj
-is a frozen nn.Linear or a LoRA layer (frozen base) whose one active adapter takes the fused path (no dropout);
+is a frozen nn.Linear or a LoRA layer (frozen base) whose one active adapter takes the fused path;
 anything else (a training down_proj weight, DoRA, mixed batches, autocast, other activations) runs the model's
 own forward.
 """
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._fused_lora import add_matmul, linear_plus_lora
+from ..methods._fused_lora import add_matmul, dropout_noise, fused_dropout_p, keep_mask, linear_plus_lora
 from ..quant.layers import dequantized
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
@@ -31,29 +35,37 @@ _FLAG = "_tuneforge_fused_mlp"
 
 
 class SwiGLUDown(torch.autograd.Function):
-    """out = p W^T + b + s (p A^T) B^T with p = silu(gate) * up; saves gate, up and the rank-r z, not p."""
+    """out = p W^T + b + s (d(p) A^T) B^T with p = silu(gate) * up and d LoRA dropout (identity when drop is 0);
+    saves gate, up, the rank-r z and dropout's bool mask, not p."""
 
     @staticmethod
-    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling):
+    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling, drop=0.0):
         p = F.silu(gate).mul_(up)  # in place on silu's fresh output: the same product, one buffer less
         p2 = p.reshape(-1, p.shape[-1])
-        out, z = linear_plus_lora(p2, weight, bias, p2, lora_a, lora_b, scaling)
-        ctx.scaling = scaling
-        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, z)
+        mask = keep_mask(p, drop).view(p2.shape) if lora_a is not None and drop > 0 else None
+        xl2 = p2 * dropout_noise(mask, drop, p.dtype) if mask is not None else p2
+        out, z = linear_plus_lora(p2, weight, bias, xl2, lora_a, lora_b, scaling)
+        ctx.scaling, ctx.drop = scaling, drop
+        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, z, mask)
         return out.view(*p.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        gate, up, weight, lora_a, lora_b, z = ctx.saved_tensors
-        need_gate, need_up, _, need_bias, need_a, need_b, _ = ctx.needs_input_grad
+        gate, up, weight, lora_a, lora_b, z, mask = ctx.saved_tensors
+        need_gate, need_up, _, need_bias, need_a, need_b = ctx.needs_input_grad[:6]
         g2 = grad.reshape(-1, grad.shape[-1])
         silu = F.silu(gate)
         d_a = d_b = None
         if lora_a is not None:
             g_b = (g2 @ lora_b).mul_(ctx.scaling)
-            dp = add_matmul(g2 @ dequantized(weight), g_b, lora_a)
+            if mask is None:
+                dp = add_matmul(g2 @ dequantized(weight), g_b, lora_a)
+            else:
+                noise = dropout_noise(mask, ctx.drop, gate.dtype)
+                dp = (g2 @ dequantized(weight)).addcmul_(g_b @ lora_a, noise)
             if need_a:
-                d_a = g_b.t() @ (silu * up).reshape(-1, gate.shape[-1])
+                p2 = (silu * up).reshape(-1, gate.shape[-1])
+                d_a = g_b.t() @ (p2 if mask is None else p2.mul_(noise))
             if need_b:
                 d_b = (g2.t() @ z).mul_(ctx.scaling)
         else:
@@ -65,11 +77,11 @@ class SwiGLUDown(torch.autograd.Function):
             d_gate = torch.ops.aten.silu_backward.grad_input(d_gate, gate, grad_input=d_gate)  # in place
         d_up = dp.mul_(silu) if need_up else None  # dp is ours and read for the last time
         d_bias = g2.sum(0) if need_bias else None
-        return d_gate, d_up, None, d_bias, d_a, d_b, None
+        return (d_gate, d_up, None, d_bias, d_a, d_b, None, None)[: len(ctx.needs_input_grad)]
 
 
 def _down_parts(down: nn.Module, x: torch.Tensor):
-    """(weight, bias, lora_a, lora_b, scaling) when SwiGLUDown can stand in for `down(p)`, else None."""
+    """(weight, bias, lora_a, lora_b, scaling, dropout p) when SwiGLUDown can stand in for `down(p)`, else None."""
     from ..methods.lora import LoraLinear
 
     if down._forward_hooks or down._forward_pre_hooks or torch.is_autocast_enabled(x.device.type):
@@ -79,11 +91,13 @@ def _down_parts(down: nn.Module, x: torch.Tensor):
         return None
     if type(down) is nn.Linear:
         ok = down.weight.dtype == x.dtype and (down.bias is None or down.bias.dtype == x.dtype)
-        return (down.weight, down.bias, None, None, 1.0) if ok else None
+        return (down.weight, down.bias, None, None, 1.0, 0.0) if ok else None
     if type(down) is LoraLinear:
         name = down._fused_adapter(x, (), {})
-        if name is not None and isinstance(down.lora_dropout[name], nn.Identity):
-            return base.weight, base.bias, down.lora_A[name].weight, down.lora_B[name].weight, down.scaling[name]
+        drop = fused_dropout_p(down.lora_dropout[name], x) if name is not None else None
+        if drop is not None:
+            A, B = down.lora_A[name].weight, down.lora_B[name].weight
+            return base.weight, base.bias, A, B, down.scaling[name], drop
     return None
 
 

@@ -7,6 +7,7 @@ adapter later writes as its `base_model_name_or_path`.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -82,6 +83,7 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     rope_scaling: dict | None = None,
+    allow_pickle: bool = False,
 ):
     """Load a transformers model in eval mode on `device` (or placed by `device_map`).
 
@@ -94,7 +96,8 @@ def load_model(
     device_map: auto, a device, or {module prefix: device} (with max_memory {device: size} for auto).
     attn_implementation: auto (transformers' choice, sdpa), sdpa, flash_attention_2, flex_attention or eager.
     rope_scaling ({rope_type, factor, ...}) goes into the model config (longer context). Every option is checked
-    against this machine before any weight is read (config/model_options.py)."""
+    against this machine before any weight is read (config/model_options.py). Weights stored only as a pickle
+    (pytorch_model.bin) load only with allow_pickle=True: unpickling can run code from the file."""
     from ..config.model_options import check_model_options
 
     auto_class = _auto_class(kind)
@@ -113,6 +116,9 @@ def load_model(
         hub["revision"] = revision
     config = _load_config(source, location, hub, num_labels, rope_scaling)
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    if not allow_pickle:
+        refuse_pickle_only(source, location)
+        hub["use_safetensors"] = True  # never a silent fall back to a .bin file (hub ids included)
     model = None
     if quantization is not None:
         model = _load_quantized(source, location, auto_class, config, torch_dtype, attn, hub, device_dict,
@@ -222,6 +228,22 @@ def _auto_map(build, max_memory) -> dict[str, torch.device]:
     found = infer_auto_device_map(model, max_memory=memory, dtype=torch.int8,
                                   no_split_module_classes=getattr(model, "_no_split_modules", None) or [])
     return {k: torch.device(f"cuda:{v}" if isinstance(v, int) else v) for k, v in found.items()}
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_only(source: ModelSource, location: str) -> None:
+    """PickleRefused for a local model folder whose weights exist only as pickles (pytorch_model.bin)."""
+    from ..errors import PickleRefused
+
+    folder = Path(location)
+    if source.is_hub or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES
+                     and not p.name.startswith(("training_args", "optimizer", "scheduler", "rng")))
+    if pickles:
+        raise PickleRefused(pickles[0])
 
 
 def _fill_pad_token_id(model, source: ModelSource, location: str) -> None:

@@ -91,7 +91,22 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelSource:
         return ModelSource(canonical=name, location=str(path.resolve()))
     if _looks_like_path(name):
         raise ModelNotFound(f"{name}: no such file or directory. {aliases_hint()}")
+    close = near_alias(key)
+    if close is not None:  # a typo of an alias, not a hub id: say so now instead of retrying the hub offline
+        raise ModelNotFound(f"{name!r} is not a packaged model or a local path (did you mean {close!r}?). "
+                            f"{aliases_hint()}")
     return ModelSource(canonical=name, location=name, is_hub=True)
+
+
+def near_alias(key: str) -> str | None:
+    """The packaged alias `key` is a likely misspelling of (a bare name close to one), else None. Hub ids of an
+    organisation (`org/name`) are never taken for one."""
+    import difflib
+
+    if "/" in key:
+        return None
+    match = difflib.get_close_matches(key, list(PACKAGED_MODELS), n=1, cutoff=0.8)
+    return match[0] if match else None
 
 
 def aliases_hint() -> str:

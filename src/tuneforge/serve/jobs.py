@@ -235,6 +235,7 @@ class JobManager:
                                                              f"the job will resume {self._resume_point(job_id)}.")
         if result["status"] != "succeeded":
             return self._fail(job_id, result["error"])
+        self._data_events(job_id, result.get("data") or {})
         job = self.store.get_job(job_id)
         name = fine_tuned_name(self.base_name, job["suffix"], job_id)
         adapter = (self.job_dir(job_id) / "output" / "adapter").relative_to(self.data_dir)
@@ -247,6 +248,21 @@ class JobManager:
             self.on_model(name)
         else:
             self.store.delete_model(name)  # cancelled in the last moment: no model
+
+    def _data_events(self, job_id: str, report: dict) -> None:
+        """What became of each file's rows (train/data_report.py): a warning event when rows were dropped."""
+        if not report:
+            return
+        run_path = self.job_dir(job_id) / "run.json"
+        run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+        threshold = (run.get("data") or {}).get("warn_dropped_share", 0.05)
+        for split, entry in report.items():
+            name = "training" if split == "train" else "validation"
+            self.store.add_event(
+                job_id, f"{entry['dropped']} of {entry['records']} {name} examples ({entry['dropped_share']:.1%}) "
+                        f"were dropped (nothing left to train within the token limit); {entry['truncated']} "
+                        f"({entry['truncated_share']:.1%}) were truncated.",
+                level="warn" if entry["dropped_share"] > threshold else "info", data={**entry, "split": split})
 
     def _fail(self, job_id: str, error: dict) -> None:
         if self.store.update_job(job_id, when=ACTIVE_STATES, status="failed", error=error,

@@ -172,7 +172,7 @@ def job_object(job: dict) -> dict:
         "training_file": job["training_file"], "validation_file": job["validation_file"],
         "hyperparameters": job["hyperparameters"], "method": job["method"], "seed": job["seed"],
         "suffix": job["suffix"], "user_provided_suffix": job["suffix"], "trained_tokens": job["trained_tokens"],
-        "error": job["error"], "estimated_finish": None, "integrations": [], "metadata": job["metadata"],
+        "error": job["error"], "estimated_finish": None, "integrations": job.get("integrations") or [], "metadata": job["metadata"],
     }
 
 

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     hyperparameters TEXT NOT NULL, method TEXT NOT NULL, seed INTEGER NOT NULL, metadata TEXT,
     error TEXT, fine_tuned_model TEXT, started_at INTEGER, finished_at INTEGER, trained_tokens INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, last_step INTEGER NOT NULL DEFAULT 0,
-    last_eval_step INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER);
+    last_eval_step INTEGER NOT NULL DEFAULT 0, worker_pid INTEGER, integrations TEXT);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
     created_at INTEGER NOT NULL, level TEXT NOT NULL, type TEXT NOT NULL, message TEXT NOT NULL, data TEXT);
@@ -43,7 +43,7 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, job_id TEXT, adapter_dir TEXT NOT NULL);
 """
-JSON_COLUMNS = ("hyperparameters", "method", "metadata", "error", "data")
+JSON_COLUMNS = ("hyperparameters", "method", "metadata", "error", "data", "integrations")
 
 
 def new_id(kind: str) -> str:
@@ -66,6 +66,9 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(SCHEMA)  # executescript commits on its own
+        columns = {row[1] for row in self._db().execute("PRAGMA table_info(jobs)")}
+        if "integrations" not in columns:  # a database made before jobs kept their integrations
+            self._db().execute("ALTER TABLE jobs ADD COLUMN integrations TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

@@ -6,7 +6,8 @@ server with it.
 
 The job directory holds `run.json` (the run config the server built) and receives `output/` (the trainer's
 adapter, checkpoints and metrics.jsonl), `worker.log` and, when the worker ends on its own, `result.json`:
-    {"status": "succeeded", "steps", "train_loss", "eval_metrics", "trained_tokens"}
+    {"status": "succeeded", "steps", "train_loss", "eval_metrics", "trained_tokens", "data"}
+("data": records, examples, dropped and truncated per split, with shares: train/data_report.py)
     {"status": "failed", "error": {"code", "message", "param"}}
 A worker that is interrupted (the job was cancelled, the server shut down, SIGINT/SIGTERM) saves a checkpoint
 of its last finished step and exits without a result; one that is killed leaves none either. Either way the
@@ -106,7 +107,8 @@ def run_job(job_dir: Path) -> int:
         return 1
     tokens = next((r["tokens"] for r in reversed(result.history) if "tokens" in r), None)
     write_result(job_dir, {"status": "succeeded", "steps": result.steps, "train_loss": result.train_loss,
-                           "eval_metrics": result.eval_metrics, "trained_tokens": tokens})
+                           "eval_metrics": result.eval_metrics, "trained_tokens": tokens,
+                           "data": result.data_report})
     return 0
 
 

@@ -6,6 +6,8 @@ Output directory after a run:
     adapter/         the trained adapter in peft's layout (adapter_config.json + adapter_model.safetensors)
     checkpoints/     resumable step-N checkpoints (see checkpoint.py)
     metrics.jsonl    one JSON line per logged step / evaluation (see report.py)
+    summary.json     steps, final loss and metrics, examples dropped / truncated per split, resume changes
+    .lock            flock'ed by the live run (run_lock.py)
     loss.png         train and eval loss against step
 """
 from __future__ import annotations
@@ -18,8 +20,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from . import launcher
+from . import data_report, launcher
 from .loop import TrainResult, run_training
+from .resume_check import check_resume
+from .run_lock import output_dir_lock
 
 
 def resolve_config(config_or_path, overrides=()):
@@ -53,6 +57,23 @@ def write_config(cfg, path: Path) -> Path:
     return path
 
 
+def _report_lines(report: dict, cfg) -> list[str]:
+    """The data report's lines: each split's counts, then a warning per split above data.warn_dropped_share."""
+    lines = [data_report.describe(split, entry) for split, entry in report.items()]
+    return lines + data_report.warn_lines(report, cfg.data.warn_dropped_share, cfg.data.max_length)
+
+
+def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
+    """summary.json: what the run did (steps, final losses and metrics), what became of its data (counts and
+    shares of examples dropped or truncated per split) and the settings a resume changed."""
+    data = {"steps": result.steps, "train_loss": result.train_loss, "eval_metrics": result.eval_metrics,
+            "data": result.data_report, "resume_changes": applied}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+    return path
+
+
 def _load_model(cfg):
     from ..models import load_model
 
@@ -60,7 +81,8 @@ def _load_model(cfg):
     return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
                       quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
                       device_map=m.device_map, max_memory=m.max_memory, attn_implementation=m.attn_implementation,
-                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling)
+                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling,
+                      allow_pickle=m.allow_pickle)
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -77,14 +99,25 @@ def dry_run_report(cfg, model) -> dict:
 def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool = True, dry_run: bool = False):
     """Run a config end to end and return the TrainResult. With dry_run, print what would be adapted and how
     many parameters would train, and return that as a dict without training. resume=False starts over even
-    when output_dir holds checkpoints (they are deleted)."""
+    when output_dir holds checkpoints (they are deleted). A resume whose config differs from the checkpoint's in
+    a way that cannot resume exactly is refused (resume_check.py); output_dir is locked for the run (run_lock.py).
+    The run summary (summary.json, result.data_report) counts the examples dropped or truncated per split."""
+    cfg = resolve_config(config_or_path, overrides)
+    rank = launcher.process_rank() or int(os.environ.get("RANK", "0"))  # torchrun's RANK: the group is not up yet
+    if dry_run or rank != 0:  # process 0 of a multi-process run holds the lock for the group
+        return _train(cfg, progress, resume, dry_run)
+    with output_dir_lock(cfg.output_dir):  # before anything is loaded: a second run into a live one fails at once
+        return _train(cfg, progress, resume, dry_run)
+
+
+def _train(cfg, progress: bool, resume: bool, dry_run: bool):
+    from ..config import dump_config
     from ..io import save_adapter
     from ..methods import add_adapter, mark_trainable
     from ..models import load_tokenizer
     from ..registry import TASKS
     from .precision import fp32_master_weights, restore_dtypes
 
-    cfg = resolve_config(config_or_path, overrides)
     task = TASKS.get(cfg.task)()
     # launched by torchrun: join its process group first (on CUDA that picks this process's GPU)
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
@@ -116,9 +149,19 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
+    if own_run is not None:
+        from .callbacks import check_own_loop
+
+        check_own_loop(cfg.train, cfg.task)  # hooks live in the shared loop: refuse them, never drop them
     main = launcher.process_rank() == 0
+    report: dict = {}
     if own_run is None:
         train_examples, eval_examples = task.prepare(cfg, tokenizer)
+        report = data_report.summarize(getattr(task, "data_report", dict)())
+        if main:
+            for line in _report_lines(report, cfg):
+                print(line)
+        data_report.check_train(report, cfg.data.max_length)
     master = fp32_master_weights(model)  # trained base weights of a bf16 model: fp32 for the run (precision.py)
     if master:
         cfg.train.bf16 = True  # the fp32 and bf16 weights meet in bf16 matmuls under autocast (PPO's loop too)
@@ -127,6 +170,12 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
             print(f"training {count:,} bf16 parameters in fp32 under bf16 autocast (fp32 master weights)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    applied = []
+    if resume:  # every process checks, so all refuse together
+        plain = json.loads(json.dumps(dump_config(cfg), default=str))
+        _, applied = check_resume(plain, out, launcher.launched_world_size())
+        if main and applied:
+            print("resuming with changed settings that keep the run exact:\n  " + "\n  ".join(applied))
     config_path = write_config(cfg, out / "config.yaml") if main else out / "config.yaml"
     try:
         if own_run is not None:
@@ -139,9 +188,14 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
         restore_dtypes(master)
     if own_group:
         launcher.shutdown()
+    result.data_report = report
     if not main:  # process 0 alone writes the adapter and reports
         return result
-    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name)
+    summary_path = write_summary(out / "summary.json", result, applied)
+    from ..io.model_card import training_facts
+
+    adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name,
+                               card=training_facts(cfg, result))  # README.md model card: io/model_card.py
     export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
     exported = export(model, tokenizer, cfg, out) if export is not None else None
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
@@ -151,11 +205,14 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
     for note in getattr(task, "data_notes", lambda: [])():  # rows a task skipped or cut, told again at the end
         print(note)
+    for line in _report_lines(report, cfg):
+        print(line)
     print(f"adapter     {adapter_dir}")
     if exported is not None:
         print(f"exported    {exported}")
     print(f"config      {config_path}")
     print(f"metrics     {result.metrics_path}")
+    print(f"summary     {summary_path}")
     if result.plot_path is not None:
         print(f"loss plot   {result.plot_path}")
     if result.checkpoint_dir is not None:

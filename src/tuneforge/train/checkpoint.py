@@ -16,8 +16,14 @@ Why each piece: resuming must reproduce the uninterrupted run bit for bit, so ev
 step is stored: weights, Adam moments, the lr step, the dropout generators and where in the data we were.
 Only trainable parameters are written (frozen base weights are reloaded from the base model).
 
-A checkpoint is written into a hidden temporary directory beside the final one and renamed into place, so
-a crash mid-write never leaves a half checkpoint that a resume would pick up.
+    config.yaml             the run config it was trained under (a copy of output_dir/config.yaml, when there is
+                            one), which a resume compares with its own (train/resume_check.py)
+    manifest.json           written last: every other file's size, so a damaged checkpoint is recognised
+
+A checkpoint is written into a hidden temporary directory beside the final one, every file fsync'ed, and renamed
+into place (then the parent directory fsync'ed), so neither a crash mid-write nor a power cut after the rename
+leaves a half checkpoint that a resume would pick up. A resume takes the newest *complete* checkpoint: one whose
+manifest, state.json or weights file is missing, truncated or unreadable is skipped with a warning naming it.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,9 +42,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import TuneforgeError
+from ..io.tempdirs import apply_umask
+from ..io.tempdirs import temp_dir as user_temp_dir
 
 FORMAT = 1
 SHARDED = "sharded"
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -79,9 +90,71 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
+def latest_checkpoint(root: str | os.PathLike, warn: bool = True) -> Path | None:
+    """The newest complete checkpoint; newer damaged ones are skipped (with a warning on stderr naming each)."""
+    for path in reversed(list_checkpoints(root)):
+        problem = damage(path)
+        if problem is None:
+            return path
+        if warn:
+            print(f"warning: skipping checkpoint {path}: {problem}; falling back to an older one", file=sys.stderr)
+    return None
+
+
+def damage(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from (a missing, truncated or unreadable file), or None."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"state.json is unreadable ({err})"
+    if not isinstance(state, dict) or "global_step" not in state:
+        return "state.json holds no training state"
+    manifest = path / MANIFEST
+    if manifest.is_file():
+        try:
+            sizes = json.loads(manifest.read_text())["sizes"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"{MANIFEST} is unreadable ({err})"
+        for name, size in sizes.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} is missing"
+            if file.stat().st_size != size:
+                return f"{name} has {file.stat().st_size} bytes, {size} were written"
+    elif not (path / "scheduler.pt").is_file():  # a checkpoint from before manifests: its files must be there
+        return "scheduler.pt is missing"
+    weights = path / "trainable.safetensors"
+    if weights.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - any parse failure means "not usable"
+            return f"trainable.safetensors is unreadable ({err})"
+    elif not (path / SHARDED).is_dir():
+        return "it holds no weights (trainable.safetensors or sharded/)"
+    return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _seal(tmp: Path) -> None:
+    """fsync every file, then write the manifest of their sizes (fsync'ed too) and fsync the directory."""
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    for file in files:
+        _fsync(file)
+    sizes = {str(p.relative_to(tmp)): p.stat().st_size for p in files}
+    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "sizes": sizes}, indent=1))
+    _fsync(tmp / MANIFEST)
+    for directory in {p.parent for p in files} | {tmp}:
+        _fsync(directory)
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -97,9 +170,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def temp_dir(root: str | os.PathLike, step: int) -> Path:
     """A fresh hidden directory beside the final step-N, renamed onto it once complete."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+    return user_temp_dir(root, prefix=f".tmp-step-{step}-")  # not mkdtemp's 0700
 
 
 def save_checkpoint(
@@ -131,7 +202,12 @@ def save_checkpoint(
         for rank, rank_rng in enumerate(rank_rngs, start=1):
             torch.save(rank_rng, tmp / f"rng-rank{rank}.pt")
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
+        if (root.parent / CONFIG).is_file():
+            shutil.copyfile(root.parent / CONFIG, tmp / CONFIG)
+        apply_umask(tmp)  # safetensors writes 0600: a checkpoint gets the permissions of the user's other files
+        _seal(tmp)
         _replace_dir(tmp, final)
+        _fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

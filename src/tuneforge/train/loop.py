@@ -33,6 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
+from .callbacks import RunHooks
 from .distributed import Parallel
 from .compile import attention_for_compile, compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
@@ -55,6 +56,8 @@ class TrainResult:
     wall_time_s: float
     tokens_per_s: float
     history: list[dict] = field(default_factory=list, repr=False)
+    data_report: dict = field(default_factory=dict)
+    """Per split: records read, examples kept, dropped and truncated, with shares (train/data_report.py)."""
 
 
 class DataOrder:
@@ -158,6 +161,40 @@ def accumulate(model: nn.Module, task, batches: list[dict], amp=nullcontext, par
     return float(par.all_sum(summed)), total
 
 
+def check_finite(step: int, loss_sum: float, targets: int, grad_norm, root: Path | None) -> None:
+    """Stop before the update when the loss or the gradient norm is nan/inf: one such step turns every weight into
+    NaN, and a run that goes on would save them as its adapter and exit 0. The weights are still those of the
+    previous step; nothing more is written (the newest checkpoint stays the last good one)."""
+    norm = float(grad_norm)
+    loss = loss_sum / targets if targets else 0.0
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    from ..errors import NonFiniteLoss
+
+    checkpoint = ckpt.latest_checkpoint(root) if root is not None else None
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet"
+    raise NonFiniteLoss(
+        f"step {step}: the training loss is {loss:.4g} and the gradient norm {norm:.4g} (not finite); training "
+        f"stopped before this update and saved no adapter; {kept}. Lower train.learning_rate, set "
+        f"train.max_grad_norm, or check the data and the model's dtype"
+    )
+
+
+def check_weights(params, step: int, root: Path | None, par: Parallel | None = None) -> None:
+    """Before a checkpoint is written: every trained weight must be finite (a finite loss can still take an update
+    to inf, e.g. an infinite learning rate set in Python), so no checkpoint and no adapter ever holds NaN/inf."""
+    bad = int(any(not bool(torch.isfinite(p.detach()).all()) for p in params))
+    if par is not None:
+        bad = par.all_sum(bad)  # sharded weights: every process checks its own shards, all stop together
+    if bad:
+        from ..errors import NonFiniteLoss
+
+        checkpoint = ckpt.latest_checkpoint(root) if root is not None else None
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet"
+        raise NonFiniteLoss(f"step {step}: the trained weights are not finite after the update; nothing was saved "
+                            f"and no adapter is written; {kept}. Lower train.learning_rate")
+
+
 def _num_tokens(task, batch: dict) -> int:
     fn = getattr(task, "num_tokens", None)
     return int(fn(batch)) if fn is not None else 0
@@ -257,15 +294,22 @@ def run_training(
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
     history: list[dict] = []
-    latest = par.agree(ckpt.latest_checkpoint(root)) if resume else None
+    latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
     if latest is not None:
         loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        if loaded.get("examples", order.n) != order.n:  # the data order is a permutation of this many examples
+            raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
+                              f"{order.n}: the data changed, so it cannot resume exactly; start over with "
+                              f"--no-resume", key="data.train")
         state.update({k: loaded[k] for k in state})
         history = loaded.get("history", [])
         sync_lr(scheduler)
     elif par.is_main:
         ckpt.clear(root)
     reporter = par.reporter(output_dir, history, total_steps, min(state["global_step"], total_steps), progress)
+    # user hooks, trackers, save_best, early stopping, NEFTune: see callbacks.py
+    hooks = RunHooks(cfg, model, output_dir, par, *((loaded.get("hooks"), state["global_step"]) if latest else ()))
+    reporter = hooks.wrap(reporter)
     if latest is not None:
         reporter.message(f"resuming from {latest} (step {state['global_step']} of {total_steps})")
 
@@ -292,17 +336,22 @@ def run_training(
             reporter.record({"step": step, "epoch": epoch_float(), **metrics, "elapsed_s": elapsed()})
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
             reporter.message(f"step {step}: {shown}")
+        hooks.on_eval(state["global_step"], metrics)
         return metrics
 
     def save(rng_snapshot: dict) -> Path:
+        check_weights(params, state["global_step"], root, par)
         state["elapsed_s"] = elapsed()
-        extra = {"history": reporter.history, "total_steps": total_steps}
-        return par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
+        extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
+                 "world_size": par.world_size, "examples": order.n}
+        path = par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
+        hooks.on_save(state["global_step"], path)
+        return path
 
     try:
         with guard, _checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
-            while state["global_step"] < total_steps:
+            while state["global_step"] < total_steps and not hooks.stopped:
                 t0 = time.perf_counter()
                 chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
                 batches = [_to_device(b, device) for b in par.collate(task, train_examples, chunks)]
@@ -313,6 +362,7 @@ def run_training(
                 par.reduce_gradients(params)
                 with guard.critical():
                     grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    check_finite(state["global_step"] + 1, loss_sum, targets, grad_norm, root)
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.step()
                     scheduler.step()
@@ -335,15 +385,18 @@ def run_training(
                             "tokens_per_s": window[2] / window[3] if window[3] > 0 else 0.0, "elapsed_s": elapsed(),
                         })
                         state["window"] = [0.0, 0, 0, 0.0]
+                hooks.on_step(step, {"loss": last_loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch_float(),
+                                     "tokens_per_s": tokens / dt if dt > 0 else 0.0})
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                     eval_metrics = run_eval()
                 if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                     save(rng)
                     saved_step = step
-            finished_before = latest is not None and session_time == 0.0
+            finished_before = (latest is not None and session_time == 0.0) or hooks.stopped
             eval_metrics = (finished_before and _logged_eval(reporter.history, state["global_step"])) or run_eval()
             final = save(rng) if saved_step != state["global_step"] else ckpt.latest_checkpoint(root)
             par.finish(model)
+            eval_metrics = hooks.finish(model, eval_metrics)
     except KeyboardInterrupt:
         if guard.torn:
             reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
@@ -356,6 +409,7 @@ def run_training(
     finally:
         model.train(was_training)
         reporter.close()
+        hooks.close()
 
     if last_loss is None:
         last_loss = next((r["loss"] for r in reversed(reporter.history) if "loss" in r), None)

@@ -5,19 +5,21 @@ hurts (a norm gain decayed to zero switches a channel off), so they get `weight_
 nanoGPT convention). Methods may ask for their own groups (LoRA+ trains B with a larger lr), through
 `tuneforge.methods.optimizer_groups`; the no-decay split is applied inside every group they return.
 
-Why a LambdaLR: its state (`last_epoch`, base lrs) is a plain dict, so the schedule checkpoints and resumes
-exactly, and the multiplier for step k depends only on k and the run length:
+Why `transformers.get_scheduler`: the same config then gives the same learning-rate curve as a Hugging Face
+Trainer run (users compare the two). It returns a LambdaLR whose state (`last_epoch`, base lrs) is a plain dict,
+so the schedule checkpoints and resumes exactly; the multiplier for 0-based optimizer step k depends only on k
+and the run length T (HF's formulas):
 
-    warm-up (k < W):  m(k) = (k + 1) / W                      (W = warmup_steps, or ceil(warmup_ratio * T))
-    then p = (k - W) / max(1, T - W) in [0, 1):
+    warm-up (k < W):  m(k) = k / W                            (W = warmup_steps, or ceil(warmup_ratio * T);
+                                                               the first step of a warm-up has lr 0, as in HF)
+    then p = (k - W) / max(1, T - W):
         cosine:   m = 0.5 * (1 + cos(pi * p))                 (Loshchilov & Hutter, arXiv:1608.03983)
-        linear:   m = 1 - p
-        constant: m = 1
+        linear:   m = max(0, 1 - p)
+        constant: m = 1                                       (HF's constant_with_warmup)
 """
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 from torch import nn
@@ -83,25 +85,19 @@ def warmup_steps(cfg, total_steps: int) -> int:
     return int(math.ceil(float(cfg.warmup_ratio or 0.0) * total_steps))
 
 
-def lr_multiplier(step: int, *, warmup: int, total: int, kind: str) -> float:
-    """m(k) from the module docstring: the factor on each group's base lr for 0-based optimizer step k."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if kind == "linear":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+# our schedule names -> transformers.get_scheduler names (HF's "constant" has no warm-up)
+HF_SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR following `lr_multiplier`; a partial of a module function keeps its state picklable."""
+    """`transformers.get_scheduler` for cfg.lr_schedule with this run's warm-up and length."""
+    from transformers import get_scheduler
+
     kind = cfg.lr_schedule
     if kind not in SCHEDULES:
         raise ConfigError(f"unknown lr_schedule {kind!r}; choose one of {', '.join(SCHEDULES)}", key="train.lr_schedule")
-    fn = partial(lr_multiplier, warmup=warmup_steps(cfg, total_steps), total=total_steps, kind=kind)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+    return get_scheduler(HF_SCHEDULES[kind], optimizer, num_warmup_steps=warmup_steps(cfg, total_steps),
+                         num_training_steps=total_steps)
 
 
 def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:

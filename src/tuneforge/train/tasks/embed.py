@@ -15,6 +15,7 @@ embeddings (methods that cannot merge keep only the adapter, which `tuneforge in
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Iterable, Literal, Union
 
 import torch
@@ -301,6 +302,8 @@ class EmbedTask(BaseTask):
     def export(self, model: nn.Module, tokenizer, run_cfg, output_dir):
         """Write `sentence-transformer/` (adapter merged) when every adapter can merge; else None."""
         from ...index.encoder import export_sentence_transformer
+        from ...io.model_card import read_facts
 
         return export_sentence_transformer(model, tokenizer, output_dir, pooling=self.cfg.pooling,
-                                           max_seq_length=run_cfg.data.max_length)
+                                           max_seq_length=run_cfg.data.max_length,
+                                           card=read_facts(Path(output_dir) / "adapter"))

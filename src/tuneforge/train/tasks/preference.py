@@ -54,12 +54,13 @@ def load_preferences(task, run_cfg, tokenizer, append_eos: bool) -> tuple[list, 
     """Shared `prepare` of the preference tasks: pairs of both splits, with the skip summary printed now and
     kept on the task (`task.data_notes()`) for the end of the run."""
     from ...data.preferences import load_pair_splits
+    from .sft import stream_budget
 
     check_prompt_budget(task.cfg, run_cfg.data.max_length)
     task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train, evals, task.pair_stats = load_pair_splits(
         run_cfg.data, tokenizer, template=task.cfg.template, max_prompt_length=task.cfg.max_prompt_length,
-        append_eos=append_eos, labels=task.cfg.label_pairs())
+        append_eos=append_eos, labels=task.cfg.label_pairs(), budget_rows=stream_budget(run_cfg))
     for line in task.data_notes():
         print(line)
     return train, evals
@@ -77,6 +78,11 @@ class PreferenceTask(BaseTask):
 
     def data_notes(self) -> list[str]:
         return [s.summary() for s in self.pair_stats]
+
+    def data_report(self) -> dict:
+        """Rows read, pairs kept, rows skipped and pairs cut per split (see train/data_report.py)."""
+        return {s.split: {"records": s.rows, "examples": s.kept, "dropped": sum(s.skipped.values()),
+                          "truncated": s.truncated_pairs} for s in self.pair_stats}
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from ...data.preferences import collate_pairs

@@ -66,11 +66,19 @@ class SFTTask(BaseTask):
         data = run_cfg.data
         if self.pad_token_id is None:
             self.pad_token_id = tokenizer.pad_token_id
-        splits = []
+        splits, self.report = [], {}
         for split in ("train", "validation"):
-            examples = load_examples(data, tokenizer, split)
+            stats: dict = {}
+            examples = load_examples(data, tokenizer, split, stats=stats, budget_rows=stream_budget(run_cfg))
+            if stats.get("records"):
+                self.report[split] = {"records": stats["records"], "examples": stats.get("kept", len(examples)),
+                                      "dropped": stats.get("dropped", 0), "truncated": stats.get("truncated", 0)}
             splits.append(pack_examples(examples, data.max_length) if data.packing and examples else examples)
         return splits[0], splits[1]
+
+    def data_report(self) -> dict:
+        """Records read, examples kept, dropped and truncated per split (see train/data_report.py)."""
+        return dict(getattr(self, "report", {}))
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from ...data import collate_causal
@@ -111,6 +119,17 @@ class SFTTask(BaseTask):
             else:
                 total = total + _head_loss(head, h, t)
         return total
+
+
+def stream_budget(run_cfg) -> int | None:
+    """Rows a streamed data set must fill: every micro-batch of train.max_steps steps on every process."""
+    import os
+
+    train = run_cfg.train
+    if not run_cfg.data.streaming or train.max_steps is None:
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return train.max_steps * train.micro_batch_size * train.grad_accum_steps * world
 
 
 def _head_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
