@@ -10,9 +10,11 @@ the live tensors by hundreds of MB. Fixing the threshold at 1 MiB (which also st
 activation-sized buffer on its own and unmaps it on free.
 
 Measured on SmolLM2-135M with LoRA on every projection, one 4 x 256 step, one thread: peak RSS above the loaded
-model 1.62 GB -> 1.32 GB without dropout, 2.09 GB -> 1.41 GB with lora_dropout 0.05; the step's CPU time was
-within the machine's noise (fresh pages are faulted in, but the faults are a small cost next to the GEMMs that
-fill them). Switched by `train.release_memory` (on by default); a no-op off glibc or on accelerators.
+model 1.62 GB -> 1.32 GB without dropout, 2.09 GB -> 1.41 GB with lora_dropout 0.05. The price: every fresh
+buffer is faulted in page by page instead of reusing heap memory; in-process alternation showed no clear cost,
+but through `tuneforge train` on a busy machine our step took 11.7 CPU-s against 8.6-9.8 s without it (and an
+earlier session measured a 60% slower step with a 256 KB threshold and 2 threads). So it is a memory dial,
+`train.release_memory` (off by default); a no-op off glibc or on accelerators.
 """
 from __future__ import annotations
 
