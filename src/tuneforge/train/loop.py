@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
-from .compile import compile_blocks, repeated_blocks
+from .compile import attention_for_compile, compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs
@@ -289,6 +289,7 @@ def run_training(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     if getattr(cfg, "compile", False):
+        attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}

@@ -119,6 +119,7 @@ class ClassifyTask(BaseTask):
         self.cfg = ClassifyConfig()
         self.labels: list[str] = []
         self.pad_token_id = 0
+        self.report: dict = {}
 
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
@@ -127,8 +128,9 @@ class ClassifyTask(BaseTask):
             return method_cfg.replace(modules_to_save=heads)
         return method_cfg
 
-    def encode(self, records: list[dict], tokenizer, max_length: int, source=None) -> list[dict]:
-        """Records -> {"input_ids", ("token_type_ids"), "label"}; label errors name file and line."""
+    def encode(self, records: list[dict], tokenizer, max_length: int, source=None, split: str = "train") -> list[dict]:
+        """Records -> {"input_ids", ("token_type_ids"), "label"}; label errors name file and line. Rows cut at
+        max_length are counted per split for the run's data report (`data_report()`)."""
         from ...data import require_fields
         from ...data.readers import line_of
 
@@ -139,6 +141,9 @@ class ClassifyTask(BaseTask):
         texts = [str(r[cfg.text_field]) for r in records]
         pairs = [str(r[cfg.text_pair_field]) for r in records] if cfg.text_pair_field else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        full = tokenizer(texts, pairs)["input_ids"]  # untruncated lengths: how many rows lost their end
+        self.report[split] = {"records": len(records), "examples": len(records), "dropped": 0,
+                              "truncated": sum(len(ids) > max_length for ids in full)}
         out = []
         for i, label in enumerate(labels):
             ex = {"input_ids": enc["input_ids"][i], "label": label}
@@ -165,12 +170,17 @@ class ClassifyTask(BaseTask):
         if len(self.labels) != expected:
             raise ConfigError(f"the task has {len(self.labels)} labels {self.labels}, but the model head has "
                               f"{expected} outputs; set model.num_labels: {len(self.labels)}", key="model.num_labels")
+        self.report = {}
         train = self.encode(train_records, tokenizer, data.max_length, train_source)
         evals = []
         if data.validation is not None:
             records, source = load_records(data, "validation")
-            evals = self.encode(records, tokenizer, data.max_length, source)
+            evals = self.encode(records, tokenizer, data.max_length, source, "validation")
         return train, evals
+
+    def data_report(self) -> dict:
+        """Records read and truncated per split (classification drops none; see train/data_report.py)."""
+        return dict(self.report)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
