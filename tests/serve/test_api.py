@@ -186,7 +186,8 @@ def test_a_job_on_records_of_the_wrong_shape_is_refused_naming_the_line(client, 
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
     ({"suffix": "no spaces please"}, "suffix"),
-    ({"method": {"type": "reinforcement"}}, "method.type"),
+    ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
+    ({"method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "python", "source": "def grade(s, i):\n    return 1.0\n"}}}}, "method.reinforcement.grader.type"),
     ({"method": {"type": "supervised", "adapter": {"name": "lora", "r": 0}}}, "method.adapter.r"),
     ({"method": {"type": "supervised", "adapter": {"name": "full"}}}, "method.adapter.name"),
 ])
@@ -258,3 +259,19 @@ def test_the_docs_example_runs(api, tmp_path, monkeypatch, capsys):
     assert namespace["job"].status == "succeeded"
     assert namespace["reply"].choices[0].message.content is not None
     assert "succeeded ft:base:demo:" in capsys.readouterr().out
+
+
+def test_a_reinforcement_job_trains_with_grpo_on_its_grader(client, served_dir, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"say {w}"}], "answer": w} for w in ("cat", "dog", "sun", "moon")]
+    upload = client.files.create(file=write_jsonl(tmp_path / "rl.jsonl", rows).open("rb"), purpose="fine-tune")
+    grader = {"type": "string_check", "name": "says it", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "like"}
+    job = client.fine_tuning.jobs.create(model="base", training_file=upload.id, seed=1, method={
+        "type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 2}},
+        "adapter": {"name": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]}})
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    run = served_dir / "data" / "jobs" / job.id / "output"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "reward/string_check" in r] == [1, 2]  # 4 prompts, 2 per GRPO step
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()

@@ -1,37 +1,11 @@
 """Shared helpers for the training tests: a tiny Llama with explicit trainable parameters (no methods package
-needed), hand-made SFT examples and a TrainConfig (the real one, or a stand-in while config is not there)."""
+needed), hand-made SFT examples and the real TrainConfig."""
 from __future__ import annotations
 
-import dataclasses
 import random
 
+from tuneforge.config.schema import TrainConfig
 from tuneforge.models.tiny import tiny_llama
-
-try:
-    from tuneforge.config.schema import TrainConfig
-except ImportError:  # stand-in with the same fields while tuneforge.config is being written
-
-    @dataclasses.dataclass
-    class TrainConfig:  # type: ignore[no-redef]
-        epochs: int = 1
-        max_steps: int | None = None
-        micro_batch_size: int = 4
-        grad_accum_steps: int = 1
-        learning_rate: float = 2e-4
-        weight_decay: float = 0.0
-        warmup_steps: int = 0
-        warmup_ratio: float = 0.0
-        lr_schedule: str = "cosine"
-        max_grad_norm: float | None = 1.0
-        bf16: bool = False
-        gradient_checkpointing: bool = False
-        eval_every: int | None = None
-        eval_batches: int | None = None
-        save_every: int | None = None
-        keep_last: int = 2
-        seed: int = 42
-        log_every: int = 1
-
 
 PAD = 259  # tiny tokenizer's <pad>
 TRAINED = ("q_proj", "v_proj", "model.norm")

@@ -17,6 +17,7 @@ def patch_loaders(monkeypatch) -> None:
 
 
 def write_records(path, records) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
 

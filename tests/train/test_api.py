@@ -52,7 +52,10 @@ def test_train_end_to_end(config, tmp_path, capsys):
 def test_dry_run(config, capsys):
     info = api.train(config, dry_run=True)
     assert len(info["targets"]) == 4  # q_proj and v_proj of two layers
-    assert 0 < info["trainable"] < info["total"]
+    base = tiny_llama(seed=1)
+    lora = sum(2 * (m.in_features + m.out_features) for name, m in base.named_modules()
+               if name.endswith(("q_proj", "v_proj")))  # r = 2: A is r x in, B is out x r
+    assert info["trainable"] == lora and info["total"] == sum(p.numel() for p in base.parameters()) + lora
     assert "trainable parameters" in capsys.readouterr().out
     assert not Path(config["output_dir"]).exists()
 

@@ -16,6 +16,8 @@ from tuneforge.models.tiny import tiny_llama, tiny_tokenizer
 from tuneforge.train import api
 from tuneforge.train.tasks.dpo import DPOConfig, DPOTask, completion_logps, dpo_loss
 
+from ..oracles import require
+
 
 def random_logps(pairs: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
@@ -25,7 +27,7 @@ def random_logps(pairs: int, seed: int = 0):
 def trl_loss(loss_type, beta, label_smoothing, pc, pr, rc, rr, chosen_tokens, rejected_tokens):
     """DPOTrainer._compute_loss of the installed TRL, fed per-token log-probs that sum to the given values.
     The trainer object is bare (no model, data or accelerate set-up): only the attributes the loss reads."""
-    dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
+    dpo_trainer = require("trl.trainer.dpo_trainer")
     pairs, width = pc.shape[0], int(max(chosen_tokens.max(), rejected_tokens.max())) + 2
     completion = torch.zeros(2 * pairs, width, dtype=torch.long)
     per_token = torch.zeros(2 * pairs, width - 1, dtype=torch.float64)

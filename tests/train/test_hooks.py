@@ -202,3 +202,13 @@ def test_early_stopping_and_save_best_need_eval_every(tmp_path):
                     "  neftune_noise_alpha: 5\n  callbacks: ['tests.train.hook_callbacks:Recorder']\n")
     cfg = load_config(path).train
     assert cfg.early_stopping.patience == 2 and cfg.save_best == "accuracy" and cfg.neftune_noise_alpha == 5.0
+
+
+def test_tasks_with_their_own_loop_refuse_hooks_instead_of_dropping_them():
+    from tuneforge.train.callbacks import check_own_loop
+
+    check_own_loop(make_cfg(), "ppo")  # nothing set: fine
+    for key, value in (("report_to", ["tensorboard"]), ("neftune_noise_alpha", 5.0), ("save_best", "eval_loss")):
+        with pytest.raises(ConfigError, match=f"does not support train.{key}") as info:
+            check_own_loop(make_cfg(**{key: value}), "ppo")
+        assert info.value.key == f"train.{key}"

@@ -97,3 +97,54 @@ def test_scalars_split_train_and_eval_lines():
                               "train/tokens_per_s": 9.0, "train/epoch": 0.5}
     assert scalars({"step": 3, "epoch": 0.5, "eval_loss": float("nan"), "accuracy": 0.75, "elapsed_s": 2.0,
                     "note": "x"}) == {"eval/accuracy": 0.75}
+
+
+def test_tensorboard_resume_and_fresh_start(tmp_path, sft_task):
+    """A resumed run drops the events logged after its checkpoint (purge_step); a fresh run (resume=False)
+    replaces the old run's curves as it replaces its checkpoints and metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneforge.train import run_training
+
+    from .common import make_cfg, make_examples, make_model
+
+    def steps():
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        return [e.step for e in events.Scalars("train/loss")]
+
+    train = make_examples(16)
+    cfg = make_cfg(max_steps=4, save_every=2, keep_last=5, report_to=["tensorboard"])
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    assert steps() == [1, 2, 3, 4]
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step-4")  # as if the run died after logging steps 3 and 4
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    assert steps() == [1, 2, 3, 4]  # 3 and 4 from before the resume were purged, not doubled
+    run_training(make_model(), sft_task, train, [], make_cfg(max_steps=2, report_to=["tensorboard"]), tmp_path,
+                 resume=False, progress=False)
+    assert steps() == [1, 2]
+
+
+def test_mlflow_resumed_run_continues_the_same_run(tmp_path, sft_task, monkeypatch):
+    """The MLflow run id travels in the checkpoint: a resumed run appends to it instead of starting another."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from tuneforge.train import run_training
+
+    from .common import make_cfg, make_examples, make_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = make_examples(16)
+    cfg = make_cfg(max_steps=4, save_every=2, keep_last=5, report_to=["mlflow"])
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-4")
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tuneforge").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "4"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == [1, 2, 3, 3, 4, 4]  # MLflow keeps every logged point: steps 3-4 of both sessions

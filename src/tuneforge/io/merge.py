@@ -22,27 +22,24 @@ def merge(
     kind: str = "causal-lm",
     force: bool = False,
     quantization: dict | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Load `base` (default: the base recorded in the adapter), apply `adapter`, merge, save to `out`.
 
     An adapter trained on a 4-bit/8-bit base (QLoRA) was trained against dequant(Q(W)), not W: the base is
     quantised again as recorded in the adapter's base_quantization.json (or as `quantization`, QuantSpec fields,
     says), dequantised into new `dtype` weights, and the adapter merged into those. The quantised tensors are
-    never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory."""
-    from ..methods import unload
+    never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory.
+    allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
     from ..models import load_tokenizer
-    from . import atomic_dir, load_adapter, read_adapter_config
+    from . import atomic_dir
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
-    if base is None:
-        base = read_adapter_config(adapter).get("base_model_name_or_path")
-        if not base:
-            raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
-    model = _load_base(base, adapter, kind, dtype, quantization)
-    method_cfg = load_adapter(model, adapter)
-    model = unload(model, merge=True)
+    base = base_of(base, adapter)
+    model, method_cfg = _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization,
+                                allow_pickle=allow_pickle)
     try:
         tokenizer = load_tokenizer(base)
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
@@ -59,7 +56,35 @@ def merge(
     return out
 
 
-def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
+def base_of(base, adapter) -> str:
+    """`base`, else the base model recorded in the adapter's config."""
+    from . import read_adapter_config
+
+    if base is None:
+        base = read_adapter_config(adapter).get("base_model_name_or_path")
+        if not base:
+            raise TuneforgeError(f"{adapter}: the adapter does not record its base model; pass --base")
+    return base
+
+
+def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32", quantization: dict | None = None,
+                allow_pickle: bool = False):
+    """The plain transformers model with `adapter` folded into `base` (the methods API's unload(merge=True)),
+    on the CPU. Used by `merge` and by the GGUF export."""
+    return _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization, allow_pickle=allow_pickle)[0]
+
+
+def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
+    """(merged model, the adapter's method config)."""
+    from ..methods import unload
+    from . import load_adapter
+
+    model = _load_base(base, adapter, kind, dtype, quantization, allow_pickle)
+    method_cfg = load_adapter(model, adapter, allow_pickle=allow_pickle)
+    return unload(model, merge=True), method_cfg
+
+
+def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """The dense base to merge into: the plain weights, or dequant(Q(W)) for an adapter trained on a quantised base."""
     from ..models import load_model
     from ..quant import QuantSpec, dequantize_model
@@ -67,7 +92,7 @@ def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
 
     spec = quantization or read_base_quantization(adapter)
     if spec is None:
-        return load_model(base, kind=kind, dtype=dtype, device="cpu")
+        return load_model(base, kind=kind, dtype=dtype, device="cpu", allow_pickle=allow_pickle)
     try:
         spec = QuantSpec(**spec)
     except TypeError as err:
@@ -75,5 +100,6 @@ def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
     spec.validate()
     print(f"the adapter was trained on a {spec.quantization} base: merging into its dequantised weights", file=sys.stderr)
     model = load_model(base, kind=kind, dtype=dtype, device="cpu", quantization=spec.quantization,
-                       double_quant=spec.double_quant, compute_dtype=spec.compute_dtype)
+                       double_quant=spec.double_quant, compute_dtype=spec.compute_dtype,
+                       allow_pickle=allow_pickle)
     return dequantize_model(model, next(p.dtype for p in model.parameters() if p.is_floating_point()))

@@ -7,7 +7,9 @@ The request speaks OpenAI's terms; this module maps them onto ours and nothing e
     hyperparameters.batch_size              train.micro_batch_size  ("auto": the job template's value)
     hyperparameters.learning_rate_multiplier  train.learning_rate = template learning rate x multiplier
     hyperparameters.beta (dpo only)         task.beta
-    method.type: supervised | dpo           task: sft | dpo
+    hyperparameters.eval_interval (reinforcement only)  train.eval_every
+    method.type: supervised | dpo | reinforcement   task: sft | dpo | grpo
+    method.reinforcement.grader             task.rewards (see serve/graders.py); batch_size = prompts per step
     method.adapter: {name: lora, r: 16}     the adaptation method (any registered one that can share a base)
     seed                                    train.seed
     training_file / validation_file         data.train / data.validation (paths inside the data directory)
@@ -23,15 +25,13 @@ checkpoint cadence...) comes from the job template: built-in defaults or the run
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from .job_request import AUTO, HYPERPARAMETER_MODELS, MethodRequest
 
-TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo"}
-HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
-                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")}
-SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
+HYPERPARAMETERS = {kind: tuple(model.model_fields) for kind, model in HYPERPARAMETER_MODELS.items()}
 WANDB_FIELDS = ("project", "name", "entity", "tags")
 # Job defaults when no --job-config is given: checkpoints often enough that a restart loses little.
 TEMPLATE_DEFAULTS = {"train": {"epochs": 3, "save_every": 10, "keep_last": 2, "log_every": 1}}
@@ -66,37 +66,44 @@ def load_template(job_config: str | None) -> dict:
     return dump_config(load_config(job_config))
 
 
-def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, default_seed: int) -> JobSpec:
-    """Check the request and resolve every 'auto' to the value the job will really use."""
-    model = body.get("model")
-    if model not in base_names:
-        raise JobRequestError(f"model {model!r} cannot be fine-tuned here; this server fine-tunes its base model "
-                              f"{base_names[0]!r}", key="model")
-    suffix = body.get("suffix")
-    if suffix is not None and not (isinstance(suffix, str) and SUFFIX.match(suffix)):
-        raise JobRequestError("suffix may hold letters, digits, '_' and '-' (1 to 40 characters)", key="suffix")
-    method = body.get("method") or {"type": "supervised"}
-    if not isinstance(method, dict):
-        raise JobRequestError("method must be an object such as {\"type\": \"supervised\"}", key="method")
-    kind = method.get("type", "supervised")
-    if kind not in TASK_OF_TYPE:
-        raise JobRequestError(f"method.type {kind!r} is not supported; use one of {', '.join(TASK_OF_TYPE)}",
-                              key="method.type")
-    unknown = set(method) - {"type", kind, "adapter"}
-    if unknown:
-        raise JobRequestError(f"unknown field in method: {sorted(unknown)[0]}", key=f"method.{sorted(unknown)[0]}")
-    hyper = _merged_hyperparameters(body.get("hyperparameters"), method.get(kind), kind)
+def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, default_seed: int, *,
+                      allow_python_graders: bool = False, max_epochs: int | None = None) -> JobSpec:
+    """Check the request (the pydantic models of job_request.py) and resolve every 'auto' to the value the job will
+    really use; JobRequestError names the field. Reinforcement jobs carry their grader as GRPO rewards; python
+    graders only with allow_python_graders (the server's flag). max_epochs: the server's limit on n_epochs."""
+    from pydantic import ValidationError
+
+    from .job_request import JobRequest, first_error
+
+    if not isinstance(body, dict):
+        raise JobRequestError("the request body must be a JSON object", key=None)
+    try:
+        request = JobRequest.model_validate(body, context={"base_names": base_names})
+    except ValidationError as err:
+        key, message = first_error(err)
+        raise JobRequestError(message, key=key) from None
+    method = request.method or MethodRequest()
+    kind = method.type
+    given = method.section()
+    hyper = _merged_hyperparameters(request.hyperparameters, given.hyperparameters, kind)
     resolved = _resolve_hyperparameters(hyper, kind, template)
-    adapter = _adapter_section(method.get("adapter"), template)
-    seed = body.get("seed", default_seed)
-    if seed is None:
-        seed = default_seed
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise JobRequestError("seed must be a non-negative integer", key="seed")
+    if max_epochs is not None and resolved["n_epochs"] > max_epochs:
+        raise JobRequestError(f"n_epochs is {resolved['n_epochs']}; this server trains at most {max_epochs} "
+                              "epochs per job (its max_job_epochs)", key="hyperparameters.n_epochs")
+    section = {"hyperparameters": resolved}
+    if kind == "reinforcement":
+        from .graders import grader_rewards
+
+        if given.grader is None:
+            raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
+        section["grader"] = given.grader
+        section["rewards"] = grader_rewards(given.grader, allow_python=allow_python_graders)
+    adapter = _adapter_section(method.adapter, template)
+    seed = default_seed if request.seed is None else request.seed
     return JobSpec(
-        model=model, training_file=body.get("training_file"), validation_file=body.get("validation_file"),
-        suffix=suffix, method={"type": kind, kind: {"hyperparameters": resolved}, "adapter": adapter},
-        hyperparameters=resolved, seed=seed, integrations=parse_integrations(body.get("integrations")),
+        model=request.model, training_file=request.training_file, validation_file=request.validation_file,
+        suffix=request.suffix, method={"type": kind, kind: section, "adapter": adapter},
+        hyperparameters=resolved, seed=seed, integrations=parse_integrations(request.integrations),
     )
 
 
@@ -140,51 +147,41 @@ def parse_integrations(value) -> list[dict]:
     return out
 
 
-def _merged_hyperparameters(top, section, kind: str) -> dict:
-    if top is not None and not isinstance(top, dict):
-        raise JobRequestError("hyperparameters must be an object", key="hyperparameters")
-    if section is not None and not isinstance(section, dict):
-        raise JobRequestError(f"method.{kind} must be an object", key=f"method.{kind}")
-    nested = (section or {}).get("hyperparameters") or {}
-    if not isinstance(nested, dict):
-        raise JobRequestError("hyperparameters must be an object", key=f"method.{kind}.hyperparameters")
+def _merged_hyperparameters(top: dict | None, nested: dict | None, kind: str) -> dict:
+    """The top-level (older) and method.<type> (newer) hyperparameters as one dict; different values for one key
+    are an error naming the nested one."""
     merged = dict(top or {})
-    for key, value in nested.items():
+    for key, value in (nested or {}).items():
         if key in merged and merged[key] != value:
             raise JobRequestError(f"hyperparameters.{key} and method.{kind}.hyperparameters.{key} disagree",
                                   key=f"method.{kind}.hyperparameters.{key}")
         merged[key] = value
-    for key in merged:
-        if key not in HYPERPARAMETERS[kind]:
-            raise JobRequestError(f"unknown hyperparameter {key!r} for method {kind}; known: "
-                                  f"{', '.join(HYPERPARAMETERS[kind])}", key=f"hyperparameters.{key}")
     return merged
 
 
 def _resolve_hyperparameters(hyper: dict, kind: str, template: dict) -> dict:
+    """The hyperparameters of the method type's pydantic model, each 'auto' replaced by the template's value."""
+    from pydantic import ValidationError
+
+    from .job_request import first_error
+
+    try:
+        given = HYPERPARAMETER_MODELS[kind].model_validate(hyper)
+    except ValidationError as err:
+        key, message = first_error(err, prefix="hyperparameters")
+        raise JobRequestError(message, key=key) from None
     train = template["train"]
-    out = {
-        "n_epochs": _number(hyper, "n_epochs", int, train["epochs"], low=1),
-        "batch_size": _number(hyper, "batch_size", int, train["micro_batch_size"], low=1),
-        "learning_rate_multiplier": _number(hyper, "learning_rate_multiplier", float, 1.0, low=0, strict=True),
-    }
+    task = template.get("task") if isinstance(template.get("task"), dict) else {}
+    defaults = {"n_epochs": train["epochs"], "batch_size": train["micro_batch_size"], "learning_rate_multiplier": 1.0}
     if kind == "dpo":
-        task = template.get("task")
-        default_beta = task.get("beta", 0.1) if isinstance(task, dict) and task.get("name") == "dpo" else 0.1
-        out["beta"] = _number(hyper, "beta", float, default_beta, low=0, strict=True)
+        defaults["beta"] = task.get("beta", 0.1) if task.get("name") == "dpo" else 0.1
+    if kind == "reinforcement":
+        defaults["batch_size"] = (task if task.get("name") == "grpo" else {}).get("prompts_per_step", 4)
+        defaults["eval_interval"] = train.get("eval_every") or 0
+    out = {name: defaults[name] if getattr(given, name) == AUTO else getattr(given, name) for name in defaults}
+    if kind == "reinforcement":
+        out["eval_interval"] = out["eval_interval"] or None  # 0: no evaluation
     return out
-
-
-def _number(hyper: dict, key: str, kind: type, default, low: float, strict: bool = False):
-    value = hyper.get(key, "auto")
-    if value == "auto" or value is None:
-        return default
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok_type or value < low or (strict and value == low):
-        relation = ">" if strict else ">="
-        raise JobRequestError(f"{key} must be 'auto' or a{'n integer' if kind is int else ' number'} {relation} "
-                              f"{low:g}", key=f"hyperparameters.{key}")
-    return kind(value)
 
 
 def _adapter_section(adapter, template: dict) -> dict:
@@ -193,13 +190,7 @@ def _adapter_section(adapter, template: dict) -> dict:
     from ..config import Source, build_method
     from .pool import check_servable
 
-    if adapter is None:
-        section = dict(template["method"])
-    elif isinstance(adapter, dict) and isinstance(adapter.get("name"), str):
-        section = dict(adapter)
-    else:
-        raise JobRequestError("method.adapter must be an object with a name, such as {\"name\": \"lora\", \"r\": 16}",
-                              key="method.adapter")
+    section = dict(template["method"]) if adapter is None else dict(adapter)  # its shape: job_request.py
     try:
         cfg = build_method(section, Source())
         check_servable(type(cfg).method)
@@ -210,24 +201,34 @@ def _adapter_section(adapter, template: dict) -> dict:
     return {"name": type(cfg).method, **cfg.to_dict()}
 
 
-def build_run_config(job: dict, template: dict, base: str, files_dir: Path, output_dir: Path) -> dict:
+def build_run_config(job: dict, template: dict, base: str, files_dir: Path, output_dir: Path,
+                     allow_pickle: bool = False) -> dict:
     """The run config (plain data, as in a YAML file) the worker trains: the template with the job's choices."""
     kind = job["method"]["type"]
     hyper = job["hyperparameters"]
     cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in template.items()}
-    cfg["model"] = {**cfg["model"], "name": base, "kind": "causal-lm"}
+    cfg["model"] = {**cfg["model"], "name": base, "kind": "causal-lm", "allow_pickle": allow_pickle}
     cfg["method"] = dict(job["method"]["adapter"])
     if kind == "dpo":
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
         cfg["task"] = {**(task if task.get("name") == "dpo" else {}), "name": "dpo", "beta": hyper["beta"]}
+    elif kind == "reinforcement":
+        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages
+        task = template.get("task") if isinstance(template.get("task"), dict) else {}
+        cfg["task"] = {**(task if task.get("name") == "grpo" else {"prompt_field": "messages"}), "name": "grpo",
+                       "rewards": job["method"][kind]["rewards"], "reward_weights": None,
+                       "prompts_per_step": hyper["batch_size"]}
     else:
         cfg["task"] = TASK_OF_TYPE[kind]
     cfg["data"] = {**cfg["data"], "train": str(files_dir / f"{job['training_file']}.jsonl"),
                    "validation": (str(files_dir / f"{job['validation_file']}.jsonl") if job["validation_file"]
                                   else None)}
+    micro = cfg["train"]["micro_batch_size"] if kind == "reinforcement" else hyper["batch_size"]
     cfg["train"] = {**cfg["train"], "epochs": hyper["n_epochs"], "max_steps": None,
-                    "micro_batch_size": hyper["batch_size"], "seed": job["seed"],
+                    "micro_batch_size": micro, "seed": job["seed"],
                     "learning_rate": template["train"]["learning_rate"] * hyper["learning_rate_multiplier"]}
+    if kind == "reinforcement":
+        cfg["train"]["eval_every"] = hyper["eval_interval"]
     for item in job.get("integrations") or []:  # only wandb passes parse_integrations
         cfg["train"]["report_to"] = sorted({*(cfg["train"].get("report_to") or []), "wandb"})
         cfg["train"]["wandb"] = {**(cfg["train"].get("wandb") or {}),

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..config.hooks import metric_mode, resolve_callback
-from ..errors import TuneforgeError
+from ..errors import ConfigError, TuneforgeError
 from .neftune import neftune
 from .tracking import Trackers
 
@@ -129,7 +129,7 @@ class RunHooks:
                     stop = True
                     self._message(f"early stopping at step {step}: {es.metric} has not improved on "
                                   f"{self.early['best']:.6g} for {es.patience} evaluations")
-        if self._agree(stop):
+        if self.par.agree(stop):  # process 0 decides for all (its metrics are everyone's, but floats are floats)
             self.stopped = True
 
     def _message(self, text: str) -> None:
@@ -182,6 +182,17 @@ class RunHooks:
             self.trackers.close(status)
         finally:
             self._neftune.__exit__(None, None, None)
+
+
+HOOK_KEYS = ("report_to", "callbacks", "early_stopping", "save_best", "neftune_noise_alpha")
+
+
+def check_own_loop(cfg, task: str) -> None:
+    """A task that runs its own loop (ppo, grpo) gets none of the hooks: a ConfigError naming the first one set."""
+    for key in HOOK_KEYS:
+        if getattr(cfg, key, None):
+            raise ConfigError(f"task {task!r} runs its own training loop, which does not support train.{key} "
+                              "(the tasks trained by the shared loop do)", key=f"train.{key}")
 
 
 def _full(tensors: dict) -> dict:

@@ -15,6 +15,10 @@ Built-ins (in `task.rewards` by name, or as a mapping with their options):
     text_similarity difflib's ratio (0..1) of the completion (or `pattern`'s group) to the record's `field`
     string_check    OpenAI's string check: `operation` eq / ne / like (contains) / ilike (contains, any case)
                     between the completion and the record's `field`
+    python_grader   OpenAI's python grader: `source` defines grade(sample, item) -> float, called with
+                    sample = {"output_text": completion} and item = the record's fields. The code is compiled
+                    when the config is checked and run only when the first completion is scored (user code: the
+                    service accepts it only when started with --allow-python-graders).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ BUILTIN_OPTIONS = {
     "length_penalty": {"max_chars": 200},
     "text_similarity": {"field": "answer", "pattern": None},
     "string_check": {"field": "answer", "operation": "eq"},
+    "python_grader": {"source": None},
 }
 STRING_CHECKS = ("eq", "ne", "like", "ilike")
 
@@ -75,6 +80,8 @@ def builtin_reward(name: str, options: dict) -> Callable:
         raise ConfigError("reward length_penalty needs max_chars, a positive integer", key="task.rewards")
     if name == "string_check" and opts["operation"] not in STRING_CHECKS:
         raise ConfigError(f"string_check operation must be one of {', '.join(STRING_CHECKS)}", key="task.rewards")
+    if name == "python_grader":
+        return _python_grader(opts["source"])
     field = opts.get("field")
 
     def exact_match(prompts, completions, **columns):
@@ -120,6 +127,28 @@ def builtin_reward(name: str, options: dict) -> Callable:
     fn = locals()[name]
     fn.__name__ = name
     return fn
+
+
+def _python_grader(source) -> Callable:
+    """grade(sample, item) from `source`, compiled now, executed on first use (see the module docstring)."""
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError("reward python_grader needs source defining grade(sample, item)", key="task.rewards")
+    try:
+        code = compile(source, "<python_grader>", "exec")
+    except SyntaxError as err:
+        raise ConfigError(f"reward python_grader: source does not compile: {err}", key="task.rewards") from None
+    namespace: dict = {}
+
+    def python_grader(prompts, completions, **columns):
+        if "grade" not in namespace:
+            exec(code, namespace)  # noqa: S102 - user code by design; gated by the service flag
+            if not callable(namespace.get("grade")):
+                raise TuneforgeError("python_grader source defines no function grade(sample, item)")
+        grade = namespace["grade"]
+        return [grade({"output_text": text}, {k: v[i] for k, v in columns.items()})
+                for i, text in enumerate(completions)]
+
+    return python_grader
 
 
 def load_function(spec: str) -> Callable:

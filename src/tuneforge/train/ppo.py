@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
-from .loop import DataOrder, TrainResult, check_finite
+from .loop import DataOrder, TrainResult, check_finite, check_weights
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .ppo_rewards import REWARD_ADAPTER, AdapterReward, FunctionReward
 from .report import Reporter
@@ -116,6 +116,20 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) / (std + 1e-8)) * mask
 
 
+def ppo_token_losses(logps, old_logps, values, old_values, returns, advantages, cliprange: float,
+                     cliprange_value: float):
+    """Per-token (policy loss, value loss, clipped?) of PPO (Schulman et al. 2017, eq. 7; values clipped as in
+    Ziegler et al. 2019 / TRL's PPO):
+        r = exp(logp - logp_old),   pg = max(-A r, -A clip(r, 1 - e, 1 + e))
+        v_c = v_old + clip(v - v_old, -e_v, e_v),   vf = 0.5 max((v - R)^2, (v_c - R)^2)
+    `clipped` marks the tokens where the clipped policy term is the one taken (the clip fraction)."""
+    ratio = torch.exp(logps - old_logps)
+    pg1, pg2 = -advantages * ratio, -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    vf = 0.5 * torch.max((values - returns) ** 2, (clipped_values - returns) ** 2)
+    return torch.max(pg1, pg2), vf, pg2 > pg1
+
+
 def next_kl_coef(coef: float, kl: float, batch_size: int, cfg) -> float:
     """The adaptive controller of Ziegler et al. 2019 (fixed control returns coef)."""
     if cfg.kl_control == "fixed":
@@ -162,16 +176,13 @@ def ppo_update(model, optimizer, params, batch: dict, cfg, train_cfg, generator,
             for rows in rows_step.split(micro):
                 m = resp[rows]
                 logps, _, values = policy_outputs(model, batch, rows, cfg.temperature)
-                ratio = torch.exp(logps - batch["logps"][rows])
-                adv, returns, old_values = batch["advantages"][rows], batch["returns"][rows], batch["values"][rows]
-                pg1, pg2 = -adv * ratio, -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
-                clipped = old_values + (values - old_values).clamp(-cfg.cliprange_value, cfg.cliprange_value)
-                vf = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-                pg = torch.max(pg1, pg2)
+                pg, vf, clipped = ppo_token_losses(logps, batch["logps"][rows], values, batch["values"][rows],
+                                                   batch["returns"][rows], batch["advantages"][rows], cfg.cliprange,
+                                                   cfg.cliprange_value)
                 loss = (pg + cfg.vf_coef * vf)[m].sum()
                 (loss / max(count, 1)).backward()
                 with torch.no_grad():
-                    for key, value in (("policy_loss", pg), ("value_loss", vf), ("clipfrac", (pg2 > pg1).float()),
+                    for key, value in (("policy_loss", pg), ("value_loss", vf), ("clipfrac", clipped.float()),
                                        ("approx_kl", 0.5 * (logps - batch["logps"][rows]) ** 2)):
                         sums[key] += float(value[m].sum())
                     sums["loss"] += float(loss)
@@ -252,6 +263,7 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
         return metrics
 
     def save(rng_snapshot: dict) -> Path:
+        check_weights(params, state["global_step"], root)
         state["elapsed_s"] = elapsed()
         return ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                     {**state, "history": reporter.history, "total_steps": total}, rng_snapshot,

@@ -109,11 +109,15 @@ def load_grpo_prompts(path, cfg: GRPOConfig, tokenizer, limit: int | None, seed:
     prompts, empty = [], []
     for i, record in enumerate(records):
         line = line_of(record, i)
-        if not isinstance(record.get(cfg.prompt_field), str):
-            raise DataError(f"needs a text field '{cfg.prompt_field}' (set task.prompt_field)", file=path, line=line,
-                            key=cfg.prompt_field)
-        text = record[cfg.prompt_field].strip()
-        ids = encode_prompt(tokenizer, text, cfg.template) if text else []
+        value = record.get(cfg.prompt_field)
+        if isinstance(value, list):  # chat messages (OpenAI's reinforcement rows): rendered up to the reply
+            text, ids = _encode_messages(value, tokenizer, cfg, path, line)
+        elif isinstance(value, str):
+            text = value.strip()
+            ids = encode_prompt(tokenizer, text, cfg.template) if text else []
+        else:
+            raise DataError(f"needs a text field '{cfg.prompt_field}' (or a list of chat messages; set "
+                            "task.prompt_field)", file=path, line=line, key=cfg.prompt_field)
         if not ids:
             empty.append(line)
             continue
@@ -129,6 +133,20 @@ def load_grpo_prompts(path, cfg: GRPOConfig, tokenizer, limit: int | None, seed:
     if not prompts:
         raise DataError(f"no usable prompts: {note}", file=path)
     return prompts, note
+
+
+def _encode_messages(messages: list, tokenizer, cfg: GRPOConfig, path, line) -> tuple[str, list[int]]:
+    """(the last user message, the ids of the whole conversation rendered up to the assistant's reply)."""
+    ok = all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+             for m in messages)
+    if not ok or cfg.template != "chat":
+        why = "messages need a role and text content" if not ok else "chat messages need task.template: chat"
+        raise DataError(why, file=path, line=line, key=cfg.prompt_field)
+    if not messages:
+        return "", []
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return (users[-1] if users else messages[-1]["content"]), tokenizer.encode(text, add_special_tokens=False)
 
 
 def check_context(cfg: GRPOConfig, model, prompts: list[dict]) -> None:
