@@ -16,11 +16,15 @@ def export_cmd(
     quant: str = typer.Option("f16", "--quant", help="f32 (lossless), f16 or q8_0."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a bar over the tensors."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
+        "code, so only for files you trust."),
 ) -> None:
     """Export BASE (+ ADAPTER, merged) for llama.cpp or Ollama. Llama, Mistral and Qwen2 architectures."""
     from tuneforge.io.export import export_model
 
-    path = export_model(base, out, adapter=adapter, format=format, quant=quant, force=force, progress=progress)
+    path = export_model(base, out, adapter=adapter, format=format, quant=quant, force=force, progress=progress,
+                        allow_pickle=allow_pickle)
     if format == "ollama":
         typer.echo(f"wrote {path}/model.gguf and {path}/Modelfile; run: ollama create NAME -f {path}/Modelfile")
     else:
