@@ -17,14 +17,15 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a bar over the tensors."),
     allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
-        "code, so only for files you trust."),
+        False, "--allow-pickle", help="Also read pickle weights (pytorch_model.bin, adapter_model.bin): only for "
+        "files you trust, since unpickling can run code."
+    ),
 ) -> None:
     """Export BASE (+ ADAPTER, merged) for llama.cpp or Ollama. Llama, Mistral and Qwen2 architectures."""
     from tuneforge.io.export import export_model
 
     path = export_model(base, out, adapter=adapter, format=format, quant=quant, force=force, progress=progress,
-                        allow_pickle=allow_pickle)
+                         allow_pickle=allow_pickle)
     if format == "ollama":
         typer.echo(f"wrote {path}/model.gguf and {path}/Modelfile; run: ollama create NAME -f {path}/Modelfile")
     else:

@@ -30,7 +30,7 @@ def export_model(
     format "gguf": `out` is the .gguf file. format "ollama": `out` is a folder that gets `model.gguf` and a
     `Modelfile` (`ollama create NAME -f OUT/Modelfile`). quant: f32 (lossless), f16 or q8_0. `base` may be None
     when the adapter records its base. Refuses to replace an existing file or non-empty folder unless force.
-    allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
+    allow_pickle: also read pickle weights (pytorch_model.bin, adapter_model.bin); refused by default."""
     from ..models import load_model, load_tokenizer
     from .gguf_export import QUANTS, write_gguf
 
