@@ -230,6 +230,28 @@ def test_unsupported_rope_scaling_is_refused(tok, tmp_path):
         write_gguf(model, tok, tmp_path / "m.gguf")
 
 
+def test_llama3_rope_becomes_rope_freqs_matching_transformers(tok, tmp_path):
+    """llama.cpp divides each rotary frequency by rope_freqs[i]; transformers' llama3 RoPE multiplies it by a
+    scale. So rope_freqs must equal plain inv_freq / transformers' llama3 inv_freq (fp32 rounding: 2^-23 rel.)."""
+    import gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=512, rope_parameters=rope)
+    model = LlamaForCausalLM(config).eval()
+    reader = gguf.GGUFReader(write_gguf(model, tok, tmp_path / "m.gguf", progress=False))
+    freqs = {t.name: t for t in reader.tensors}["rope_freqs.weight"]
+    assert freqs.tensor_type == gguf.GGMLQuantizationType.F32
+    factors = torch.from_numpy(freqs.data.copy())
+    dim = 32
+    plain = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    scaled = model.model.rotary_emb.inv_freq
+    assert not torch.equal(scaled, plain) and len({*factors.tolist()}) > 2  # all three regimes present
+    torch.testing.assert_close(factors, plain / scaled, rtol=4 * 2.0**-23, atol=0)
+
+
 def spm_tokenizer():
     """A sentencepiece-style BPE tokenizer (byte fallback, "\u2581" for spaces) as Llama 2 / Mistral ship theirs:
     ("el" outranks "he", so merging by score and merging leftmost first disagree on "hello")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
+from .sets import resolve_data_path
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -28,14 +29,17 @@ class Record(dict):
 
 
 def line_of(record: Any, index: int) -> int:
-    """The line a record came from; the 1-based position when it was built in memory."""
-    return getattr(record, "line", None) or index + 1
+    """The line a record came from (a datasets row index, which may be 0); the 1-based position when it was
+    built in memory."""
+    line = getattr(record, "line", None)
+    return line if line is not None else index + 1
 
 
 def read_records(path: str | Path) -> list[dict]:
     """All records of a file, chosen by suffix (.jsonl/.json/.csv/.parquet). Raises DataError(file, line)
-    for a missing file, a malformed JSON line, a line that is not an object, or a file with no records."""
-    path = Path(path)
+    for a missing file, a malformed JSON line, a line that is not an object, or a file with no records. A data set
+    reference (`alpaca:validation`) is read from wherever `sets.resolve_data_path` finds it."""
+    path = Path(resolve_data_path(path))
     if not path.exists():
         raise DataError("file not found", file=path)
     if path.is_dir():

@@ -80,6 +80,8 @@ def _load_model(cfg):
     m = cfg.model
     return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
                       quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
+                      device_map=m.device_map, max_memory=m.max_memory, attn_implementation=m.attn_implementation,
+                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling,
                       allow_pickle=m.allow_pickle)
 
 

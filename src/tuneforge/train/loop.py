@@ -35,7 +35,8 @@ from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
-from .compile import compile_blocks, repeated_blocks
+from .memory import release_freed_memory
+from .compile import attention_for_compile, compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs
@@ -281,6 +282,8 @@ def run_training(
     root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
+    if getattr(cfg, "release_memory", False):
+        release_freed_memory(device.type)  # freed activations go back to the OS: a lower peak RSS (memory.py)
     par = Parallel.current()  # several processes: see distributed.py; one process: every call is a no-op
     task = par.task(task)
     _seed_everything(cfg.seed + par.rank)
@@ -289,6 +292,7 @@ def run_training(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     if getattr(cfg, "compile", False):
+        attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
