@@ -29,6 +29,7 @@ _EXPORTS = {
     "export_model": "tuneforge.io",
     "combine": "tuneforge.methods",
     "combine_adapters": "tuneforge.io",
+    "push_folder": "tuneforge.io.hub",
 }
 
 

@@ -49,6 +49,18 @@ class AdapterMismatch(TuneforgeError, ValueError):
     """An adapter file does not fit the model it is loaded into (saved for another base)."""
 
 
+class PickleRefused(TuneforgeError):
+    """Weights stored as a pickle (torch.save) were found and pickle was not allowed: unpickling a file can run
+    code, so loading one is an explicit choice (`--allow-pickle`, `allow_pickle: true`)."""
+
+    def __init__(self, path, alternative: str = "model.safetensors"):
+        self.path = path
+        super().__init__(
+            f"{path}: pickle weights are not loaded by default (unpickling can run code from the file). Save them "
+            f"as {alternative} (safetensors), or if you trust this file pass --allow-pickle (allow_pickle: true "
+            "in the model config, allow_pickle=True in Python)")
+
+
 class NonFiniteLoss(TuneforgeError, ArithmeticError):
     """Training met a nan/inf loss or gradient norm: it stops before the update, so no NaN weights are saved."""
 

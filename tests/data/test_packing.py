@@ -17,8 +17,10 @@ def loss_sum(logits, labels):
 
 
 def forward(model, batch):
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                 position_ids=batch["position_ids"]).logits
+    """Packed rows carry no mask: transformers reads the examples from the restarting position_ids, but only
+    without a cache (with one it builds a plain causal mask), so use_cache=False as the SFT task passes."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                 position_ids=batch["position_ids"], use_cache=False).logits
 
 
 @pytest.fixture(scope="module")
@@ -136,20 +138,27 @@ def test_collate_unpacked_shapes_and_padding():
     assert all(t.dtype == torch.long for t in b.values())
 
 
-def test_collate_packed_mask_is_block_diagonal_causal():
+def test_collate_packed_rows_carry_lengths_and_positions_not_a_mask():
     rows = [{"input_ids": [1, 2, 3, 4, 5], "labels": [-100, 2, 3, -100, 5], "position_ids": [0, 1, 2, 0, 1],
              "seq_lens": [3, 2]},
             {"input_ids": [6, 7], "labels": [-100, 7], "position_ids": [0, 1], "seq_lens": [2]}]
     b = collate_causal(rows, pad_token_id=0)
-    mask = b["attention_mask"]
+    assert "attention_mask" not in b  # no (B, 1, L, L) tensor: O(L^2) memory, and no flash-attention
+    assert b["seq_lens"].tolist() == [[3, 2], [2, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 0, 0]]
+    assert b["labels"].tolist()[1] == [-100, 7, -100, -100, -100]
+
+
+def test_block_causal_mask_for_models_that_need_one():
+    from tuneforge.models.packed_attention import block_causal_mask
+
+    mask = block_causal_mask(torch.tensor([[3, 2], [2, 0]]), 5)
     assert mask.shape == (2, 1, 5, 5) and mask.dtype == torch.float32
     allowed = (mask == 0)[:, 0].int().tolist()
     assert allowed[0] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
     assert allowed[1] == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]
     assert (mask[mask != 0] == torch.finfo(torch.float32).min).all()
-    assert b["position_ids"].tolist()[0] == [0, 1, 2, 0, 1]
-    assert b["labels"].tolist()[1] == [-100, 7, -100, -100, -100]
-    assert collate_causal(rows, 0, mask_dtype=torch.bfloat16)["attention_mask"].dtype == torch.bfloat16
+    assert torch.equal(block_causal_mask(torch.tensor([[3, 2], [2, 0]]), 5, torch.bool)[:, 0], mask[:, 0] == 0)
 
 
 def test_collate_rejects_bad_seq_lens():

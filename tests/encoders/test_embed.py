@@ -78,6 +78,12 @@ def test_lora_export_is_merged_and_equals_the_adapter(tiny_bert_dir, tmp_path):
     base = SentenceEncoder.load(tiny_bert_dir).encode(texts)
     np.testing.assert_allclose(merged, adapter, atol=1e-5)
     assert not np.allclose(merged, base, atol=1e-4)  # training changed the embeddings
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "run" / "sentence-transformer" / "README.md").data.to_dict()
+    assert card["library_name"] == "sentence-transformers" and card["pipeline_tag"] == "sentence-similarity"
+    assert card["tuneforge"]["task"] == "embed" and card["tuneforge"]["metrics"]["spearman"] == pytest.approx(
+        result.eval_metrics["spearman"]) and card["tuneforge"]["method"]["name"] == "lora"
 
 
 def test_unmergeable_method_keeps_only_the_adapter(tiny_bert_dir, tmp_path, capsys):

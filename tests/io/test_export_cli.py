@@ -129,3 +129,16 @@ def test_non_chatml_template_is_left_to_ollama(capsys):
     assert "not ChatML" in capsys.readouterr().err
     tok.chat_template = None
     assert "TEMPLATE" not in modelfile(tiny_llama(), tok, "model.gguf")
+
+
+def test_pickle_weights_need_allow_pickle(tmp_path):
+    from safetensors.torch import load_file
+
+    base = tmp_path / "pickled"
+    tiny_llama().save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    with pytest.raises(TuneforgeError, match="pytorch_model.bin"):
+        export_model(base, tmp_path / "m.gguf", progress=False)
+    assert export_model(base, tmp_path / "m.gguf", progress=False, allow_pickle=True).is_file()

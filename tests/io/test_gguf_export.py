@@ -228,3 +228,86 @@ def test_unsupported_rope_scaling_is_refused(tok, tmp_path):
     model.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
     with pytest.raises(TuneforgeError, match="rope_type 'linear'"):
         write_gguf(model, tok, tmp_path / "m.gguf")
+
+
+def test_llama3_rope_becomes_rope_freqs_matching_transformers(tok, tmp_path):
+    """llama.cpp divides each rotary frequency by rope_freqs[i]; transformers' llama3 RoPE multiplies it by a
+    scale. So rope_freqs must equal plain inv_freq / transformers' llama3 inv_freq (fp32 rounding: 2^-23 rel.)."""
+    import gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 10000.0}
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=512, rope_parameters=rope)
+    model = LlamaForCausalLM(config).eval()
+    reader = gguf.GGUFReader(write_gguf(model, tok, tmp_path / "m.gguf", progress=False))
+    freqs = {t.name: t for t in reader.tensors}["rope_freqs.weight"]
+    assert freqs.tensor_type == gguf.GGMLQuantizationType.F32
+    factors = torch.from_numpy(freqs.data.copy())
+    dim = 32
+    plain = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    scaled = model.model.rotary_emb.inv_freq
+    assert not torch.equal(scaled, plain) and len({*factors.tolist()}) > 2  # all three regimes present
+    torch.testing.assert_close(factors, plain / scaled, rtol=4 * 2.0**-23, atol=0)
+
+
+def spm_tokenizer():
+    """A sentencepiece-style BPE tokenizer (byte fallback, "\u2581" for spaces) as Llama 2 / Mistral ship theirs:
+    ("el" outranks "he", so merging by score and merging leftmost first disagree on "hello")
+    <unk> <s> </s>, 256 byte tokens, then pieces in score order with the merges Hugging Face derives from them."""
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    pieces = ["\u2581", "h", "e", "l", "o", "w", "r", "d", "el", "\u2581h", "he", "ll", "lo", "\u2581he", "llo",
+              "\u2581hello", "\u2581w", "or", "\u2581wor", "ld", "\u2581world"]
+    for piece in pieces:
+        vocab[piece] = len(vocab)
+    scores = {piece: -float(i) for i, piece in enumerate(pieces) if len(piece) > 1}
+    return LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab, scores))
+
+
+def llama_cpp_spm_encode(text, tokens, scores):
+    """llama.cpp's sentencepiece tokenizer in short: "\u2581"-prefixed text as characters; join the adjacent pair
+    whose text is a token with the highest score (leftmost on ties) until none is; unknown characters as bytes."""
+    ids = {token: index for index, token in enumerate(tokens)}
+    symbols = list("\u2581" + text.replace(" ", "\u2581"))
+    while True:
+        best = None
+        for i in range(len(symbols) - 1):
+            joined = symbols[i] + symbols[i + 1]
+            if joined in ids and (best is None or scores[ids[joined]] > scores[ids[best[1]]]):
+                best = (i, joined)
+        if best is None:
+            break
+        symbols[best[0]:best[0] + 2] = [best[1]]
+    out = []
+    for symbol in symbols:
+        out.extend([ids[symbol]] if symbol in ids else [ids[f"<0x{b:02X}>"] for b in symbol.encode()])
+    return out
+
+
+def test_sentencepiece_bpe_tokenizer_round_trips_and_scores_keep_merge_order(tmp_path):
+    import gguf
+
+    from tuneforge.models import tiny_llama
+
+    tok = spm_tokenizer()
+    model = tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    path = write_gguf(model, tok, tmp_path / "m.gguf", quant="f32", progress=False)
+    back, back_tok = load_hf(path)
+    reader = gguf.GGUFReader(path)
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("tokenizer.ggml.model") == "llama" and field("tokenizer.ggml.add_space_prefix") is True
+    tokens, scores = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores")
+    types = field("tokenizer.ggml.token_type")
+    assert types[3:259] == [gguf.TokenType.BYTE] * 256
+    for text in ["hello world", "held a word", "hello, wor\u00efd!"]:
+        assert back_tok.encode(text) == tok.encode(text), text
+        assert llama_cpp_spm_encode(text, tokens, scores) == tok.encode(text, add_special_tokens=False), text
+    # gguf-py's LlamaHfVocab alone writes -1000 for every score: merging would then go leftmost-first instead
+    flat = [-1000.0] * len(tokens)
+    assert llama_cpp_spm_encode("hello world", tokens, flat) != tok.encode("hello world", add_special_tokens=False)
+    ids = torch.tensor([tok.encode("hello world")])
+    assert torch.equal(logits(model, ids), logits(back, ids))

@@ -74,15 +74,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(config):
-    """The app under uvicorn in a thread, on 127.0.0.1; yields the base URL of the API."""
+def running_server(config, apps: list | None = None):
+    """The app under uvicorn in a thread, on 127.0.0.1; yields the base URL of the API (and appends the app to
+    `apps`, for tests that look at the server's state)."""
     import uvicorn
 
     from tuneforge.serve import create_app
 
     config.host, config.port = "127.0.0.1", free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host=config.host, port=config.port,
-                                           log_level="warning"))
+    app = create_app(config)
+    if apps is not None:
+        apps.append(app)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

@@ -66,3 +66,22 @@ def test_preference_pairs_report_skips_and_cuts():
     stats.skip("with an empty reply", 5)
     task.pair_stats = [stats]
     assert task.data_report() == {"train": {"records": 5, "examples": 3, "dropped": 2, "truncated": 2}}
+
+
+def test_classification_reports_rows_cut_at_max_length(tmp_path, monkeypatch):
+    """Texts longer than data.max_length lose their end in a classifier: counted per split."""
+    import json
+
+    from tuneforge.models.tiny import tiny_bert
+
+    monkeypatch.setattr(api, "_load_model", lambda cfg: tiny_bert(seed=0, num_labels=2))
+    rows = [{"text": ("long " * 20 if i % 3 == 0 else "short") + f" {i}", "label": i % 2} for i in range(9)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"model": {"name": "tiny-bert", "kind": "sequence-classification", "num_labels": 2},
+              "method": {"name": "head_only"}, "task": {"name": "classify"},
+              "data": {"train": str(data), "validation": str(data), "max_length": 32},
+              "train": {"max_steps": 1, "micro_batch_size": 4}, "output_dir": str(tmp_path / "run")}
+    result = api.train(config, progress=False)
+    cut = {"records": 9, "examples": 9, "dropped": 0, "truncated": 3, "dropped_share": 0.0, "truncated_share": 1 / 3}
+    assert result.data_report == {"train": cut, "validation": cut}  # 3 of 9 texts exceed 32 byte tokens

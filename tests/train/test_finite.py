@@ -84,3 +84,44 @@ def test_cli_exits_non_zero_on_a_non_finite_loss(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", str(tmp_path / "run.yaml")])
     assert exit_info.value.code == 2
+
+
+def test_no_checkpoint_ever_holds_non_finite_weights(tmp_path):
+    """An infinite learning rate set in Python: step 1's loss is finite but its update is not; the checkpoint of
+    step 1 is refused (so the newest checkpoint is never a NaN one) and nothing is saved."""
+    model = make_model()
+    with pytest.raises(NonFiniteLoss, match="step 1: the trained weights are not finite .* no checkpoint was saved"):
+        run_training(model, SFTTask(PAD), make_examples(8), [], make_cfg(max_steps=3, save_every=1,
+                                                                        learning_rate=math.inf), tmp_path,
+                     progress=False)
+    assert list((tmp_path / "checkpoints").glob("step-*")) == []
+
+
+def test_ppo_and_grpo_stop_on_a_non_finite_loss(tmp_path):
+    from tuneforge.config.schema import TrainConfig
+    from tuneforge.models.tiny import tiny_tokenizer
+    from tuneforge.train import grpo, ppo
+    from tuneforge.train.tasks.ppo import PPOConfig
+
+    from .test_grpo import lowercase_share, policy, prompts, tiny_cfg
+
+    tok = tiny_tokenizer()
+    cfg = tiny_cfg(num_iterations=1)
+    model = policy()
+    batch = grpo.make_samples(model, tok, prompts(tok)[:2], [("lowercase_share", lowercase_share)], cfg, 8)
+    batch["advantages"] = torch.full_like(batch["advantages"], math.nan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    with pytest.raises(NonFiniteLoss, match="step 3: the training loss is nan"):
+        grpo.grpo_update(model, optimizer, scheduler, params, batch, cfg, TrainConfig(micro_batch_size=8), 3,
+                         tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+    train_cfg = TrainConfig(max_steps=2, micro_batch_size=4, learning_rate=math.inf, lr_schedule="constant",
+                            save_every=1)
+    with pytest.raises(NonFiniteLoss, match="not finite"):
+        ppo.run_ppo(policy(), tok, PPOConfig(rollout_batch_size=4, max_new_tokens=4, ppo_epochs=1),
+                    train_cfg, prompts(tok)[:4], [], tmp_path / "ppo", reward=lowercase_share, progress=False)
+    assert list((tmp_path / "ppo" / "checkpoints").glob("step-*")) == []

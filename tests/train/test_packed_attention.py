@@ -19,7 +19,7 @@ def test_packed_attention_equals_the_masked_rows():
     task = SFTTask(PAD)
     rows = pack_examples(make_examples(9, seed=5, lo=4, hi=15), max_length=40)
     batch = task.collate(rows)
-    assert batch["packed_seq_lens"].shape[0] == len(rows)
+    assert batch["seq_lens"].shape[0] == len(rows)
     assert any(len(r["input_ids"]) < 40 for r in rows)  # a padded tail is part of the check
     model = make_model(num_attention_heads=4, num_key_value_heads=2)  # grouped-query attention too
     model.config._attn_implementation = "sdpa"
@@ -39,7 +39,7 @@ def test_unpacked_batches_run_plain_sdpa_under_the_packed_name():
     packed = task.collate(pack_examples(make_examples(4, seed=6), max_length=64))
     task.loss_sum(model, packed)  # switches the model over
     plain = task.collate(make_examples(3, seed=7))
-    assert "packed_seq_lens" not in plain
+    assert "seq_lens" not in plain
     with torch.no_grad():
         ours = task.loss_sum(model, plain)
         model.config._attn_implementation = "sdpa"

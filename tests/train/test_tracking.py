@@ -125,3 +125,26 @@ def test_tensorboard_resume_and_fresh_start(tmp_path, sft_task):
     run_training(make_model(), sft_task, train, [], make_cfg(max_steps=2, report_to=["tensorboard"]), tmp_path,
                  resume=False, progress=False)
     assert steps() == [1, 2]
+
+
+def test_mlflow_resumed_run_continues_the_same_run(tmp_path, sft_task, monkeypatch):
+    """The MLflow run id travels in the checkpoint: a resumed run appends to it instead of starting another."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from tuneforge.train import run_training
+
+    from .common import make_cfg, make_examples, make_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train = make_examples(16)
+    cfg = make_cfg(max_steps=4, save_every=2, keep_last=5, report_to=["mlflow"])
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-4")
+    run_training(make_model(), sft_task, train, [], cfg, tmp_path, progress=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tuneforge").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["train.max_steps"] == "4"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == [1, 2, 3, 3, 4, 4]  # MLflow keeps every logged point: steps 3-4 of both sessions

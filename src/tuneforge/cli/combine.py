@@ -29,12 +29,16 @@ def combine_cmd(
     rank: Optional[int] = typer.Option(None, "--rank", help="Target rank for --how svd (default: the largest r)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the one the adapters record)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
+        "code, so only for files you trust."),
 ) -> None:
     """Combine LoRA adapters (lora, rslora, LoRA-FA, LoRA+, PiSSA, Delta-LoRA files; DoRA with --how svd) into one
     adapter: task arithmetic such as `--weights 1,-1`. Same arithmetic as peft's add_weighted_adapter."""
     from tuneforge.io.combine import combine_adapters
 
-    path = combine_adapters(adapters, out, _parse_weights(weights), how=how, rank=rank, base=base, force=force)
+    path = combine_adapters(adapters, out, _parse_weights(weights), how=how, rank=rank, base=base, force=force,
+                            allow_pickle=allow_pickle)
     typer.echo(f"combined adapter written to {path}")
 
 

@@ -19,7 +19,7 @@ def preview_cmd(
     n: int = typer.Option(3, "--n", help="How many examples to show."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a config key: a.b=value (repeatable)."),
 ) -> None:
-    """Show examples with trained tokens marked ⟦…⟧, then token-length statistics."""
+    """Show examples with trained tokens marked ⟦…⟧ (preference pairs: the scored replies), then statistics."""
     typer.echo(preview_config(config, n=n, overrides=set_ or []))
 
 
@@ -31,6 +31,13 @@ def preview_config(config_path: str, n: int = 3, overrides: list[str] = ()) -> s
 
     cfg = load_config(config_path, list(overrides))
     tokenizer = load_tokenizer(cfg.model.name)
+    task_name = getattr(cfg, "task", "sft")
+    if task_name in ("dpo", "reward") and cfg.task_config is not None and cfg.task_config.label_field is None:
+        from tuneforge.data.preview import preview_pairs
+
+        task = cfg.task_config
+        return preview_pairs(cfg.data.train, tokenizer, cfg.data, template=task.template,
+                             max_prompt_length=task.max_prompt_length, append_eos=task_name == "dpo", n=n)
     if cfg.data.mixture:  # a multi-task run: each data set as its own template and masking render it
         return "\n\n".join(f"=== mixture entry {source.name} ===\n"
                              + preview(source.train, tokenizer, cfg.data.for_source(source), n=n)

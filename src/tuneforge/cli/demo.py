@@ -20,9 +20,10 @@ def demo(config: str = DEFAULT_CONFIG, overrides=(), progress: bool = True) -> d
 
     result = train(config, overrides, progress=progress)
     cfg = load_config(Path(result.output_dir) / "config.yaml")
-    model = load_model(cfg.model.name, kind=cfg.model.kind, dtype=cfg.model.dtype, device=cfg.model.device)
+    model = load_model(cfg.model.name, kind=cfg.model.kind, dtype=cfg.model.dtype, device=cfg.model.device,
+                       allow_pickle=cfg.model.allow_pickle)
     tokenizer = load_tokenizer(cfg.model.name)
-    load_adapter(model, Path(result.output_dir) / "adapter")
+    load_adapter(model, Path(result.output_dir) / "adapter", allow_pickle=cfg.model.allow_pickle)
     task = TASKS.get(cfg.task)()
     _, eval_examples = task.prepare(cfg, tokenizer)
     print(f"\nbefore/after on the validation split: loss over {len(eval_examples)} batch rows, and "

@@ -21,6 +21,9 @@ def generate_cmd(
     raw: bool = typer.Option(False, "--raw", help="Feed the prompt as is, without the chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (chat mode)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
+        "code, so only for files you trust."),
 ) -> None:
     """Print the model's reply to each --prompt."""
     from tuneforge.eval.generation import generate
@@ -28,6 +31,7 @@ def generate_cmd(
     replies = generate(
         base, adapter, prompts=list(prompt), max_new_tokens=max_new_tokens, do_sample=sample,
         temperature=temperature, top_p=top_p, chat=not raw, system_prompt=system, device=device, seed=seed,
+        allow_pickle=allow_pickle,
     )
     for i, reply in enumerate(replies):
         if len(replies) > 1:

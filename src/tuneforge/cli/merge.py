@@ -19,13 +19,16 @@ def merge_cmd(
         "and records no base_quantization.json (e.g. it was trained with peft)."
     ),
     double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="With --quantization."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
+        "code, so only for files you trust."),
 ) -> None:
     """Merge ADAPTER into BASE and save a model that loads with plain transformers. An adapter trained on a
     4-bit/8-bit base is merged into the dequantised base weights it was trained against."""
     from tuneforge.io.merge import merge
 
     spec = {"quantization": quantization, "double_quant": double_quant} if quantization else None
-    path = merge(base, adapter, out, dtype=dtype, force=force, quantization=spec)
+    path = merge(base, adapter, out, dtype=dtype, force=force, quantization=spec, allow_pickle=allow_pickle)
     typer.echo(f"merged model written to {path}")
 
 

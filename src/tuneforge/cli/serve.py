@@ -24,12 +24,18 @@ def serve_cmd(
     adapter_cache_mb: float = typer.Option(1024.0, "--adapter-cache-mb", help="RAM budget of loaded adapters."),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Requests generated together."),
     max_concurrent_jobs: int = typer.Option(1, "--max-concurrent-jobs", help="Jobs training at the same time."),
+    max_job_epochs: int = typer.Option(50, "--max-job-epochs", help="Most epochs one job may ask for."),
+    max_job_tokens: int = typer.Option(
+        50_000_000, "--max-job-tokens", help="Most tokens one job may train on (records x epochs x max_length)."),
     allow_python_graders: bool = typer.Option(
         False, "--allow-python-graders", help="Accept reinforcement jobs with python graders (runs callers' code)."),
     cors_origin: Optional[List[str]] = typer.Option(
         None, "--cors-origin", help="Allow this browser origin (repeatable; CORS is off by default)."),
     device: str = typer.Option("auto", "--device", help="Generation device: auto, cpu, cuda, mps."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for generation (default: torch's)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load pickle weights (adapter_model.bin, pytorch_model.bin): they can run "
+        "code, so only for files you trust."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the base model and its adapters over an OpenAI-compatible API, and run fine-tuning jobs."""
@@ -39,7 +45,8 @@ def serve_cmd(
         base=base, adapters=list(adapters or []), data_dir=data_dir, host=host, port=port,
         api_keys=list(api_key or []), base_name=base_name, job_config=job_config, max_upload_mb=max_upload_mb,
         adapter_cache_mb=adapter_cache_mb, max_batch_size=max_batch_size, max_concurrent_jobs=max_concurrent_jobs,
-        allow_python_graders=allow_python_graders, cors_origins=list(cors_origin or []), device=device, threads=threads,
+        max_job_epochs=max_job_epochs, max_job_tokens=max_job_tokens, allow_python_graders=allow_python_graders,
+        cors_origins=list(cors_origin or []), device=device, threads=threads, allow_pickle=allow_pickle,
     )
     serve(config, log_level=log_level)
 

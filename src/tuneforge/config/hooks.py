@@ -25,11 +25,11 @@ def metric_mode(metric: str, mode: str) -> str:
 class WandbConfig:
     """Weights & Biases run settings (with `wandb` in train.report_to)."""
 
-    project: str = "tuneforge"
-    """W&B project the run is logged to."""
+    project: str | None = None
+    """W&B project the run is logged to; null = WANDB_PROJECT, else tuneforge."""
 
     name: str | None = None
-    """Display name of the run; null = the output_dir's folder name."""
+    """Display name of the run; null = WANDB_NAME, else the output_dir's folder name."""
 
     entity: str | None = None
     """Team or user owning the project; null = the logged-in default."""

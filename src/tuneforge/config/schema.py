@@ -26,8 +26,9 @@ class ModelConfig:
     """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
     sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
 
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
-    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU)."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64", "auto"] = "auto"
+    """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU).
+    float64 is for numerical checks: rounding far below any tolerance, whatever the kernels' summation order."""
 
     device: str = "auto"
     """auto (cuda, then mps, then cpu), or a torch device string such as cpu or cuda:1."""
@@ -45,7 +46,40 @@ class ModelConfig:
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
+    device_map: str | int | dict | None = None
+    """Where the weights go, for models bigger than one device: auto (split over the GPUs, then CPU, sized by
+    max_memory), one device (cuda:1), or {module prefix: device} such as {model.embed_tokens: 0, model.layers: 1,
+    "": 1}. null: the whole model on `device`. Set device or device_map, not both."""
+
+    max_memory: dict | None = None
+    """With device_map auto: the most each device may hold, e.g. {0: 20GiB, 1: 20GiB, cpu: 60GiB}."""
+
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = "auto"
+    """Attention kernel: auto (sdpa; packed rows attend per example on CPU and through flash-attn's varlen kernel
+    on CUDA when flash-attn is installed), sdpa, flash_attention_2 (CUDA, bf16/fp16, needs flash-attn),
+    flex_attention (block-sparse document masks) or eager."""
+
+    revision: str | None = None
+    """A hub model's branch, tag or commit; pin it so a run can be repeated."""
+
+    trust_remote_code: bool = False
+    """Run Python code shipped in a hub model's repository (some architectures need it). Off: read it first."""
+
+    rope_scaling: dict | None = None
+    """RoPE scaling for a longer context than the model was trained on, passed into the model config, e.g.
+    {rope_type: yarn, factor: 4.0, original_max_position_embeddings: 8192}; rope_type is linear, dynamic, yarn,
+    longrope or llama3."""
+
+    allow_pickle: bool = False
+    """Also load weights stored as pickles (pytorch_model.bin, adapter_model.bin). Unpickling can run code from
+    the file, so this is off: such files are refused with a hint to use safetensors."""
+
     def validate(self) -> None:
+        from .model_options import check_model_options
+
+        check_model_options(device=self.device, device_map=self.device_map, max_memory=self.max_memory,
+                            attn_implementation=self.attn_implementation, quantization=self.quantization,
+                            dtype=self.dtype, rope_scaling=self.rope_scaling)
         if self.num_labels is not None and self.kind != "sequence-classification":
             raise ConfigError("num_labels only applies to kind 'sequence-classification'", key="num_labels")
         if self.num_labels is not None and self.num_labels < 1:
@@ -102,6 +136,12 @@ class TrainConfig:
     """Keep each block's norm inputs only and recompute the norm outputs in backward (bit-identical gradients,
     ~15% less activation memory with LoRA on every projection). Off under compile, which decides this itself."""
 
+    release_memory: bool = False
+    """On CPU runs, give freed activation buffers back to the operating system at once (glibc's malloc mmap
+    threshold fixed at 1 MiB, train/memory.py): 0.3-0.7 GB less peak RSS on SmolLM2 at 4 x 256 tokens, the same
+    maths, but every fresh buffer is faulted in, which cost up to a third more CPU time a step on a busy 2-core
+    machine: a memory dial, off by default."""
+
     compile: bool = False
     """torch.compile each repeated block of the model (its decoder layers) before training: fuses the elementwise
     work between matmuls; the first steps pay the compile time (minutes on a small CPU)."""
@@ -134,8 +174,9 @@ class TrainConfig:
     eval/<metric>), mlflow (params = the resolved config), wandb. Needs the `track` extra installed."""
 
     mlflow_tracking_uri: str | None = None
-    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null = the
-    local SQLite store output_dir/mlflow.db (MLflow 3's default backend; `mlflow ui` inside output_dir shows it)."""
+    """Where MLflow logs (any MLflow tracking URI: http://host:5000, sqlite:///path.db, databricks). null =
+    MLFLOW_TRACKING_URI when set, else the local SQLite store output_dir/mlflow.db (MLflow 3's default backend;
+    `mlflow ui` inside output_dir shows it)."""
 
     mlflow_experiment: str = "tuneforge"
     """MLflow experiment name the run is filed under."""

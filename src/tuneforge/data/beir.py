@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .readers import line_of, read_records, require_fields
+from .sets import resolve_data_path
 
 
 @dataclass
@@ -88,7 +89,7 @@ def read_qrels(path: str | Path, corpus: dict[str, str], queries: dict[str, str]
 
 def split_paths(data_dir: str | Path, split: str) -> tuple[Path, Path, Path]:
     """(corpus, queries, qrels) paths of a split; DataError listing the splits present when one is missing."""
-    root = Path(data_dir)
+    root = Path(resolve_data_path(data_dir))
     if not root.is_dir():
         raise DataError("not a directory (expected corpus.jsonl, queries_<split>.jsonl, qrels_<split>.jsonl)",
                         file=root)
@@ -114,7 +115,7 @@ def pairs_from_qrels(qrels_path: str | Path) -> list[dict]:
     "qrels" replaced by "queries") and corpus.jsonl beside it. Each pair keeps its qrels line for errors."""
     from .readers import Record
 
-    qrels_path = Path(qrels_path)
+    qrels_path = Path(resolve_data_path(qrels_path))
     queries_path = qrels_path.with_name(qrels_path.name.replace("qrels", "queries", 1))
     corpus = read_corpus(qrels_path.with_name("corpus.jsonl"))
     queries = read_queries(queries_path)

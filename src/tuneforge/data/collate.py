@@ -4,11 +4,12 @@ Conventions the training loop relies on:
 - `labels` are NOT shifted: the loss is cross-entropy of logits[:, :-1] against labels[:, 1:], with -100
   ignored (padding, prompts, and the first token of each example are -100).
 - Unpacked batches: right padding, 2-D `attention_mask` (1 = token, 0 = padding), `position_ids` 0..n-1.
-- Packed rows (examples carrying `seq_lens`, from pack_examples): a 4-D additive float mask of shape
-  (B, 1, L, L), 0 where query i may attend to key j (same example, j <= i) and the dtype's minimum elsewhere.
-  transformers passes a 4-D mask through unchanged to its eager and sdpa attention, which both add it to the
-  scores. A padding position attends only to itself, so no softmax row is all -inf (which would give NaN).
-  Flash-attention kernels do not take a 4-D mask; cast it to the model's dtype for half-precision sdpa.
+- Packed rows (examples carrying `seq_lens`, from pack_examples): no attention mask at all. `position_ids`
+  restart at 0 for each example (padding at a row's end gets 0s) and `seq_lens` (B, max examples, 0-padded)
+  holds the example lengths; the attention backends read those (models/packed_attention.py: per-example
+  kernels on CPU, flash-attn's varlen kernel on CUDA, transformers' packed-sequence masks otherwise). A dense
+  (B, 1, L, L) mask would cost O(L^2) memory per row (4 GiB in fp32 for one 32k-token row) and rule out
+  flash-attention; models/packed_attention.block_causal_mask builds one only for a model that needs it.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import torch
 from .formatting import IGNORE
 
 
-def collate_causal(examples: list[dict], pad_token_id: int, *, mask_dtype: torch.dtype = torch.float32) -> dict:
-    """`input_ids`, `labels`, `position_ids` (B, L) and `attention_mask` (B, L) or, for packed rows,
-    (B, 1, L, L) additive in mask_dtype. Extra keys of the examples are ignored."""
+def collate_causal(examples: list[dict], pad_token_id: int) -> dict:
+    """`input_ids`, `labels`, `position_ids` (B, L); unpacked rows also get `attention_mask` (B, L), packed rows
+    (any example with `seq_lens`) get `seq_lens` (B, max examples) instead. Extra keys are ignored."""
     if not examples:
         raise ValueError("cannot collate an empty batch")
     packed = any("seq_lens" in ex for ex in examples)
@@ -28,33 +29,25 @@ def collate_causal(examples: list[dict], pad_token_id: int, *, mask_dtype: torch
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE, dtype=torch.long)
     position_ids = torch.zeros((batch, width), dtype=torch.long)
-    if packed:
-        allowed = torch.zeros((batch, width, width), dtype=torch.bool)
-    else:
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    rows = []
     for b, ex in enumerate(examples):
         n = len(ex["input_ids"])
         input_ids[b, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
         labels[b, :n] = torch.tensor(ex["labels"], dtype=torch.long)
-        if not packed:
-            position_ids[b, :n] = torch.arange(n)
-            attention_mask[b, :n] = 1
-            continue
+        attention_mask[b, :n] = 1
+        lens = list(ex.get("seq_lens", [n])) if packed else [n]
+        if sum(lens) != n or any(length < 1 for length in lens):
+            raise ValueError(f"row {b}: seq_lens {lens} do not split the row's {n} tokens")
         start = 0
-        for length in ex.get("seq_lens", [n]):
+        for length in lens:
             position_ids[b, start : start + length] = torch.arange(length)
-            allowed[b, start : start + length, start : start + length] = True
             start += length
-        if start != n:
-            raise ValueError(f"row {b}: seq_lens add up to {start}, but the row has {n} tokens")
-        allowed[b, range(n, width), range(n, width)] = True  # padding sees only itself
+        rows.append(lens)
     out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if packed:
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
-        allowed &= causal
-        mask = torch.zeros((batch, 1, width, width), dtype=mask_dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(mask_dtype).min)
-        out["attention_mask"] = mask
+        most = max(len(lens) for lens in rows)
+        out["seq_lens"] = torch.tensor([lens + [0] * (most - len(lens)) for lens in rows], dtype=torch.long)
     else:
         out["attention_mask"] = attention_mask
     return out

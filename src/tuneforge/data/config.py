@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ConfigError
+from .sets import resolve_data_path
 
 FORMATS = ("auto", "alpaca", "chat", "openai", "sharegpt", "prompt_completion", "text", "template")
 TRAIN_ON = ("assistant", "all")
@@ -65,6 +66,8 @@ class DataSource:
             raise ConfigError("a mixture entry needs a name", key="name")
         if self.train is None:
             raise ConfigError(f"mixture entry {self.name!r} has no train file", key="train")
+        self.train = resolve_data_path(self.train, key="train")
+        self.validation = resolve_data_path(self.validation, key="validation")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
         if self.train_on not in TRAIN_ON:
@@ -84,7 +87,8 @@ class DataConfig:
     train: str | None = None
     """Training records: a .jsonl, .json (array), .csv or .parquet file, or a Hugging Face `datasets` source: a
     folder written by save_to_disk, a file set (a folder of data files, a glob such as data/*.parquet, an .arrow
-    file) or a hub id (org/name, with split / revision)."""
+    file) or a hub id (org/name, with split / revision); or a data set reference `NAME:SPLIT` (e.g. `alpaca:train`:
+    $TUNEFORGE_DATA/alpaca/train.jsonl, else the repository's data/ slice)."""
 
     validation: str | None = None
     """Held-out records from the same kinds of source, used for evaluation; none means no eval set."""
@@ -169,6 +173,8 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the key of the first bad value."""
+        self.train = resolve_data_path(self.train, key="train")
+        self.validation = resolve_data_path(self.validation, key="validation")
         if self.format not in FORMATS:
             raise ConfigError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}", key="format")
         if self.train_on not in TRAIN_ON:

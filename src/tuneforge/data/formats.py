@@ -33,12 +33,12 @@ def detect_format(record: dict, source=None, line=None) -> str:
         return "alpaca"
     if "prompt" in record and "completion" in record:
         return "prompt_completion"
-    if set(map(str, record)) == {"text"}:
+    if "text" in record:
         return "text"
     have = ", ".join(sorted(map(str, record))) or "none"
     raise DataError(
         f"cannot tell the data format from the keys ({have}); expected 'messages' (chat/openai), 'conversations' "
-        "(sharegpt), 'instruction' + 'output' (alpaca), 'prompt' + 'completion' (prompt_completion) or only "
+        "(sharegpt), 'instruction' + 'output' (alpaca), 'prompt' + 'completion' (prompt_completion) or "
         "'text' (text), or set data.format",
         file=source, line=line,
     )

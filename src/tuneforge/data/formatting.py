@@ -17,10 +17,9 @@ offsets, so token merges at a boundary cannot shift the labels.
 from __future__ import annotations
 
 from ..errors import DataError
-from .formats import (chat_messages, detect_format, prompt_completion, record_tools, sharegpt_messages,
-                      text_segments)
+from .formats import (ROLES, chat_messages, detect_format, prompt_completion, record_tools,  # noqa: F401
+                      sharegpt_messages, text_segments)
 
-ROLES = ("system", "user", "assistant", "tool")
 IGNORE = -100  # label of a position without loss (torch cross_entropy's ignore_index)
 
 
@@ -401,6 +400,20 @@ def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = 
         budget = ({"budget_tokens": int(budget_rows * cfg.max_length * 1.1)} if cfg.packing
                   else {"budget_examples": budget_rows})
     return build_sft_examples(records, tokenizer, cfg, source=source, stats=stats, **budget)
+
+
+def load_records(cfg, split: str = "train") -> tuple[list, object]:
+    """(records, source) of one split of a DataConfig from any source `read_source` reads, as a list (its
+    limit_train / limit_eval subset; a stream's first limit records, or all of it): for tasks that read
+    records rather than SFT examples (classify)."""
+    import itertools
+
+    from .sources import read_source
+
+    path = cfg.train if split == "train" else cfg.validation
+    limit = cfg.limit_train if split == "train" else cfg.limit_eval
+    records, source = read_source(path, **source_options(cfg, split), limit=limit, seed=cfg.shuffle_seed)
+    return (records if isinstance(records, list) else list(itertools.islice(records, limit))), source
 
 
 def source_options(cfg, split: str) -> dict:

@@ -95,3 +95,38 @@ def summarize(examples: list[dict], stats: dict, cfg) -> list[str]:
         lines.append(f"packing: {len(examples)} examples -> {len(rows)} rows of {cfg.max_length} tokens, "
                      f"efficiency {packing_efficiency(rows, cfg.max_length):.1%}")
     return lines
+
+
+def preview_pairs(records_or_path, tokenizer, cfg, *, template: str = "chat", max_prompt_length: int | None = None,
+                  append_eos: bool = False, n: int = 3) -> str:
+    """The preference-pair preview (task dpo / reward): each pair's prompt as the model sees it, then the chosen
+    and the rejected reply with their scored tokens marked, then what became of every pair (PairStats)."""
+    import itertools
+
+    from .preferences import build_pairs
+
+    if isinstance(records_or_path, (str, Path)):
+        from .formatting import source_options
+        from .sources import read_source
+
+        records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
+                                      limit=cfg.limit_train, seed=cfg.shuffle_seed)
+        if not isinstance(records, list):
+            records = list(itertools.islice(records, cfg.limit_train or 1000))
+    else:
+        source = None
+        records = select_records(list(records_or_path), cfg.limit_train, cfg.shuffle_seed)
+    pairs, stats = build_pairs(records, tokenizer, template=template, max_length=cfg.max_length,
+                               max_prompt_length=max_prompt_length, append_eos=append_eos, source=source)
+    lines = [f"data: {source or '(in memory)'}  preference pairs  template: {template}  max_length: {cfg.max_length}",
+             f"legend: {OPEN}scored reply tokens{CLOSE}; the prompt is context only", ""]
+    for i, pair in enumerate(pairs[:n]):
+        where = f"row {pair['line']}" if getattr(source, "rows", False) else f"line {pair['line']}"
+        lines.append(f"--- pair {i + 1} ({where}): prompt {len(pair['prompt_ids'])} tokens ---")
+        lines.append(tokenizer.decode(pair["prompt_ids"], skip_special_tokens=False))
+        for side in ("chosen", "rejected"):
+            reply = tokenizer.decode(pair[f"{side}_ids"], skip_special_tokens=False)
+            lines.append(f"{side} ({len(pair[f'{side}_ids'])} tokens): {OPEN}{reply}{CLOSE}")
+        lines.append("")
+    lines.append(stats.summary())
+    return "\n".join(lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
+from .sets import resolve_data_path
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -28,14 +29,17 @@ class Record(dict):
 
 
 def line_of(record: Any, index: int) -> int:
-    """The line a record came from; the 1-based position when it was built in memory."""
-    return getattr(record, "line", None) or index + 1
+    """The line a record came from (a datasets row index, which may be 0); the 1-based position when it was
+    built in memory."""
+    line = getattr(record, "line", None)
+    return line if line is not None else index + 1
 
 
 def read_records(path: str | Path) -> list[dict]:
     """All records of a file, chosen by suffix (.jsonl/.json/.csv/.parquet). Raises DataError(file, line)
-    for a missing file, a malformed JSON line, a line that is not an object, or a file with no records."""
-    path = Path(path)
+    for a missing file, a malformed JSON line, a line that is not an object, or a file with no records. A data set
+    reference (`alpaca:validation`) is read from wherever `sets.resolve_data_path` finds it."""
+    path = Path(resolve_data_path(path))
     if not path.exists():
         raise DataError("file not found", file=path)
     if path.is_dir():
@@ -154,3 +158,25 @@ def _read_parquet(path: Path) -> list[Record]:
     except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
         raise DataError(f"cannot read parquet: {e}", file=path) from None
     return [Record(row, i) for i, row in enumerate(rows, start=1)]
+
+
+def iter_jsonl(path: str | Path):
+    """The records of a .jsonl file one line at a time, with read_records' rules and errors (UTF-8, one JSON
+    object per non-empty line), holding one line in memory: what checks a large upload without loading it."""
+    path = Path(path)
+    offset = 0
+    with open(path, "rb") as handle:
+        for n, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text ({e.reason} at byte {offset + e.start})", file=path,
+                                line=n) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=n) from None
+            yield _as_record(obj, path, n)

@@ -25,8 +25,9 @@ def evaluate_classifier(run_dir, data_file=None, batch_size: int | None = None, 
     if data_file is None:
         raise ConfigError("no data file given and the run has no validation file", key="data.validation")
     m = cfg.model
-    model = load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device)
-    load_adapter(model, run_dir / "adapter")
+    model = load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
+                       allow_pickle=m.allow_pickle)
+    load_adapter(model, run_dir / "adapter", allow_pickle=m.allow_pickle)
     tokenizer = load_tokenizer(m.name)
     task = ClassifyTask()
     task.cfg = cfg.task_config or ClassifyConfig()

@@ -89,7 +89,8 @@ def _features_row(entry: MethodEntry, log) -> dict:
     method = method_for(settings)
     out = Path(cfg.output_dir)
     started = time.perf_counter()
-    model = load_model(cfg.model.name, kind="encoder", dtype=cfg.model.dtype, device=cfg.model.device)
+    model = load_model(cfg.model.name, kind="encoder", dtype=cfg.model.dtype, device=cfg.model.device,
+                       allow_pickle=cfg.model.allow_pickle)
     tokenizer = load_tokenizer(cfg.model.name)
     labels, (train_texts, train_y), (eval_texts, eval_y) = labelled_texts(cfg)
     with contextlib.redirect_stdout(log):

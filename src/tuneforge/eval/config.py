@@ -6,17 +6,18 @@ A task is data + prompt template + metric list, so users add their own in YAML w
 
     tasks:
       - name: scitldr
-        data: ../shared/data/scitldr/validation.jsonl
+        data: scitldr:validation
         prompt: "Summarize in one sentence:\\n{document}"
         target: "{summary}"
         references: references
         metrics: [rouge, loss]
-        demonstrations: ../shared/data/scitldr/train.jsonl
+        demonstrations: scitldr:train
 """
 from __future__ import annotations
 
 import dataclasses
 
+from ..data.sets import resolve_data_path
 from ..errors import ConfigError
 
 TASK_TYPES = ("generate", "choice", "perplexity")
@@ -91,6 +92,8 @@ class EvalTask:
     """Longest generated reply for this task; null = eval.max_new_tokens."""
 
     def validate(self) -> None:
+        self.data = resolve_data_path(self.data, key="data")
+        self.demonstrations = resolve_data_path(self.demonstrations, key="demonstrations")
         if self.type not in TASK_TYPES:
             raise ConfigError(f"unknown task type {self.type!r}; choose one of {', '.join(TASK_TYPES)}", key="type")
         if self.format not in FORMATS:

@@ -30,22 +30,24 @@ def generate(
     dtype: str = "float32",
     device: str = "auto",
     seed: int | None = None,
+    allow_pickle: bool = False,
 ) -> list[str]:
     """Load `base` (+ `adapter`) and return one reply per prompt.
 
     base defaults to the adapter's recorded base model (adapter_config.json), else smollm2-135m-instruct.
-    prompt may be a string or a list; `prompts=` is the same as a list."""
+    prompt may be a string or a list; `prompts=` is the same as a list. allow_pickle: also read pickle
+    weights (adapter_model.bin, pytorch_model.bin), which can run code; refused by default."""
     from ..models import load_model, load_tokenizer
 
     texts = _prompt_list(prompt, prompts)
     if base is None:
         base = _adapter_base(adapter) or DEFAULT_BASE
-    model = load_model(base, dtype=dtype, device=device)
+    model = load_model(base, dtype=dtype, device=device, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(base)
     if adapter is not None:
         from ..io import load_adapter
 
-        load_adapter(model, adapter)
+        load_adapter(model, adapter, allow_pickle=allow_pickle)
     if seed is not None:
         torch.manual_seed(seed)
     return generate_with(

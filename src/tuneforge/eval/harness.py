@@ -134,7 +134,8 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
         if system.adapter is not None:
             name = adapter_name_for(system.adapter)
             if name not in list_adapters(model):
-                load_adapter(model, system.adapter, adapter_name=name)
+                load_adapter(model, system.adapter, adapter_name=name,
+                             allow_pickle=getattr(model, "tuneforge_allow_pickle", False))
             set_active_adapters(model, [name])
         context = disable_adapters(model) if system.adapter is None and list_adapters(model) else nullcontext()
         with context:
@@ -182,7 +183,9 @@ def load_base(cfg):
     from ..models import load_model, load_tokenizer
 
     m = cfg.model
-    return load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device), load_tokenizer(m.name)
+    model = load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle)
+    model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice
+    return model, load_tokenizer(m.name)
 
 
 def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print) -> dict:

@@ -46,7 +46,8 @@ class WeightInterpolation:
         from ..methods import unload
 
         pretrained = _snapshot(model)
-        load_adapter(model, adapter_dir, adapter_name="wise-ft")
+        load_adapter(model, adapter_dir, adapter_name="wise-ft",
+                     allow_pickle=getattr(model, "tuneforge_allow_pickle", False))
         unload(model, merge=True)
         return cls(model, pretrained, _snapshot(model))
 
@@ -159,7 +160,7 @@ def interpolate(config_or_path=None, overrides=(), *, adapter=None, finetuned=No
     if finetuned is not None:
         m = cfg.model
         weights = WeightInterpolation.from_models(model, load_model(finetuned, kind=m.kind, dtype=m.dtype,
-                                                                    device=m.device))
+                                                                    device=m.device, allow_pickle=m.allow_pickle))
     else:
         adapter = adapter or Path(cfg.output_dir) / "adapter"
         if not (Path(adapter) / "adapter_config.json").is_file():

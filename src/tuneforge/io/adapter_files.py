@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import AdapterMismatch, ModelNotFound, TuneforgeError
+from ..errors import AdapterMismatch, ModelNotFound, PickleRefused, TuneforgeError
 from ..quant import quantization_of
 
 CONFIG_NAME = "adapter_config.json"
@@ -26,12 +25,15 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 
 @contextmanager
 def atomic_dir(final_path):
-    """Yield a fresh temp dir beside final_path; on success it replaces final_path in one rename."""
+    """Yield a fresh temp dir beside final_path; on success it replaces final_path in one rename. The result has
+    the permissions mkdir gives (the user's umask), not mkdtemp's 0700."""
+    from .tempdirs import apply_umask, temp_dir
+
     final = Path(final_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = temp_dir(final.parent, prefix=f".{final.name}.tmp-")
     try:
         yield tmp
+        apply_umask(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -105,17 +107,27 @@ def read_base_quantization(adapter_dir) -> dict | None:
 
 
 def read_adapter_config(adapter_dir) -> dict:
+    """adapter_config.json as a dict; ModelNotFound / AdapterMismatch naming the path for anything else."""
     path = Path(adapter_dir) / CONFIG_NAME
     if not path.is_file():
-        raise ModelNotFound(f"{adapter_dir}: no {CONFIG_NAME} here; is this an adapter directory?")
+        missing = "" if Path(adapter_dir).is_dir() else " (no such directory)"
+        raise ModelNotFound(f"{adapter_dir}: no {CONFIG_NAME} here{missing}; is this an adapter directory?")
     try:
-        return json.loads(path.read_text())
+        body = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise AdapterMismatch(f"{path}: not valid JSON ({exc})") from None
+        raise AdapterMismatch(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterMismatch(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(body, dict):
+        raise AdapterMismatch(f"{path}: expected a JSON object (peft's adapter config), got {type(body).__name__}")
+    return body
 
 
-def method_for_peft_config(body: dict):
+def method_for_peft_config(body: dict, where=None):
     from ..registry import METHODS
+
+    if not isinstance(body, dict):
+        raise AdapterMismatch(f"{where or 'adapter config'}: expected a JSON object, got {type(body).__name__}")
 
     for _, cls in METHODS.items():
         claims = getattr(cls, "claims_peft_config", None)
@@ -126,26 +138,68 @@ def method_for_peft_config(body: dict):
             return cls
         if not cls.peft_type and cls.name.upper() == body.get("peft_type"):  # ours only: Method.peft_config
             return cls
-    raise AdapterMismatch(f"adapter type {body.get('peft_type')!r} is not a method tuneforge knows")
+    prefix = f"{where}: " if where is not None else ""
+    raise AdapterMismatch(f"{prefix}adapter type {body.get('peft_type')!r} is not a method tuneforge knows")
 
 
-def read_adapter_weights(adapter_dir) -> dict[str, torch.Tensor]:
+def adapter_weights_file(adapter_dir, allow_pickle: bool = False) -> Path:
+    """The weights file of an adapter directory: adapter_model.safetensors, or adapter_model.bin (a pickle)
+    only when allow_pickle; PickleRefused / ModelNotFound naming the path otherwise."""
     d = Path(adapter_dir)
     if (d / WEIGHTS_NAME).is_file():
-        return load_file(str(d / WEIGHTS_NAME))
+        return d / WEIGHTS_NAME
     if (d / LEGACY_WEIGHTS_NAME).is_file():
-        return torch.load(d / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-    raise ModelNotFound(f"{adapter_dir}: no {WEIGHTS_NAME}")
+        if not allow_pickle:
+            raise PickleRefused(d / LEGACY_WEIGHTS_NAME, alternative=WEIGHTS_NAME)
+        return d / LEGACY_WEIGHTS_NAME
+    raise ModelNotFound(f"{adapter_dir}: no {WEIGHTS_NAME} (the adapter's weights) here")
 
 
-def load_adapter(model, adapter_dir, adapter_name: str = "default", trainable: bool = False):
-    """Add the adapter stored in adapter_dir (ours or peft's) to model; returns its config."""
+def check_adapter_files(adapter_dir, allow_pickle: bool = False) -> dict:
+    """Validate an adapter directory without building it: the config is a JSON object of a known method and the
+    weights file opens (a truncated or empty safetensors file fails here, with its path). Returns the config."""
+    body = read_adapter_config(adapter_dir)
+    method_for_peft_config(body, where=Path(adapter_dir) / CONFIG_NAME)
+    path = adapter_weights_file(adapter_dir, allow_pickle)
+    if path.name == WEIGHTS_NAME:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                names = list(handle.keys())
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for broken files
+            raise AdapterMismatch(f"{path}: not a readable safetensors file ({exc}); was it truncated?") from None
+        if not names:
+            raise AdapterMismatch(f"{path}: holds no tensors")
+    return body
+
+
+def read_adapter_weights(adapter_dir, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    path = adapter_weights_file(adapter_dir, allow_pickle)
+    try:
+        if path.name == WEIGHTS_NAME:
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a broken file is the user's input: name it, no traceback
+        raise AdapterMismatch(f"{path}: cannot be read ({type(exc).__name__}: {exc}); was it truncated?") from None
+
+
+def load_adapter(model, adapter_dir, adapter_name: str = "default", trainable: bool = False,
+                 allow_pickle: bool = False):
+    """Add the adapter stored in adapter_dir (ours or peft's) to model; returns its config. A pickle
+    (adapter_model.bin) is read only with allow_pickle=True."""
     from ..methods import add_adapter, delete_adapter, load_adapter_state_dict, mark_trainable
 
     body = read_adapter_config(adapter_dir)
-    cls = method_for_peft_config(body)
-    cfg = cls.config_from_peft(body)
-    state = read_adapter_weights(adapter_dir)
+    cls = method_for_peft_config(body, where=Path(adapter_dir) / CONFIG_NAME)
+    try:
+        cfg = cls.config_from_peft(body)
+    except TuneforgeError as exc:
+        raise AdapterMismatch(f"{Path(adapter_dir) / CONFIG_NAME}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AdapterMismatch(f"{Path(adapter_dir) / CONFIG_NAME}: not a valid {cls.name} adapter config "
+                              f"({type(exc).__name__}: {exc})") from None
+    state = read_adapter_weights(adapter_dir, allow_pickle)
     try:
         add_adapter(model, cfg, adapter_name)
     except TuneforgeError as exc:

@@ -26,12 +26,15 @@ def combine_adapters(
     base: str | os.PathLike | None = None,
     *,
     force: bool = False,
+    allow_pickle: bool = False,
 ) -> Path:
     """Write to `out` the adapter sum_i weights[i] * adapters[i] (weights default to 1 each); returns `out`.
-    base defaults to the base model the adapters record (they must agree). Refuses a non-empty `out` unless force."""
+    base defaults to the base model the adapters record (they must agree). Refuses a non-empty `out` unless force.
+    allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
     from ..methods import combine
     from ..methods.combine import HOWS
-    from .adapter_files import QUANTIZATION_NAME, read_adapter_config, read_base_quantization, save_adapter
+    from .adapter_files import (QUANTIZATION_NAME, adapter_weights_file, read_adapter_config, read_base_quantization,
+                                save_adapter)
 
     adapters = [Path(a) for a in adapters]
     if not adapters:
@@ -48,6 +51,8 @@ def combine_adapters(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
     bodies = [read_adapter_config(a) for a in adapters]  # a missing or broken folder fails here, before any load
+    for a in adapters:
+        adapter_weights_file(a, allow_pickle)  # and so does a pickle that was not allowed
     base = str(base) if base is not None else _recorded_base(adapters, bodies)
     kinds = {KINDS.get(b.get("task_type"), "causal-lm") for b in bodies}
     if len(kinds) != 1:
@@ -58,11 +63,11 @@ def combine_adapters(
         raise TuneforgeError("the adapters were trained on differently quantised bases (see their "
                              f"{QUANTIZATION_NAME}); combine adapters of one base")
     kind = kinds.pop()
-    num_labels = _num_labels(adapters) if kind == "sequence-classification" else None
-    model = _base(base, kind, num_labels)
+    num_labels = _num_labels(adapters, allow_pickle) if kind == "sequence-classification" else None
+    model = _base(base, kind, num_labels, allow_pickle)
     names = [f"adapter{i}" for i in range(len(adapters))]
     for name, path, body in zip(names, adapters, bodies):
-        _load(model, path, body, name, lambda: _base(base, kind, num_labels))
+        _load(model, path, body, name, lambda: _base(base, kind, num_labels, allow_pickle), allow_pickle)
     combine(model, dict(zip(names, weights)), "combined", how=how, rank=rank)
     # the sources were trained against dequant(Q(W)): keep their record, which `tuneforge merge` reads
     return save_adapter(model, out, "combined", base_model_name=base,
@@ -80,34 +85,35 @@ def _recorded_base(adapters: list[Path], bodies: list[dict]) -> str:
     return recorded.pop()
 
 
-def _num_labels(adapters: list[Path]) -> int | None:
+def _num_labels(adapters: list[Path], allow_pickle: bool = False) -> int | None:
     """A classifier's label count, from the head saved with an adapter (modules_to_save)."""
     from .adapter_files import read_adapter_weights
 
     for a in adapters:
-        for key, tensor in read_adapter_weights(a).items():
+        for key, tensor in read_adapter_weights(a, allow_pickle).items():
             if key.endswith(("classifier.weight", "score.weight", "classifier.out_proj.weight")):
                 return int(tensor.shape[0])
     return None
 
 
-def _base(base: str, kind: str, num_labels: int | None):
+def _base(base: str, kind: str, num_labels: int | None, allow_pickle: bool = False):
     from ..models import load_model
 
-    return load_model(base, kind=kind, num_labels=num_labels, dtype="float32", device="cpu")
+    return load_model(base, kind=kind, num_labels=num_labels, dtype="float32", device="cpu",
+                      allow_pickle=allow_pickle)
 
 
-def _load(model, path: Path, body: dict, name: str, fresh_base) -> None:
+def _load(model, path: Path, body: dict, name: str, fresh_base, allow_pickle: bool = False) -> None:
     """load_adapter, except that a PiSSA file is converted to its plain LoRA on a scratch base first."""
     from ..methods import add_adapter, adapter_state_dict, load_adapter_state_dict
     from ..methods.pissa import pissa_to_lora
     from .adapter_files import load_adapter, method_for_peft_config
 
     if method_for_peft_config(body).name != "pissa":
-        load_adapter(model, path, name)
+        load_adapter(model, path, name, allow_pickle=allow_pickle)
         return
     scratch = fresh_base()
-    load_adapter(scratch, path, name)
+    load_adapter(scratch, path, name, allow_pickle=allow_pickle)
     cfg = pissa_to_lora(scratch, name)
     state = adapter_state_dict(scratch, name)
     del scratch

@@ -23,12 +23,14 @@ def export_model(
     quant: str = "f16",
     force: bool = False,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> Path:
     """Export `base` (+ `adapter`, merged) for llama.cpp or Ollama; returns what was written.
 
     format "gguf": `out` is the .gguf file. format "ollama": `out` is a folder that gets `model.gguf` and a
     `Modelfile` (`ollama create NAME -f OUT/Modelfile`). quant: f32 (lossless), f16 or q8_0. `base` may be None
-    when the adapter records its base. Refuses to replace an existing file or non-empty folder unless force."""
+    when the adapter records its base. Refuses to replace an existing file or non-empty folder unless force.
+    allow_pickle: also read pickle weights (pytorch_model.bin, adapter_model.bin); refused by default."""
     from ..models import load_model, load_tokenizer
     from .gguf_export import QUANTS, write_gguf
 
@@ -42,11 +44,11 @@ def export_model(
         from .merge import base_of, load_merged
 
         base = base_of(base, adapter)
-        model = load_merged(base, adapter)
+        model = load_merged(base, adapter, allow_pickle=allow_pickle)
     elif base is None:
         raise TuneforgeError("export needs --base (or an --adapter that records its base model)")
     else:
-        model = load_model(base, dtype="float32", device="cpu")
+        model = load_model(base, dtype="float32", device="cpu", allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(base)
     name = Path(str(base)).name
     if format == "gguf":

@@ -3,10 +3,11 @@
 The names and transforms follow llama.cpp's convert_hf_to_gguf.py, so llama.cpp, Ollama and transformers' GGUF
 loader all read the result: Llama and Mistral become GGUF `llama` (llama.cpp has no separate Mistral graph), with
 the rows of Q and K permuted from Hugging Face's rotate-half order to GGML's interleaved RoPE order; Qwen2 becomes
-`qwen2`, unpermuted, with its q/k/v biases. Tensor names come from gguf-py's own TensorNameMap.
+`qwen2`, unpermuted, with its q/k/v biases. Tensor names come from gguf-py's own TensorNameMap. Llama 3's RoPE scaling becomes llama.cpp's `rope_freqs` tensor.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -28,11 +29,17 @@ def gguf_arch(config):
             f"GGUF export does not support the {model_type!r} architecture "
             f"({', '.join(getattr(config, 'architectures', None) or [])}); supported: {', '.join(sorted(ARCHITECTURES))}"
         )
-    rope = _rope_parameters(config)
-    if rope.get("rope_type", "default") != "default":
+    rope_type = _rope_parameters(config).get("rope_type", "default")
+    if rope_type == "llama3" and model_type in _PERMUTED_QK:
+        print(
+            "note: Llama 3 RoPE scaling is written as llama.cpp's rope_freqs tensor, which llama.cpp and Ollama use; "
+            "transformers' GGUF loader (and so tuneforge loading the .gguf) ignores it and computes plain RoPE",
+            file=sys.stderr,
+        )
+    elif rope_type != "default":
         raise TuneforgeError(
-            f"GGUF export supports the default RoPE only; this {model_type} model uses rope_type "
-            f"{rope.get('rope_type')!r}, which transformers' GGUF loader would not read back"
+            f"GGUF export supports the default RoPE (and Llama 3's for llama); this {model_type} model uses "
+            f"rope_type {rope_type!r}"
         )
     return getattr(gguf.MODEL_ARCH, ARCHITECTURES[model_type])
 
@@ -113,4 +120,29 @@ def gguf_tensors(model, arch):
             elif hf_name.endswith(("k_proj.weight", "k_proj.bias")):
                 tensor = permute_qk(tensor, n_head, n_kv)
         out.append((name, tensor))
+    if _rope_parameters(config).get("rope_type") == "llama3":
+        out.insert(0, (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", llama3_rope_factors(config)))
     return out
+
+
+def llama3_rope_factors(config) -> torch.Tensor:
+    """llama.cpp's LlamaModel.generate_extra_tensors: per rotary frequency, the factor llama.cpp divides it by to
+    get Llama 3's scaled frequency (1 for short wavelengths, `factor` for long ones, smooth in between)."""
+    rope = _rope_parameters(config)
+    dim = head_dim(config)
+    freqs = 1.0 / (_rope_theta(config) ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_context / low, old_context / high
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32)

@@ -56,7 +56,7 @@ def write_tokenizer(writer, tokenizer, config) -> None:
         tokenizer_json = json.loads((Path(tmp) / "tokenizer.json").read_text(encoding="utf-8"))
         model = tokenizer_json.get("model", {})
         if model.get("type") == "BPE" and model.get("byte_fallback"):
-            n_tokens = _write_sentencepiece_bpe(writer, Path(tmp), config.vocab_size)
+            n_tokens = _write_sentencepiece_bpe(writer, Path(tmp), tokenizer_json, config.vocab_size)
         elif model.get("type") == "BPE":
             n_tokens = _write_byte_level_bpe(writer, tokenizer, tokenizer_json, config.vocab_size)
         else:
@@ -118,25 +118,51 @@ def _write_byte_level_bpe(writer, tokenizer, tokenizer_json: dict, vocab_size: i
     return vocab_size
 
 
-def _write_sentencepiece_bpe(writer, directory: Path, vocab_size: int) -> int:
-    """llama.cpp's _set_vocab_llama_hf: gguf-py's LlamaHfVocab, padded to the model's rows."""
+def _write_sentencepiece_bpe(writer, directory: Path, tokenizer_json: dict, vocab_size: int) -> int:
+    """llama.cpp's _set_vocab_llama_hf (gguf-py's LlamaHfVocab), padded to the model's rows, with real scores.
+
+    llama.cpp's sentencepiece tokenizer merges the adjacent pair whose joined text has the highest score, where
+    LlamaHfVocab writes -1000 for every token (so merge order would be lost). A token made by the merge of rank r
+    gets score -r instead: the highest-scoring pair is then the lowest-ranked merge, which is the pair Hugging
+    Face's BPE merges first. Tokens no merge makes rank below every merge product."""
     import gguf
 
+    merges = tokenizer_json["model"].get("merges") or []
+    rank: dict[str, int] = {}
+    for index, pair in enumerate(merges):
+        left, right = pair.split(" ", 1) if isinstance(pair, str) else pair
+        rank.setdefault(left + right, index)
+    unranked = -float(len(merges) + 1)
     vocab = gguf.LlamaHfVocab(directory)
     tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
+    for text, _, kind in vocab.all_tokens():
         tokens.append(text)
-        scores.append(score)
+        token = text.decode("utf-8") if isinstance(text, bytes) else text
+        scores.append(-float(rank[token]) if token in rank else unranked)
         types.append(kind)
     if len(tokens) > vocab_size:
         raise TuneforgeError(f"the tokenizer has {len(tokens)} tokens but the model only {vocab_size} rows")
     for index in range(len(tokens), vocab_size):
         tokens.append(f"[PAD{index}]".encode())
-        scores.append(-1000.0)
+        scores.append(unranked)
         types.append(gguf.TokenType.UNUSED)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
+    writer.add_add_space_prefix(_prepends_space(tokenizer_json))
     return vocab_size
+
+
+def _prepends_space(tokenizer_json: dict) -> bool:
+    """Whether the tokenizer puts "▁" before the text (Metaspace prepend, or a Prepend normalizer)."""
+    def steps(node, key):
+        if not node:
+            return []
+        return node.get(key, []) if node.get("type") == "Sequence" else [node]
+
+    pre = steps(tokenizer_json.get("pre_tokenizer"), "pretokenizers")
+    norm = steps(tokenizer_json.get("normalizer"), "normalizers")
+    return any(s.get("type") == "Metaspace" and s.get("prepend_scheme", "always") != "never" for s in pre) or any(
+        s.get("type") == "Prepend" for s in norm)

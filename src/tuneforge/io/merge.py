@@ -22,13 +22,15 @@ def merge(
     kind: str = "causal-lm",
     force: bool = False,
     quantization: dict | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Load `base` (default: the base recorded in the adapter), apply `adapter`, merge, save to `out`.
 
     An adapter trained on a 4-bit/8-bit base (QLoRA) was trained against dequant(Q(W)), not W: the base is
     quantised again as recorded in the adapter's base_quantization.json (or as `quantization`, QuantSpec fields,
     says), dequantised into new `dtype` weights, and the adapter merged into those. The quantised tensors are
-    never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory."""
+    never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory.
+    allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
     from ..models import load_tokenizer
     from . import atomic_dir
 
@@ -36,7 +38,8 @@ def merge(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
     base = base_of(base, adapter)
-    model, method_cfg = _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)
+    model, method_cfg = _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization,
+                                allow_pickle=allow_pickle)
     try:
         tokenizer = load_tokenizer(base)
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
@@ -64,23 +67,26 @@ def base_of(base, adapter) -> str:
     return base
 
 
-def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32", quantization: dict | None = None):
+def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32", quantization: dict | None = None,
+                allow_pickle: bool = False):
     """The plain transformers model with `adapter` folded into `base` (the methods API's unload(merge=True)),
     on the CPU. Used by `merge` and by the GGUF export."""
-    return _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization)[0]
+    return _merged(base, adapter, kind=kind, dtype=dtype, quantization=quantization, allow_pickle=allow_pickle)[0]
 
 
-def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None):
+def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """(merged model, the adapter's method config)."""
     from ..methods import unload
     from . import load_adapter
+    from .adapter_files import adapter_weights_file
 
-    model = _load_base(base, adapter, kind, dtype, quantization)
-    method_cfg = load_adapter(model, adapter)
+    adapter_weights_file(adapter, allow_pickle)  # a refused pickle fails before the base is loaded
+    model = _load_base(base, adapter, kind, dtype, quantization, allow_pickle)
+    method_cfg = load_adapter(model, adapter, allow_pickle=allow_pickle)
     return unload(model, merge=True), method_cfg
 
 
-def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
+def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """The dense base to merge into: the plain weights, or dequant(Q(W)) for an adapter trained on a quantised base."""
     from ..models import load_model
     from ..quant import QuantSpec, dequantize_model
@@ -88,7 +94,7 @@ def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
 
     spec = quantization or read_base_quantization(adapter)
     if spec is None:
-        return load_model(base, kind=kind, dtype=dtype, device="cpu")
+        return load_model(base, kind=kind, dtype=dtype, device="cpu", allow_pickle=allow_pickle)
     try:
         spec = QuantSpec(**spec)
     except TypeError as err:
@@ -96,5 +102,6 @@ def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None):
     spec.validate()
     print(f"the adapter was trained on a {spec.quantization} base: merging into its dequantised weights", file=sys.stderr)
     model = load_model(base, kind=kind, dtype=dtype, device="cpu", quantization=spec.quantization,
-                       double_quant=spec.double_quant, compute_dtype=spec.compute_dtype)
+                       double_quant=spec.double_quant, compute_dtype=spec.compute_dtype,
+                       allow_pickle=allow_pickle)
     return dequantize_model(model, next(p.dtype for p in model.parameters() if p.is_floating_point()))

@@ -186,8 +186,10 @@ def prompt_positions(cfg: ReftConfig, input_ids, attention_mask=None, labels=Non
     batch, length = input_ids.shape[:2]
     if labels is not None and tuple(labels.shape) != (batch, length):
         labels = None  # class labels of a classification batch, not token labels
-    packed = attention_mask is not None and attention_mask.dim() == 4
-    if packed and position_ids is None:
+    # packed rows come without a mask (or, for some models, with a 4-D block mask); their examples are where
+    # position_ids restart at 0, which for an unpacked row is its whole length
+    packed = position_ids is not None and (attention_mask is None or attention_mask.dim() == 4)
+    if attention_mask is not None and attention_mask.dim() == 4 and position_ids is None:
         raise ConfigError("ReFT on packed rows (4-D mask) needs position_ids to find the examples",
                           key="data.packing")
     first_n, last_n = cfg.first_last()

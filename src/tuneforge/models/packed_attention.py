@@ -10,8 +10,16 @@ ignored, and nothing attends to it).
 
 The function registers with transformers' AttentionInterface under PACKED_SDPA and is a superset of "sdpa": it
 takes the packed path only when the call carries `packed_seq_lens` (a (rows, max examples) tensor of example
-lengths, 0-padded) and otherwise hands everything to transformers' sdpa. Callers keep passing the exact 4-D
-block mask as well, so a model that does not forward the keyword still attends correctly, only slower. A block
+lengths, 0-padded) and otherwise hands everything to transformers' sdpa. Packed rows come without any mask
+(data/collate.py); `packed_inputs` picks, per model, how its attention learns where examples end:
+  - PACKED_SDPA (CPU, sdpa): `packed_seq_lens` reaches each attention call as a keyword, and inside
+    `packed_rows()` the mask function registered for PACKED_SDPA builds nothing (no L x L tensor at all);
+  - flash_attention_2 (CUDA, flash-attn installed; chosen for attn_implementation auto): the rows are flattened
+    into one sequence and `cu_seq_lens_q/k` + `max_length_q/k` select flash-attn's varlen kernel;
+  - sdpa on a GPU without flash-attn, eager, flex_attention: `position_ids` restart at each example and
+    transformers derives the packed-sequence mask from them (a BlockMask for flex_attention, a boolean L x L
+    mask built once per forward for sdpa / eager);
+  - a model type outside PACKED_MODEL_TYPES gets the exact additive block mask (block_causal_mask), as before. A block
 compiled by torch.compile calls the same kernels through two torch.library operators (`tuneforge::packed_attention`
 and its backward), which Dynamo passes through as opaque nodes: a Python loop over data-dependent example lengths
 would break the block's graph (measured: slower than the masked call), an operator does not (4.06 against 4.23 s
@@ -24,9 +32,16 @@ peft's in fp32 and 6x in bf16.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+
 import torch
 
 PACKED_SDPA = "tuneforge_packed_sdpa"
+# model types whose decoder passes position_ids and extra keywords to every attention call and builds its masks
+# with transformers.masking_utils (which reads packed sequences from position_ids)
+PACKED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo", "olmo2"})
+_STATE = {"packed": False}
 
 
 def packed_seq_lens(seq_lens: list[list[int]]) -> torch.Tensor:
@@ -175,19 +190,118 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
               and dropout == 0.0
               and query.shape[2] == key.shape[2]
               and packed_seq_lens.shape[0] == query.shape[0] and not kwargs.get("output_attentions"))
-    if not usable:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
-    return _per_example(query, key, value, scaling, packed_seq_lens), None
+    if usable:
+        return _per_example(query, key, value, scaling, packed_seq_lens), None
+    if attention_mask is None and packed_seq_lens is not None:
+        # autocast, dropout or GQA: the exact mask, built for this call only (also when a checkpointed block
+        # recomputes this call in backward, after packed_rows() has ended)
+        attention_mask = block_causal_mask(packed_seq_lens, query.shape[2], torch.bool, query.device)
+    elif attention_mask is None and _STATE["packed"]:
+        raise RuntimeError(f"{type(module).__name__} does not pass packed_seq_lens to its attention, so packed "
+                           "rows would attend across examples; set data.packing: false for this model")
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+def block_causal_mask(seq_lens: torch.Tensor, width: int, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(rows, 1, width, width): True / 0 where query i may attend to key j (same example, j <= i), False / the
+    dtype's minimum elsewhere; a padding position attends only to itself, so no softmax row is empty. O(L^2):
+    only for models that take no other way of telling examples apart."""
+    doc = _document_ids(seq_lens, width).to(device)
+    pos = torch.arange(width, device=device)
+    allowed = (doc[:, :, None] == doc[:, None, :]) & (pos[None, :, None] >= pos[None, None, :])
+    if dtype == torch.bool:
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def _document_ids(seq_lens: torch.Tensor, width: int) -> torch.Tensor:
+    """(rows, width) example index of every position; each padding position gets an index of its own."""
+    out = torch.empty((seq_lens.shape[0], width), dtype=torch.long)
+    for row, lens in enumerate(seq_lens.tolist()):
+        lens = [n for n in lens if n > 0]
+        ids = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens, dtype=torch.long))
+        pad = width - ids.numel()
+        out[row] = torch.cat([ids, torch.arange(len(lens), len(lens) + pad)])
+    return out
+
+
+def _packed_mask(*args, **kwargs):
+    """PACKED_SDPA's mask function: nothing inside packed_rows() (the attention knows the examples), else sdpa's."""
+    from transformers.masking_utils import sdpa_mask
+
+    if _STATE["packed"]:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def packed_rows():
+    """While a packed batch runs through a PACKED_SDPA model: no L x L mask is built for it."""
+    previous = _STATE["packed"]
+    _STATE["packed"] = True
+    try:
+        yield
+    finally:
+        _STATE["packed"] = previous
+
+
+def packed_backend(model, per_example: bool = True) -> str:
+    """How this model attends within packed rows (see the module docstring); may switch its implementation:
+    sdpa on CPU -> PACKED_SDPA (when per_example), sdpa on CUDA with attn_implementation auto -> flash_attention_2
+    when flash-attn is installed and the model computes in bf16/fp16. Returns the backend: PACKED_SDPA,
+    flash_attention_2, sdpa, eager, flex_attention, or "mask" (the model needs block_causal_mask)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PACKED_MODEL_TYPES:
+        return "mask"
+    impl = getattr(config, "_attn_implementation", None)
+    param = next(model.parameters())
+    if impl == "sdpa" and param.device.type == "cpu" and per_example and use_packed_attention(model):
+        return PACKED_SDPA
+    if (impl == "sdpa" and param.device.type == "cuda" and getattr(model, "_tuneforge_attn", "auto") == "auto"
+            and importlib.util.find_spec("flash_attn") is not None
+            and getattr(model, "dtype", param.dtype) in (torch.bfloat16, torch.float16)):
+        model.set_attn_implementation("flash_attention_2")
+        return "flash_attention_2"
+    if impl in (PACKED_SDPA, "flash_attention_2", "sdpa", "eager", "flex_attention"):
+        return impl
+    return "mask"
+
+
+def packed_inputs(model, batch: dict, per_example: bool = True) -> tuple[dict, torch.Tensor, str]:
+    """(model keyword inputs, labels, backend) for a packed batch (input_ids, labels, position_ids, seq_lens).
+    With flash_attention_2 the rows are flattened into one sequence (labels too: the first token of every
+    example, hence of every row, is ignored, so no loss crosses a row boundary)."""
+    backend = packed_backend(model, per_example)
+    ids, labels, pos, lens = batch["input_ids"], batch["labels"], batch["position_ids"], batch["seq_lens"]
+    if backend == "flash_attention_2":
+        width, spans = ids.shape[1], []
+        for row in lens.tolist():
+            row = [n for n in row if n > 0]
+            spans += row + ([width - sum(row)] if sum(row) < width else [])  # a row's padding: one span
+        cu = torch.tensor([0] + spans, dtype=torch.int32).cumsum(0, dtype=torch.int32).to(ids.device)
+        longest = max(spans)
+        inputs = {"input_ids": ids.reshape(1, -1), "position_ids": pos.reshape(1, -1), "cu_seq_lens_q": cu,
+                  "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+        return inputs, labels.reshape(1, -1), backend
+    inputs = {"input_ids": ids, "position_ids": pos}
+    if backend == PACKED_SDPA:
+        inputs["packed_seq_lens"] = lens
+    elif backend == "mask":
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        inputs["attention_mask"] = block_causal_mask(lens, ids.shape[1], dtype, ids.device)
+    return inputs, labels, backend
 
 
 def register() -> str:
     """Register PACKED_SDPA with transformers (idempotent); returns its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
-    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    AttentionMaskInterface.register(PACKED_SDPA, _packed_mask)
     return PACKED_SDPA
 
 

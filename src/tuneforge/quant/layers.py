@@ -79,22 +79,85 @@ def _skipped(model: nn.Module, skip) -> set[str]:
     return names
 
 
-def _quantized_linear(linear: nn.Linear, spec: QuantSpec, device: torch.device) -> nn.Module:
+def quantized_layer(in_features: int, out_features: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                    has_bias: bool, spec: QuantSpec, device: torch.device) -> nn.Module:
+    """A bitsandbytes layer holding `weight` (dense, (out, in)) quantised on `device`: the one place both the
+    dense path (quantize_model) and the streaming loader (models/lean_load.py) make their layers, so both
+    give the same bytes. A bias given later is set as a frozen Parameter by the caller."""
     bnb = require_bitsandbytes()
-    has_bias = linear.bias is not None
     if spec.quantization == "int8":
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
+        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=has_bias,
                                     has_fp16_weights=False, threshold=6.0, device="meta")
-        layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
+        layer = bnb.nn.Linear4bit(in_features, out_features, bias=has_bias,
                                   compute_dtype=COMPUTE_DTYPES[spec.compute_dtype],
                                   compress_statistics=spec.double_quant, quant_type=spec.quantization, device="meta")
-        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type=spec.quantization,
-                                         compress_statistics=spec.double_quant, blocksize=spec.blocksize)
-    if has_bias:
-        layer.bias = nn.Parameter(linear.bias.data, requires_grad=False)
-    return layer.to(device)  # bitsandbytes quantises on this move, on the device's own kernels
+        if device.type == "cpu" and weight.device.type == "cpu":
+            packed, state = quantize_4bit_in_chunks(weight, spec)
+            layer.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state,
+                                             quant_type=spec.quantization, compress_statistics=spec.double_quant,
+                                             blocksize=spec.blocksize, bnb_quantized=True)
+        else:
+            layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=spec.quantization,
+                                             compress_statistics=spec.double_quant, blocksize=spec.blocksize)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.data, requires_grad=False)
+    elif has_bias:
+        layer.bias = None  # a meta placeholder cannot move; it is put back below for the caller to fill
+    layer = layer.to(device)  # bitsandbytes quantises on this move, on the device's own kernels
+    if has_bias and bias is None:
+        layer.bias = nn.Parameter(torch.empty(out_features, dtype=weight.dtype, device="meta"), requires_grad=False)
+    return layer
+
+
+CPU_CHUNK = 1 << 18
+"""Values per call of bitsandbytes' CPU 4-bit quantiser, which makes ~20 bytes of temporaries per value (fp32
+copies, bucket indices): a 5632 x 2048 weight would take 230 MB at once, in chunks it takes 20 MB."""
+
+
+def quantize_4bit_in_chunks(weight: torch.Tensor, spec: QuantSpec, chunk: int = CPU_CHUNK):
+    """(packed uint8 codes, QuantState) equal to `bitsandbytes.functional.quantize_4bit(weight, ...)`, computed in
+    chunks of whole blocks. Blocks are quantised independently, so cutting at block boundaries changes nothing;
+    the double quantisation of the absmax constants (offset = their mean, then 8-bit blocks of 256) runs once
+    over all of them, exactly as bitsandbytes does it."""
+    import bitsandbytes.functional as bnbf
+
+    flat = weight.contiguous().reshape(-1)
+    step = max(spec.blocksize, chunk // spec.blocksize * spec.blocksize)
+    packed, absmax = [], []
+    for start in range(0, flat.numel(), step):
+        codes, state = bnbf.quantize_4bit(flat[start : start + step], blocksize=spec.blocksize,
+                                          compress_statistics=False, quant_type=spec.quantization,
+                                          quant_storage=torch.uint8)
+        packed.append(codes)
+        absmax.append(state.absmax)
+    codes, absmax = torch.cat(packed), torch.cat(absmax)
+    common = dict(shape=weight.shape, dtype=weight.dtype, blocksize=spec.blocksize,
+                  code=bnbf.get_4bit_type(spec.quantization, device=weight.device), quant_type=spec.quantization)
+    if not spec.double_quant:
+        return codes, bnbf.QuantState(absmax=absmax, **common)
+    offset = absmax.mean()
+    qabsmax, state2 = bnbf.quantize_blockwise(absmax - offset, blocksize=256)
+    return codes, bnbf.QuantState(absmax=qabsmax, offset=offset, state2=state2, **common)
+
+
+def _quantized_linear(linear: nn.Linear, spec: QuantSpec, device: torch.device) -> nn.Module:
+    has_bias = linear.bias is not None
+    return quantized_layer(linear.in_features, linear.out_features, linear.weight.data,
+                           linear.bias if has_bias else None, has_bias, spec, device)
+
+
+def quantization_targets(model: nn.Module, skip=("score", "classifier")) -> list[str]:
+    """Names of the Linear layers quantize_model replaces: every dense nn.Linear but the output head and the
+    modules named in `skip` (new task heads must train)."""
+    skipped = _skipped(model, skip)
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in skipped]
+
+
+def mark_quantized(model: nn.Module, spec: QuantSpec) -> None:
+    """Record on the model how its Linear layers are stored (read back by quantization_of)."""
+    object.__setattr__(model, _ATTR, spec)
 
 
 def quantize_model(model: nn.Module, quantization: str, *, double_quant: bool = True, compute_dtype: str = "auto",
@@ -112,13 +175,11 @@ def quantize_model(model: nn.Module, quantization: str, *, double_quant: bool = 
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError("quantise the base model before adding adapters (its adapter layers must stay dense)",
                           key="quantization")
-    skipped = _skipped(model, skip)
-    targets = [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in skipped]
-    for name in targets:
+    for name in quantization_targets(model, skip):
         linear = model.get_submodule(name)
         layer = _quantized_linear(linear, spec, torch.device(device) if device else linear.weight.device)
         _replace(model, name, layer)
-    object.__setattr__(model, _ATTR, spec)
+    mark_quantized(model, spec)
     return model
 
 

@@ -11,15 +11,15 @@ train in worker processes (see jobs.py). Everything the server knows is in the d
 from __future__ import annotations
 
 import fcntl
-import hmac
 import logging
 import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 
 from ..errors import TuneforgeError
+from .auth import BearerAuth
 from .config import ServeConfig
 from .http_errors import ApiError, BodySizeLimit, install_handlers
 
@@ -40,8 +40,9 @@ class ServerState:
         self.base_name = config.served_base_name()
         self.base_names = tuple(dict.fromkeys([self.base_name, config.base]))
         self.template = load_template(config.job_config)
-        self.adapters = find_adapters(config.adapters, reserved=set(self.base_names))
+        self.adapters = find_adapters(config.adapters, reserved=set(self.base_names), allow_pickle=config.allow_pickle)
         self.store = self.jobs = self.engine = self.pool = self.model = self.tokenizer = None
+        self.context_tokens = self.max_prompt_chars = None
         self._lock_handle = None
 
     def open(self) -> None:
@@ -59,13 +60,22 @@ class ServerState:
         except BlockingIOError:
             raise TuneforgeError(f"another tuneforge server is using {self.data_dir}") from None
         self.store = Store(self.data_dir / "tuneforge.db")
+        from .routes_files_jobs import remove_partial_uploads
+
+        removed = remove_partial_uploads(self.data_dir / "files", {row["id"] for row in self.store.list_files()})
+        if removed:
+            log.warning("removed %d partial upload(s) left by a server that stopped mid-upload", len(removed))
         if self.config.threads:
             import torch
 
             torch.set_num_threads(self.config.threads)
-        self.model = load_model(self.config.base, dtype=self.config.dtype, device=self.config.device)
+        self.model = load_model(self.config.base, dtype=self.config.dtype, device=self.config.device,
+                                allow_pickle=self.config.allow_pickle)
         self.tokenizer = load_tokenizer(self.config.base)
-        self.pool = AdapterPool(self.model, int(self.config.adapter_cache_mb * MB))
+        self.context_tokens = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_prompt_chars = (self.context_tokens * longest_token_bytes(self.tokenizer)
+                                 if self.context_tokens else None)
+        self.pool = AdapterPool(self.model, int(self.config.adapter_cache_mb * MB), self.config.allow_pickle)
         self.engine = GenerationEngine(self.model, self.tokenizer, self.pool, self.config.max_batch_size,
                                        self.config.batch_wait_ms / 1000, self.config.max_queued_requests)
         self.engine.start()
@@ -104,9 +114,20 @@ class ServerState:
         raise ApiError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
 
 
-def find_adapters(paths: list[str], reserved: set[str]) -> dict[str, Path]:
+def longest_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one vocabulary entry (special tokens included) spells: every token stands for at most
+    this many characters of text (byte-level and sentencepiece pieces spell their text in as many bytes or more),
+    so a text longer than context x this cannot fit the context."""
+    vocab = list(tokenizer.get_vocab()) + list(getattr(tokenizer, "all_special_tokens", []))
+    return max((len(token.encode("utf-8")) for token in vocab), default=1) or 1
+
+
+def find_adapters(paths: list[str], reserved: set[str], allow_pickle: bool = False) -> dict[str, Path]:
     """Adapter name -> directory for `--adapters`. Each path is an adapter folder, a training run's folder (its
-    adapter/ inside), or a folder of either; an adapter is named after its folder (the run's, for a run)."""
+    adapter/ inside), or a folder of either; an adapter is named after its folder (the run's, for a run). Each is
+    validated here (config, method, weights file readable, no pickle unless allowed), so a broken adapter stops
+    the start instead of failing its first request."""
+    from ..io.adapter_files import check_adapter_files
     from .config import SERVED_NAME
     from .pool import check_servable, method_of
 
@@ -123,6 +144,7 @@ def find_adapters(paths: list[str], reserved: set[str]) -> dict[str, Path]:
                                  "or its subfolders")
         for name, adapter in candidates:
             try:
+                check_adapter_files(adapter, allow_pickle=allow_pickle)
                 check_servable(method_of(adapter))
             except TuneforgeError as err:
                 raise TuneforgeError(f"--adapters {adapter}: {err}") from None
@@ -145,17 +167,6 @@ def _adapter_in(folder: Path) -> Path | None:
     return None
 
 
-def _authenticate(request: Request) -> None:
-    keys = request.app.state.server.config.api_keys
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
-        raise ApiError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
-                       code="invalid_api_key")
-
-
 def create_app(config: ServeConfig) -> FastAPI:
     """The app; the model loads and the job workers start when the app's lifespan begins."""
     from .routes_files_jobs import router as files_jobs
@@ -174,15 +185,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="tuneforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     install_handlers(app)
+    # Starlette runs the last added middleware first: CORS, then the key check, then the size limit.
     app.add_middleware(BodySizeLimit, limit_bytes=int(config.max_request_mb * MB),
                        upload_limit_bytes=int(config.max_upload_mb * MB))
+    app.add_middleware(BearerAuth, keys=config.api_keys)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
-    app.include_router(files_jobs, prefix="/v1", dependencies=[Depends(_authenticate)])
-    app.include_router(inference, prefix="/v1", dependencies=[Depends(_authenticate)])
+    app.include_router(files_jobs, prefix="/v1")
+    app.include_router(inference, prefix="/v1")
 
     @app.get("/health")
     async def health() -> dict:

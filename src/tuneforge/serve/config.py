@@ -72,6 +72,13 @@ class ServeConfig:
     max_concurrent_jobs: int = 1
     """Fine-tuning jobs that train at the same time (each in its own worker process)."""
 
+    max_job_epochs: int = 50
+    """Most epochs (hyperparameters.n_epochs) one job may ask for; more is refused with 400 at creation."""
+
+    max_job_tokens: int = 50_000_000
+    """Most tokens one job may train on, counted at creation as records x epochs x data.max_length (each record
+    is cut to max_length, so this bounds what the job can cost); more is refused with 400."""
+
     max_job_restarts: int = 2
     """How often a job whose worker vanished (killed, out of memory, or the server died) resumes from its last
     checkpoint before it is marked failed. A clean server shutdown does not count."""
@@ -85,22 +92,33 @@ class ServeConfig:
     dtype: str = "float32"
     """Weight dtype for generation: float32, bfloat16, float16 or auto."""
 
+    allow_pickle: bool = False
+    """Also load pickle weights (a base with only pytorch_model.bin, adapter_model.bin adapters). Unpickling can run
+    code from the file, so such files are refused at start unless this is set."""
+
     threads: int | None = None
     """torch intra-op threads for generation in the server process; None keeps torch's default. On a machine
     shared with training jobs, fewer threads than cores avoids threads spinning while they wait for each other."""
 
     def __post_init__(self):
-        env = os.environ.get(API_KEYS_ENV, "")
-        from_env = [k.strip() for k in env.split(",") if k.strip()]
+        env = os.environ.get(API_KEYS_ENV)
+        self._empty_env = env is not None and not any(k.strip() for k in env.split(","))
+        from_env = [k.strip() for k in (env or "").split(",") if k.strip()]
         self.api_keys = list(dict.fromkeys([*self.api_keys, *from_env]))
 
     def validate(self) -> None:
+        check_api_keys(self.api_keys)
+        if getattr(self, "_empty_env", False):
+            # TUNEFORGE_API_KEYS="$UNSET_VARIABLE": the user meant to set a key; never read that as "no auth".
+            raise ConfigError(f"{API_KEYS_ENV} is set but holds no key; set a key or unset the variable",
+                              key="api_keys")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port must be in 0..65535 (0: any free port), got {self.port}", key="port")
         for key in ("max_upload_mb", "max_request_mb", "adapter_cache_mb"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive", key=key)
-        for key in ("max_batch_size", "max_queued_requests", "default_max_tokens", "max_concurrent_jobs"):
+        for key in ("max_batch_size", "max_queued_requests", "default_max_tokens", "max_concurrent_jobs",
+                    "max_job_epochs", "max_job_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be at least 1", key=key)
         if self.max_job_restarts < 0:
@@ -128,6 +146,20 @@ class ServeConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+
+def check_api_keys(keys) -> None:
+    """An empty or whitespace key (`--api-key "$UNSET"`) would accept `Authorization: Bearer ` and so open the
+    server to anyone: refuse it, as well as keys with surrounding spaces (a header value is stripped)."""
+    if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
+        raise ConfigError("api_keys must be a list of strings", key="api_keys")
+    for index, key in enumerate(keys):
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"API key {index + 1} is empty; an empty key would let anyone in (is the variable "
+                              "you passed to --api-key unset?)", key="api_keys")
+        if key != key.strip() or any(ord(c) < 33 or ord(c) == 127 for c in key):
+            raise ConfigError(f"API key {index + 1} holds spaces or control characters; a bearer token cannot",
+                              key="api_keys")
 
 
 def is_loopback(host: str) -> bool:

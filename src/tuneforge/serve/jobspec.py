@@ -25,16 +25,13 @@ checkpoint cadence...) comes from the job template: built-in defaults or the run
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 from ..errors import ConfigError
+from .job_request import AUTO, HYPERPARAMETER_MODELS, MethodRequest
 
 TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
-HYPERPARAMETERS = {"supervised": ("n_epochs", "batch_size", "learning_rate_multiplier"),
-                   "dpo": ("n_epochs", "batch_size", "learning_rate_multiplier", "beta"),
-                   "reinforcement": ("n_epochs", "batch_size", "learning_rate_multiplier", "eval_interval")}
-SUFFIX = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+HYPERPARAMETERS = {kind: tuple(model.model_fields) for kind, model in HYPERPARAMETER_MODELS.items()}
 WANDB_FIELDS = ("project", "name", "entity", "tags")
 # Job defaults when no --job-config is given: checkpoints often enough that a restart loses little.
 TEMPLATE_DEFAULTS = {"train": {"epochs": 3, "save_every": 10, "keep_last": 2, "log_every": 1}}
@@ -70,144 +67,96 @@ def load_template(job_config: str | None) -> dict:
 
 
 def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, default_seed: int, *,
-                      allow_python_graders: bool = False) -> JobSpec:
-    """Check the request and resolve every 'auto' to the value the job will really use. Reinforcement jobs
-    carry their grader as GRPO rewards; python graders only with allow_python_graders (the server's flag)."""
-    model = body.get("model")
-    if model not in base_names:
-        raise JobRequestError(f"model {model!r} cannot be fine-tuned here; this server fine-tunes its base model "
-                              f"{base_names[0]!r}", key="model")
-    suffix = body.get("suffix")
-    if suffix is not None and not (isinstance(suffix, str) and SUFFIX.match(suffix)):
-        raise JobRequestError("suffix may hold letters, digits, '_' and '-' (1 to 40 characters)", key="suffix")
-    method = body.get("method") or {"type": "supervised"}
-    if not isinstance(method, dict):
-        raise JobRequestError("method must be an object such as {\"type\": \"supervised\"}", key="method")
-    kind = method.get("type", "supervised")
-    if kind not in TASK_OF_TYPE:
-        raise JobRequestError(f"method.type {kind!r} is not supported; use one of {', '.join(TASK_OF_TYPE)}",
-                              key="method.type")
-    unknown = set(method) - {"type", kind, "adapter"}
-    if unknown:
-        raise JobRequestError(f"unknown field in method: {sorted(unknown)[0]}", key=f"method.{sorted(unknown)[0]}")
-    hyper = _merged_hyperparameters(body.get("hyperparameters"), method.get(kind), kind)
+                      allow_python_graders: bool = False, max_epochs: int | None = None) -> JobSpec:
+    """Check the request (the pydantic models of job_request.py) and resolve every 'auto' to the value the job will
+    really use; JobRequestError names the field. Reinforcement jobs carry their grader as GRPO rewards; python
+    graders only with allow_python_graders (the server's flag). max_epochs: the server's limit on n_epochs."""
+    from pydantic import ValidationError
+
+    from .job_request import JobRequest, first_error
+
+    if not isinstance(body, dict):
+        raise JobRequestError("the request body must be a JSON object", key=None)
+    try:
+        request = JobRequest.model_validate(body, context={"base_names": base_names})
+    except ValidationError as err:
+        key, message = first_error(err)
+        raise JobRequestError(message, key=key) from None
+    method = request.method or MethodRequest()
+    kind = method.type
+    given = method.section()
+    hyper = _merged_hyperparameters(request.hyperparameters, given.hyperparameters, kind)
     resolved = _resolve_hyperparameters(hyper, kind, template)
+    if max_epochs is not None and resolved["n_epochs"] > max_epochs:
+        raise JobRequestError(f"n_epochs is {resolved['n_epochs']}; this server trains at most {max_epochs} "
+                              "epochs per job (its max_job_epochs)", key="hyperparameters.n_epochs")
     section = {"hyperparameters": resolved}
     if kind == "reinforcement":
         from .graders import grader_rewards
 
-        unknown = set(method.get(kind) or {}) - {"grader", "hyperparameters"}
-        if unknown:
-            raise JobRequestError(f"unknown field in method.reinforcement: {sorted(unknown)[0]}",
-                                  key=f"method.reinforcement.{sorted(unknown)[0]}")
-        grader = (method.get(kind) or {}).get("grader")
-        if grader is None:
+        if given.grader is None:
             raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
-        grader_rewards(grader, allow_python=allow_python_graders)  # refused here, at creation, if unsupported
-        section["grader"] = grader
-    adapter = _adapter_section(method.get("adapter"), template)
-    seed = body.get("seed", default_seed)
-    if seed is None:
-        seed = default_seed
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise JobRequestError("seed must be a non-negative integer", key="seed")
+        grader_rewards(given.grader, allow_python=allow_python_graders)  # refused here, at creation, if unsupported
+        section["grader"] = given.grader
+    adapter = _adapter_section(method.adapter, template)
+    seed = default_seed if request.seed is None else request.seed
     return JobSpec(
-        model=model, training_file=body.get("training_file"), validation_file=body.get("validation_file"),
-        suffix=suffix, method={"type": kind, kind: section, "adapter": adapter},
-        hyperparameters=resolved, seed=seed, integrations=parse_integrations(body.get("integrations")),
+        model=request.model, training_file=request.training_file, validation_file=request.validation_file,
+        suffix=request.suffix, method={"type": kind, kind: section, "adapter": adapter},
+        hyperparameters=resolved, seed=seed, integrations=parse_integrations(request.integrations),
     )
 
 
-def parse_integrations(value) -> list[dict]:
-    """OpenAI's `integrations`: only W&B is supported; anything else is refused by name, never dropped."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise JobRequestError("integrations must be a list such as [{\"type\": \"wandb\", \"wandb\": {...}}]",
-                              key="integrations")
-    out = []
-    for i, item in enumerate(value):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind != "wandb":
-            raise JobRequestError(f"integration type {kind!r} is not supported; supported: wandb",
-                                  key=f"integrations.{i}.type")
-        unknown = sorted(set(item) - {"type", "wandb"})
-        if unknown:
-            raise JobRequestError(f"unknown field in integration: {unknown[0]}", key=f"integrations.{i}.{unknown[0]}")
-        settings = item.get("wandb")
-        if not isinstance(settings, dict) or not isinstance(settings.get("project"), str) or not settings["project"]:
-            raise JobRequestError("a wandb integration needs wandb.project (a string)",
-                                  key=f"integrations.{i}.wandb.project")
-        for key, field in settings.items():
-            where = f"integrations.{i}.wandb.{key}"
-            if key not in WANDB_FIELDS:
-                raise JobRequestError(f"unknown wandb field {key!r}; known: {', '.join(WANDB_FIELDS)}", key=where)
-            ok = (isinstance(field, list) and all(isinstance(t, str) for t in field) if key == "tags"
-                  else field is None or isinstance(field, str))
-            if not ok:
-                raise JobRequestError(f"wandb.{key} must be {'a list of strings' if key == 'tags' else 'a string'}",
-                                      key=where)
-        if i > 0:
-            raise JobRequestError("at most one wandb integration per job", key=f"integrations.{i}")
-        import importlib.util
+def parse_integrations(integrations) -> list[dict]:
+    """OpenAI's `integrations`, as checked by job_request.Integration (only W&B; anything else is refused by name,
+    never dropped), as stored with the job; refused too when this server cannot log to W&B."""
+    import importlib.util
 
+    out = []
+    for i, item in enumerate(integrations or []):
         if importlib.util.find_spec("wandb") is None:
             raise JobRequestError("this server cannot log to W&B: the wandb package is not installed "
                                   "(pip install 'tuneforge[track]')", key=f"integrations.{i}")
+        settings = item.wandb.model_dump(exclude_unset=True)
         out.append({"type": "wandb", "wandb": {k: settings[k] for k in WANDB_FIELDS if k in settings}})
     return out
 
 
-def _merged_hyperparameters(top, section, kind: str) -> dict:
-    if top is not None and not isinstance(top, dict):
-        raise JobRequestError("hyperparameters must be an object", key="hyperparameters")
-    if section is not None and not isinstance(section, dict):
-        raise JobRequestError(f"method.{kind} must be an object", key=f"method.{kind}")
-    nested = (section or {}).get("hyperparameters") or {}
-    if not isinstance(nested, dict):
-        raise JobRequestError("hyperparameters must be an object", key=f"method.{kind}.hyperparameters")
+def _merged_hyperparameters(top: dict | None, nested: dict | None, kind: str) -> dict:
+    """The top-level (older) and method.<type> (newer) hyperparameters as one dict; different values for one key
+    are an error naming the nested one."""
     merged = dict(top or {})
-    for key, value in nested.items():
+    for key, value in (nested or {}).items():
         if key in merged and merged[key] != value:
             raise JobRequestError(f"hyperparameters.{key} and method.{kind}.hyperparameters.{key} disagree",
                                   key=f"method.{kind}.hyperparameters.{key}")
         merged[key] = value
-    for key in merged:
-        if key not in HYPERPARAMETERS[kind]:
-            raise JobRequestError(f"unknown hyperparameter {key!r} for method {kind}; known: "
-                                  f"{', '.join(HYPERPARAMETERS[kind])}", key=f"hyperparameters.{key}")
     return merged
 
 
 def _resolve_hyperparameters(hyper: dict, kind: str, template: dict) -> dict:
+    """The hyperparameters of the method type's pydantic model, each 'auto' replaced by the template's value."""
+    from pydantic import ValidationError
+
+    from .job_request import first_error
+
+    try:
+        given = HYPERPARAMETER_MODELS[kind].model_validate(hyper)
+    except ValidationError as err:
+        key, message = first_error(err, prefix="hyperparameters")
+        raise JobRequestError(message, key=key) from None
     train = template["train"]
-    out = {
-        "n_epochs": _number(hyper, "n_epochs", int, train["epochs"], low=1),
-        "batch_size": _number(hyper, "batch_size", int, train["micro_batch_size"], low=1),
-        "learning_rate_multiplier": _number(hyper, "learning_rate_multiplier", float, 1.0, low=0, strict=True),
-    }
+    task = template.get("task") if isinstance(template.get("task"), dict) else {}
+    defaults = {"n_epochs": train["epochs"], "batch_size": train["micro_batch_size"], "learning_rate_multiplier": 1.0}
     if kind == "dpo":
-        task = template.get("task")
-        default_beta = task.get("beta", 0.1) if isinstance(task, dict) and task.get("name") == "dpo" else 0.1
-        out["beta"] = _number(hyper, "beta", float, default_beta, low=0, strict=True)
+        defaults["beta"] = task.get("beta", 0.1) if task.get("name") == "dpo" else 0.1
     if kind == "reinforcement":
-        task = template.get("task")
-        grpo = task if isinstance(task, dict) and task.get("name") == "grpo" else {}
-        out["batch_size"] = _number(hyper, "batch_size", int, grpo.get("prompts_per_step", 4), low=1)
-        out["eval_interval"] = _number(hyper, "eval_interval", int, train.get("eval_every") or 0, low=0) or None
+        defaults["batch_size"] = (task if task.get("name") == "grpo" else {}).get("prompts_per_step", 4)
+        defaults["eval_interval"] = train.get("eval_every") or 0
+    out = {name: defaults[name] if getattr(given, name) == AUTO else getattr(given, name) for name in defaults}
+    if kind == "reinforcement":
+        out["eval_interval"] = out["eval_interval"] or None  # 0: no evaluation
     return out
-
-
-def _number(hyper: dict, key: str, kind: type, default, low: float, strict: bool = False):
-    value = hyper.get(key, "auto")
-    if value == "auto" or value is None:
-        return default
-    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
-    if not ok_type or value < low or (strict and value == low):
-        relation = ">" if strict else ">="
-        raise JobRequestError(f"{key} must be 'auto' or a{'n integer' if kind is int else ' number'} {relation} "
-                              f"{low:g}", key=f"hyperparameters.{key}")
-    return kind(value)
 
 
 def _adapter_section(adapter, template: dict) -> dict:
@@ -216,13 +165,7 @@ def _adapter_section(adapter, template: dict) -> dict:
     from ..config import Source, build_method
     from .pool import check_servable
 
-    if adapter is None:
-        section = dict(template["method"])
-    elif isinstance(adapter, dict) and isinstance(adapter.get("name"), str):
-        section = dict(adapter)
-    else:
-        raise JobRequestError("method.adapter must be an object with a name, such as {\"name\": \"lora\", \"r\": 16}",
-                              key="method.adapter")
+    section = dict(template["method"]) if adapter is None else dict(adapter)  # its shape: job_request.py
     try:
         cfg = build_method(section, Source())
         check_servable(type(cfg).method)
@@ -233,12 +176,13 @@ def _adapter_section(adapter, template: dict) -> dict:
     return {"name": type(cfg).method, **cfg.to_dict()}
 
 
-def build_run_config(job: dict, template: dict, base: str, files_dir: Path, output_dir: Path) -> dict:
+def build_run_config(job: dict, template: dict, base: str, files_dir: Path, output_dir: Path,
+                     allow_pickle: bool = False) -> dict:
     """The run config (plain data, as in a YAML file) the worker trains: the template with the job's choices."""
     kind = job["method"]["type"]
     hyper = job["hyperparameters"]
     cfg = {key: (dict(value) if isinstance(value, dict) else value) for key, value in template.items()}
-    cfg["model"] = {**cfg["model"], "name": base, "kind": "causal-lm"}
+    cfg["model"] = {**cfg["model"], "name": base, "kind": "causal-lm", "allow_pickle": allow_pickle}
     cfg["method"] = dict(job["method"]["adapter"])
     if kind == "dpo":
         task = template.get("task") if isinstance(template.get("task"), dict) else {}

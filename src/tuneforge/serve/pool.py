@@ -61,8 +61,8 @@ class LoadedAdapter:
 class AdapterPool:
     """model id -> adapter loaded into `model`, in least-recently-used order."""
 
-    def __init__(self, model, budget_bytes: int):
-        self.model = model
+    def __init__(self, model, budget_bytes: int, allow_pickle: bool = False):
+        self.model, self.allow_pickle = model, allow_pickle
         self.budget_bytes = int(budget_bytes)
         self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()
         self._next_slot = 0
@@ -110,13 +110,13 @@ class AdapterPool:
         self._next_slot += 1
         started = time.perf_counter()
         try:
-            load(self.model, source, slot)
+            load(self.model, source, slot, self.allow_pickle)
         except ConfigError:
             # Another method's layers are in the way: free everything this batch does not need and retry once.
             for other in [m for m in self.loaded if m not in keep]:
                 self.evict(other)
             try:
-                load(self.model, source, slot)
+                load(self.model, source, slot, self.allow_pickle)
             except ConfigError as err:
                 raise AdapterConflict(f"adapter {model_id!r} cannot be loaded beside {sorted(keep - {model_id})}: "
                                       f"{err.message}") from None
@@ -142,14 +142,14 @@ def method_of(source: Path | CheckpointRef) -> str:
     return method_for_peft_config(read_adapter_config(source)).name
 
 
-def load_adapter_dir(model, path: Path, slot: str) -> None:
+def load_adapter_dir(model, path: Path, slot: str, allow_pickle: bool = False) -> None:
     """An adapter directory (ours or peft's) into `slot`."""
     from ..io import load_adapter
 
-    load_adapter(model, path, adapter_name=slot)
+    load_adapter(model, path, adapter_name=slot, allow_pickle=allow_pickle)
 
 
-def load_checkpoint(model, ref: CheckpointRef, slot: str) -> None:
+def load_checkpoint(model, ref: CheckpointRef, slot: str, allow_pickle: bool = False) -> None:
     """A training checkpoint into `slot`: the adapter is built from the run's method section, then its tensors
     are copied from trainable.safetensors, whose names hold the training adapter's name ("default") where the
     slot's name goes (adapters keep their tensors in per-name dicts)."""

@@ -14,10 +14,25 @@ from ..errors import ConfigError
 from .http_errors import ApiError
 from .schemas import checkpoint_object, event_object, file_object, job_object
 from .store import ACTIVE_STATES, new_id
-from .validation import FileValidationError, check_jsonl, check_records
+from .validation import FileValidationError, check_jsonl, check_records, safe_filename
 
 router = APIRouter()
 CHUNK = 1 << 20
+PARTIAL_PREFIX = ".partial-"  # an upload being written; removed at server start (see remove_partial_uploads)
+
+
+def remove_partial_uploads(files_dir, known_ids: set[str]) -> list[str]:
+    """Files a killed server left behind: uploads still being written, and stored files whose row was never
+    added. Called at start, under the data directory's lock; returns the names removed."""
+    removed = []
+    for path in files_dir.iterdir():
+        stem = path.name.removesuffix(".jsonl")
+        partial = path.name.startswith((PARTIAL_PREFIX, ".file-"))
+        if path.is_file() and (partial or (path.suffix == ".jsonl" and stem.startswith("file-")
+                                           and stem not in known_ids)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
 
 
 def _state(request: Request):
@@ -39,10 +54,10 @@ def upload_file(request: Request, file: UploadFile = File(...), purpose: str = F
     if purpose != "fine-tune":
         raise ApiError(400, f"purpose {purpose!r} is not supported; this server takes 'fine-tune' files",
                        param="purpose")
-    filename = os.path.basename(file.filename or "upload.jsonl")[:255]
+    filename = safe_filename(file.filename)
     file_id = new_id("file")
     files_dir = state.data_dir / "files"
-    tmp = files_dir / f".{file_id}.jsonl"  # never the client's name: ids and names are not paths
+    tmp = files_dir / f"{PARTIAL_PREFIX}{file_id}.jsonl"  # never the client's name: ids and names are not paths
     size = 0
     try:
         with open(tmp, "wb") as out:
@@ -105,10 +120,12 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
     state = _state(request)
     try:
         spec = parse_job_request(body, state.base_names, state.template, default_seed=42,
-                                 allow_python_graders=state.config.allow_python_graders)
+                                 allow_python_graders=state.config.allow_python_graders,
+                                 max_epochs=state.config.max_job_epochs)
     except JobRequestError as err:
         raise ApiError(400, err.message, param=err.key) from None
     task = "sft" if spec.method["type"] == "supervised" else spec.method["type"]
+    _check_adapter_fits(state, spec.method["adapter"])
     for param in ("training_file", "validation_file"):
         file_id = getattr(spec, param)
         if file_id is None and param == "validation_file":
@@ -121,13 +138,15 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
                           state.template["data"].get("format", "auto"))
         except FileValidationError as err:
             raise ApiError(400, str(err), param=param, code=f"invalid_{param}") from None
+        if param == "training_file":
+            _check_token_budget(state, row["records"], spec.hyperparameters["n_epochs"])
     job_id = new_id("ftjob")
     job = {"id": job_id, "model": spec.model, "training_file": spec.training_file,
            "validation_file": spec.validation_file, "suffix": spec.suffix, "method": spec.method,
            "hyperparameters": spec.hyperparameters, "seed": spec.seed, "metadata": body.get("metadata"),
            "integrations": spec.integrations}
     run = build_run_config(job, state.template, state.config.base, state.data_dir / "files",
-                           state.jobs.job_dir(job_id) / "output")
+                           state.jobs.job_dir(job_id) / "output", allow_pickle=state.config.allow_pickle)
     try:
         config_from_dict(run)
     except ConfigError as err:
@@ -136,6 +155,44 @@ def create_job(request: Request, body: dict = Body(...)) -> dict:
     state.jobs.submit(job_id, run)
     # The job as created: a free worker may pick it up before this response is written.
     return job_object({**created, "status": "queued"})
+
+
+def _check_token_budget(state, records: int, epochs: int) -> None:
+    """400 when records x epochs x max_length (what the job can train on at most) exceeds max_job_tokens."""
+    max_length = state.template["data"].get("max_length") or 0
+    bound = records * epochs * max_length
+    if max_length and bound > state.config.max_job_tokens:
+        raise ApiError(400, f"this job could train on up to {bound:,} tokens ({records} records x {epochs} epochs x "
+                            f"max_length {max_length}); this server allows {state.config.max_job_tokens:,} per job "
+                            "(its max_job_tokens): use fewer epochs or a smaller file",
+                       param="hyperparameters.n_epochs", code="job_too_large")
+
+
+def _check_adapter_fits(state, section: dict) -> None:
+    """Build the job's adapter on a weightless copy of the base (meta tensors: no memory, no compute), so fields
+    that only the model can check (target_modules naming no layer...) fail now with 400, not later as a failed
+    job. Errors that come from the meta tensors themselves (methods whose set-up reads the weights) are left to
+    the worker."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..errors import TargetNotFound
+    from ..methods import add_adapter, make_method_config
+
+    fields = dict(section)
+    name = fields.pop("name")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(state.model.config)
+    try:
+        add_adapter(skeleton, make_method_config(name, fields), "check")
+    except TargetNotFound as err:
+        key = "modules_to_save" if "modules_to_save" in str(err) else "target_modules"
+        raise ApiError(400, str(err), param=f"method.adapter.{key}") from None
+    except ConfigError as err:
+        key = err.key if isinstance(err.key, str) else None
+        raise ApiError(400, str(err), param=f"method.adapter.{key}" if key else "method.adapter") from None
+    except Exception:  # noqa: BLE001 - meta tensors cannot run every set-up; the worker checks those
+        return
 
 
 def _job(request: Request, job_id: str) -> dict:

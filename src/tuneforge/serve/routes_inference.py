@@ -12,6 +12,7 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from .engine import EngineBusy, GenerationRequest
 from .http_errors import ApiError
@@ -71,7 +72,6 @@ def delete_model(request: Request, model_id: str) -> dict:
 # ---- generation -----------------------------------------------------------------------------------------
 def _plan(state, params, prompt_ids: list[list[int]]) -> list[GenerationRequest]:
     """One engine request per choice (prompt x n), with max_tokens fitted to the model's context."""
-    params.refuse_unsupported()
     stops = params.stop_list()
     model_id, adapter = state.resolve_model(params.model)
     context = getattr(state.model.config, "max_position_embeddings", None)
@@ -155,14 +155,34 @@ def _usage(requests, choices) -> dict:
     return usage(sum(len(r.prompt_ids) for r in requests), sum(c["completion_tokens"] for c in choices))
 
 
+def _refuse_overlong(state, texts: list[str], param: str) -> None:
+    """400 for a text that cannot fit the context whatever it tokenises to: more characters than the context
+    times the longest token (in UTF-8 bytes, which bound its characters). Checked before any tokenisation, so a
+    megabyte prompt costs a length check, not seconds of CPU."""
+    limit = state.max_prompt_chars
+    for text in texts:
+        if limit is not None and len(text) > limit:
+            raise ApiError(400, f"the prompt has {len(text)} characters; this model's context of "
+                                f"{state.context_tokens} tokens holds at most {limit}", param=param,
+                           code="context_length_exceeded")
+
+
+def _chat_ids(state, messages: list[dict]) -> list[int]:
+    """Chat template + tokenisation (CPU work: run in a worker thread, never on the event loop)."""
+    try:
+        text = state.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # the template refused the conversation (e.g. roles out of order)
+        raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
+    _refuse_overlong(state, [text], "messages")
+    return state.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request, body: ChatCompletionRequest):
     state = _state(request)
-    try:
-        text = state.tokenizer.apply_chat_template(body.chat_messages(), tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # the template refused the conversation (e.g. roles out of order)
-        raise ApiError(400, f"the model's chat template rejected the messages: {err}", param="messages") from None
-    ids = state.tokenizer(text, add_special_tokens=False)["input_ids"]
+    messages = body.chat_messages()
+    _refuse_overlong(state, ["".join(m["content"] for m in messages)], "messages")
+    ids = await run_in_threadpool(_chat_ids, state, messages)
     requests = _plan(state, body, [ids])
     cid = f"chatcmpl-{secrets.token_hex(12)}"
     if not body.stream:
@@ -190,7 +210,9 @@ async def chat_completions(request: Request, body: ChatCompletionRequest):
 @router.post("/completions")
 async def completions(request: Request, body: CompletionRequest):
     state = _state(request)
-    prompts = [state.tokenizer(p)["input_ids"] for p in body.prompts()]
+    texts = body.prompts()
+    _refuse_overlong(state, texts, "prompt")
+    prompts = await run_in_threadpool(lambda: [state.tokenizer(p)["input_ids"] for p in texts])
     requests = _plan(state, body, prompts)
     cid = f"cmpl-{secrets.token_hex(12)}"
     if not body.stream:

@@ -79,7 +79,10 @@ def _load_model(cfg):
 
     m = cfg.model
     return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
-                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype)
+                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
+                      device_map=m.device_map, max_memory=m.max_memory, attn_implementation=m.attn_implementation,
+                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling,
+                      allow_pickle=m.allow_pickle)
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -100,7 +103,8 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
     a way that cannot resume exactly is refused (resume_check.py); output_dir is locked for the run (run_lock.py).
     The run summary (summary.json, result.data_report) counts the examples dropped or truncated per split."""
     cfg = resolve_config(config_or_path, overrides)
-    if dry_run or launcher.process_rank() != 0:  # process 0 of a multi-process run holds the lock for the group
+    rank = launcher.process_rank() or int(os.environ.get("RANK", "0"))  # torchrun's RANK: the group is not up yet
+    if dry_run or rank != 0:  # process 0 of a multi-process run holds the lock for the group
         return _train(cfg, progress, resume, dry_run)
     with output_dir_lock(cfg.output_dir):  # before anything is loaded: a second run into a live one fails at once
         return _train(cfg, progress, resume, dry_run)

@@ -42,6 +42,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import TuneforgeError
+from ..io.tempdirs import apply_umask
+from ..io.tempdirs import temp_dir as user_temp_dir
 
 FORMAT = 1
 SHARDED = "sharded"
@@ -168,9 +170,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 def temp_dir(root: str | os.PathLike, step: int) -> Path:
     """A fresh hidden directory beside the final step-N, renamed onto it once complete."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+    return user_temp_dir(root, prefix=f".tmp-step-{step}-")  # not mkdtemp's 0700
 
 
 def save_checkpoint(
@@ -204,6 +204,7 @@ def save_checkpoint(
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=1))
         if (root.parent / CONFIG).is_file():
             shutil.copyfile(root.parent / CONFIG, tmp / CONFIG)
+        apply_umask(tmp)  # safetensors writes 0600: a checkpoint gets the permissions of the user's other files
         _seal(tmp)
         _replace_dir(tmp, final)
         _fsync(root)

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
-from .loop import DataOrder, TrainResult
+from .loop import DataOrder, TrainResult, check_finite, check_weights
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import Reporter
 
@@ -120,8 +120,10 @@ def token_logps(model, batch: dict, rows, temperature: float, micro: int, grad: 
     return torch.cat(parts)
 
 
-def grpo_update(model, optimizer, scheduler, params, batch: dict, cfg, train_cfg) -> dict:
-    """num_iterations optimizer steps over one batch of scored completions; returns the step's diagnostics."""
+def grpo_update(model, optimizer, scheduler, params, batch: dict, cfg, train_cfg, step: int = 0,
+                root: Path | None = None) -> dict:
+    """num_iterations optimizer steps over one batch of scored completions; returns the step's diagnostics.
+    Stops before an update whose loss or gradient norm is not finite (loop.check_finite)."""
     from .ppo import policy_outputs
 
     mask = batch["response_mask"]
@@ -147,6 +149,7 @@ def grpo_update(model, optimizer, scheduler, params, batch: dict, cfg, train_cfg
                     if value is not None:
                         sums[key] += float(value[m].sum())
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, train_cfg.max_grad_norm or math.inf)))
+        check_finite(step, sums["loss"], 1, norms[-1], root)
         optimizer.step()
         scheduler.step()
         on_optimizer_step(model)
@@ -271,7 +274,7 @@ def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts
             batch = make_samples(model, tokenizer, [prompts[i] for i in chunks[0]], rewards, cfg,
                                  train_cfg.micro_batch_size)
             lr = optimizer.param_groups[0]["lr"]
-            stats = grpo_update(model, optimizer, scheduler, params, batch, cfg, train_cfg)
+            stats = grpo_update(model, optimizer, scheduler, params, batch, cfg, train_cfg, state["global_step"] + 1, root)
             mask = batch["response_mask"]
             generated = int(mask.sum())
             state.update(global_step=state["global_step"] + 1, epoch=next_epoch, index=next_index,
@@ -290,6 +293,7 @@ def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
                 eval_metrics = run_eval()
             if train_cfg.save_every and step % train_cfg.save_every == 0 and step < total:
+                check_weights(params, step, root)
                 state["elapsed_s"] = elapsed()
                 final = ckpt.save_checkpoint(root, step, model, optimizer, scheduler,
                                              {**state, "history": reporter.history, "total_steps": total}, rng,
@@ -300,6 +304,7 @@ def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts
             eval_metrics = next(({k: v for k, v in r.items() if k.startswith("eval_")}
                                  for r in reversed(reporter.history) if "eval_reward" in r), {})
         if session_tokens:
+            check_weights(params, state["global_step"], root)
             state["elapsed_s"] = elapsed()
             final = ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                          {**state, "history": reporter.history, "total_steps": total}, rng,

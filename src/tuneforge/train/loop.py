@@ -35,7 +35,8 @@ from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
-from .compile import compile_blocks, repeated_blocks
+from .memory import release_freed_memory
+from .compile import attention_for_compile, compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs
@@ -180,6 +181,21 @@ def check_finite(step: int, loss_sum: float, targets: int, grad_norm, root: Path
     )
 
 
+def check_weights(params, step: int, root: Path | None, par: Parallel | None = None) -> None:
+    """Before a checkpoint is written: every trained weight must be finite (a finite loss can still take an update
+    to inf, e.g. an infinite learning rate set in Python), so no checkpoint and no adapter ever holds NaN/inf."""
+    bad = int(any(not bool(torch.isfinite(p.detach()).all()) for p in params))
+    if par is not None:
+        bad = par.all_sum(bad)  # sharded weights: every process checks its own shards, all stop together
+    if bad:
+        from ..errors import NonFiniteLoss
+
+        checkpoint = ckpt.latest_checkpoint(root) if root is not None else None
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet"
+        raise NonFiniteLoss(f"step {step}: the trained weights are not finite after the update; nothing was saved "
+                            f"and no adapter is written; {kept}. Lower train.learning_rate")
+
+
 def _num_tokens(task, batch: dict) -> int:
     fn = getattr(task, "num_tokens", None)
     return int(fn(batch)) if fn is not None else 0
@@ -266,6 +282,8 @@ def run_training(
     root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
+    if getattr(cfg, "release_memory", False):
+        release_freed_memory(device.type)  # freed activations go back to the OS: a lower peak RSS (memory.py)
     par = Parallel.current()  # several processes: see distributed.py; one process: every call is a no-op
     task = par.task(task)
     _seed_everything(cfg.seed + par.rank)
@@ -274,6 +292,7 @@ def run_training(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     if getattr(cfg, "compile", False):
+        attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
@@ -324,6 +343,7 @@ def run_training(
         return metrics
 
     def save(rng_snapshot: dict) -> Path:
+        check_weights(params, state["global_step"], root, par)
         state["elapsed_s"] = elapsed()
         extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
                  "world_size": par.world_size, "examples": order.n}

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
-from .loop import DataOrder, TrainResult, check_finite
+from .loop import DataOrder, TrainResult, check_finite, check_weights
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .ppo_rewards import REWARD_ADAPTER, AdapterReward, FunctionReward
 from .report import Reporter
@@ -263,6 +263,7 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
         return metrics
 
     def save(rng_snapshot: dict) -> Path:
+        check_weights(params, state["global_step"], root)
         state["elapsed_s"] = elapsed()
         return ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                     {**state, "history": reporter.history, "total_steps": total}, rng_snapshot,

@@ -18,8 +18,10 @@ LOCK = ".lock"
 
 @contextmanager
 def output_dir_lock(output_dir: str | os.PathLike):
-    """Hold the lock of output_dir (created if missing) or raise OutputDirInUse at once, naming the holder."""
+    """Hold the lock of output_dir (created if missing) or raise OutputDirInUse at once, naming the holder. A
+    directory this call created and the run left empty (it failed before writing) is removed again."""
     out = Path(output_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / LOCK, "a+")
     try:
@@ -39,4 +41,10 @@ def output_dir_lock(output_dir: str | os.PathLike):
         handle.flush()
         yield out
     finally:
+        if created and os.listdir(out) == [LOCK]:  # the run failed before writing anything: leave no trace
+            (out / LOCK).unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
         handle.close()  # closing the last descriptor releases the flock

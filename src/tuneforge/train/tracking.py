@@ -96,7 +96,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         output_dir.mkdir(parents=True, exist_ok=True)
-        uri = cfg.mlflow_tracking_uri or default_mlflow_uri(output_dir)
+        uri = cfg.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(output_dir)
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = state.get("mlflow_run_id")
         if self.run_id is not None:
@@ -110,7 +110,8 @@ class MlflowTracker:
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:  # artifacts beside the store, not in ./mlruns of whatever folder the run was started from
-            artifacts = (output_dir / "mlruns").resolve().as_uri() if cfg.mlflow_tracking_uri is None else None
+            own_store = uri == default_mlflow_uri(output_dir)
+            artifacts = (output_dir / "mlruns").resolve().as_uri() if own_store else None
             experiment_id = self.client.create_experiment(cfg.mlflow_experiment, artifact_location=artifacts)
         run = self.client.create_run(experiment_id, run_name=output_dir.resolve().name, tags={"tuneforge": "1"})
         self.run_id = run.info.run_id
@@ -142,7 +143,8 @@ class WandbTracker:
         mode = w.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         run_id = state.get("wandb_run_id")
         self.run = wandb.init(
-            project=w.project, name=w.name or output_dir.resolve().name, entity=w.entity, group=w.group,
+            project=w.project or os.environ.get("WANDB_PROJECT") or "tuneforge",
+            name=w.name or os.environ.get("WANDB_NAME") or output_dir.resolve().name, entity=w.entity, group=w.group,
             tags=list(w.tags) or None, mode=mode, dir=str(output_dir), config=config,
             id=run_id, resume="allow" if run_id else None, reinit="create_new",
         )

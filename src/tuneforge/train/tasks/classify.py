@@ -88,16 +88,17 @@ def labelled_texts(run_cfg) -> tuple[list[str], tuple[list[str], list[int]], tup
     """(label names, (train texts, label ids), (validation texts, label ids)) of a classify run config, for
     paths that need raw text rather than token ids (a classifier on frozen embeddings). A text pair is joined
     by a newline."""
-    from ...data import read_records, require_fields, select_records
+    from ...data import require_fields
+    from ...data.formatting import load_records
     from ...data.readers import line_of
 
     cfg, data = run_cfg.task_config or ClassifyConfig(), run_cfg.data
     fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
     splits, labels = [], None
-    for path, limit in ((data.train, data.limit_train), (data.validation, data.limit_eval)):
+    for split, path in (("train", data.train), ("validation", data.validation)):
         if path is None:
             raise ConfigError("this path needs both a train and a validation file", key="data.validation")
-        records = select_records(read_records(path), limit, data.shuffle_seed)
+        records, path = load_records(data, split)
         require_fields(records, fields, path)
         labels = labels or ([str(x) for x in cfg.labels] if cfg.labels else infer_labels(records, cfg.label_field))
         texts = [str(r[cfg.text_field]) + (f"\n{r[cfg.text_pair_field]}" if cfg.text_pair_field else "")
@@ -118,6 +119,7 @@ class ClassifyTask(BaseTask):
         self.cfg = ClassifyConfig()
         self.labels: list[str] = []
         self.pad_token_id = 0
+        self.report: dict = {}
 
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
@@ -126,8 +128,9 @@ class ClassifyTask(BaseTask):
             return method_cfg.replace(modules_to_save=heads)
         return method_cfg
 
-    def encode(self, records: list[dict], tokenizer, max_length: int, source=None) -> list[dict]:
-        """Records -> {"input_ids", ("token_type_ids"), "label"}; label errors name file and line."""
+    def encode(self, records: list[dict], tokenizer, max_length: int, source=None, split: str = "train") -> list[dict]:
+        """Records -> {"input_ids", ("token_type_ids"), "label"}; label errors name file and line. Rows cut at
+        max_length are counted per split for the run's data report (`data_report()`)."""
         from ...data import require_fields
         from ...data.readers import line_of
 
@@ -138,6 +141,9 @@ class ClassifyTask(BaseTask):
         texts = [str(r[cfg.text_field]) for r in records]
         pairs = [str(r[cfg.text_pair_field]) for r in records] if cfg.text_pair_field else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        full = tokenizer(texts, pairs)["input_ids"]  # untruncated lengths: how many rows lost their end
+        self.report[split] = {"records": len(records), "examples": len(records), "dropped": 0,
+                              "truncated": sum(len(ids) > max_length for ids in full)}
         out = []
         for i, label in enumerate(labels):
             ex = {"input_ids": enc["input_ids"][i], "label": label}
@@ -147,14 +153,14 @@ class ClassifyTask(BaseTask):
         return out
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        from ...data import read_records, select_records
+        from ...data.formatting import load_records
 
         self.cfg = run_cfg.task_config or ClassifyConfig()
         data = run_cfg.data
         if data.train is None:
             raise ConfigError("classification needs training data", key="data.train")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        train_records = select_records(read_records(data.train), data.limit_train, data.shuffle_seed)
+        train_records, train_source = load_records(data, "train")
         self.labels = [str(x) for x in self.cfg.labels] if self.cfg.labels else infer_labels(
             train_records, self.cfg.label_field)
         # record the resolved label set, so the run's config.yaml says what each head output means
@@ -164,12 +170,17 @@ class ClassifyTask(BaseTask):
         if len(self.labels) != expected:
             raise ConfigError(f"the task has {len(self.labels)} labels {self.labels}, but the model head has "
                               f"{expected} outputs; set model.num_labels: {len(self.labels)}", key="model.num_labels")
-        train = self.encode(train_records, tokenizer, data.max_length, data.train)
+        self.report = {}
+        train = self.encode(train_records, tokenizer, data.max_length, train_source)
         evals = []
         if data.validation is not None:
-            records = select_records(read_records(data.validation), data.limit_eval, data.shuffle_seed)
-            evals = self.encode(records, tokenizer, data.max_length, data.validation)
+            records, source = load_records(data, "validation")
+            evals = self.encode(records, tokenizer, data.max_length, source, "validation")
         return train, evals
+
+    def data_report(self) -> dict:
+        """Records read and truncated per split (classification drops none; see train/data_report.py)."""
+        return dict(self.report)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""

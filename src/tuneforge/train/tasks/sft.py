@@ -12,12 +12,14 @@ use the plain full-logits path.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...models.packed_attention import packed_seq_lens, use_packed_attention
+from ...models.packed_attention import PACKED_SDPA, packed_inputs, packed_rows
 from ...registry import TASKS
 from ..head_loss import linear_cross_entropy
 from .base import BaseTask
@@ -83,28 +85,28 @@ class SFTTask(BaseTask):
 
         batch = collate_causal(examples, self.pad_token_id)
         batch["num_tokens"] = torch.tensor(sum(len(ex["input_ids"]) for ex in examples))
-        if any("seq_lens" in ex for ex in examples):
-            batch["packed_seq_lens"] = packed_seq_lens([ex.get("seq_lens", [len(ex["input_ids"])]) for ex in examples])
         return batch
 
     def num_targets(self, batch: dict) -> int:
-        return int((batch["labels"][:, 1:] != IGNORE).sum())
+        return int((batch["labels"][:, 1:] != IGNORE).sum())  # flattening rows (flash-attn) keeps this count
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        mask = inputs.get("attention_mask")
-        if mask is not None and mask.is_floating_point():  # additive 4-D mask: match the weights for sdpa
-            inputs["attention_mask"] = mask.to(next(model.parameters()).dtype)
-        shifted = batch["labels"][:, 1:]
+        if "seq_lens" in batch:  # packed rows: no mask; the model's attention backend reads the example lengths
+            inputs, labels, backend = packed_inputs(model, batch, per_example=self.packed_attention)
+        else:
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+            labels, backend = batch["labels"], None
+        shifted = labels[:, 1:]
         keep = shifted != IGNORE
+        scope = packed_rows() if backend == PACKED_SDPA else contextlib.nullcontext()
         parts = fused_head_parts(model) if self.fused_head is not False else None
         if parts is None:
-            logits = model(**inputs, use_cache=False).logits[:, :-1]
+            with scope:
+                logits = model(**inputs, use_cache=False).logits[:, :-1]
             return F.cross_entropy(logits[keep].float(), shifted[keep], reduction="sum")
         base, head = parts
-        if "packed_seq_lens" in batch and self.packed_attention and use_packed_attention(model):
-            inputs["packed_seq_lens"] = batch["packed_seq_lens"]  # attention per example (the mask stays as a net)
-        hidden = base(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
+        with scope:
+            hidden = base(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
         targets = shifted[keep]
         if _plain_linear(head, hidden):
             return linear_cross_entropy(hidden, head.weight, head.bias, targets, self.chunk_size)

@@ -1,0 +1,148 @@
+"""Peak host memory of loading a Llama-shaped checkpoint with quantization nf4: what loading adds to a process.
+
+Writes a checkpoint of random weights as sharded bf16 safetensors (never the whole model in memory: one shard of
+random tensors at a time), then, each in a fresh process:
+  baseline  imports torch, transformers (and the Llama model code), bitsandbytes and tuneforge; reads VmHWM
+  api       the same, then tuneforge.models.load_model(dir, quantization=nf4, dtype=bfloat16, device=cpu)
+  cli       the same through `tuneforge train CONFIG --dry-run` (load + LoRA on all projections + parameter count)
+and reports each run's peak RSS (VmHWM) minus the baseline's, against the checkpoint's bf16 size.
+The bound tuneforge keeps (issue #18): added peak <= 0.4 x the bf16 checkpoint. The floor is what the loaded model
+itself takes: the dense bf16 embeddings plus ~0.52 bytes a parameter for the nf4 body (4 bits + double-quantised
+absmax constants); for the 1.07B shape that is ~0.33x.
+
+    python benchmarks/load_memory.py                    # 1.07B TinyLlama shape, SmolLM2's vocabulary (2.1 GB)
+    python benchmarks/load_memory.py --preset test      # 365M parameters, what tests/models/test_lean_load.py runs
+    python benchmarks/load_memory.py --json out.json    # also write the figures as JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PRESETS = {
+    # TinyLlama-1.1B's body with SmolLM2's 49,152-token vocabulary and tied embeddings: 1.07B parameters
+    "1b": dict(vocab_size=49152, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+               num_attention_heads=32, num_key_value_heads=4),
+    # 365M parameters, 0.73 GB: big enough that fixed costs (~40 MB: bitsandbytes' first call, module objects,
+    # one dense tensor in flight) stay well under the bound (0.37x at half this size, 0.36x at 1B), small enough
+    # for a test; a small vocabulary, so the quantised body dominates as it does at 8B
+    "test": dict(vocab_size=2048, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                 num_attention_heads=16, num_key_value_heads=4),
+}
+SHARD_BYTES = 500 * 10**6
+IMPORTS = ("import torch, transformers, bitsandbytes, tuneforge, tuneforge.models, tuneforge.train.api\n"
+           "from transformers.models.llama import modeling_llama\n")
+PEAK = ("from pathlib import Path\n"
+        "hwm = [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:')][0]\n"
+        "print('VMHWM_KB', int(hwm.split()[1]), flush=True)\n")
+
+
+def write_checkpoint(folder: Path, shape: dict) -> tuple[int, int]:
+    """Random-weight bf16 safetensors shards of a LlamaForCausalLM with `shape`; (parameters, bytes)."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, tie_word_embeddings=True, max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, dtype="bfloat16")
+    with init_empty_weights():
+        skeleton = LlamaForCausalLM(config)
+    names = [(n, p.shape) for n, p in skeleton.named_parameters() if n != "lm_head.weight"]
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    shards, current, size, total = [], {}, 0, 0
+
+    def flush():
+        nonlocal current, size
+        if current:
+            name = f"model-{len(shards) + 1:05d}.safetensors"
+            save_file(current, str(folder / name), metadata={"format": "pt"})
+            shards.append((name, list(current)))
+            current, size = {}, 0
+
+    params = 0
+    for name, shape_ in names:
+        if name.endswith("norm.weight"):
+            tensor = torch.ones(shape_, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(shape_, generator=gen) * 0.02).to(torch.bfloat16)
+        current[name] = tensor
+        size += tensor.numel() * 2
+        total += tensor.numel() * 2
+        params += tensor.numel()
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    weight_map = {t: name for name, tensors in shards for t in tensors}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(folder)
+    return params, total
+
+
+def _child(code: str) -> int:
+    """Run `code` in a fresh interpreter; its VmHWM in bytes."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    line = [x for x in out.stdout.splitlines() if x.startswith("VMHWM_KB")][-1]
+    return int(line.split()[1]) * 1024
+
+
+def measure(folder: Path, dry_run: bool = True) -> dict:
+    """Peak RSS of the baseline, the API load and (dry_run) the CLI dry run, each in a fresh process."""
+    base = _child(IMPORTS + PEAK)
+    api = _child(IMPORTS + (
+        "from tuneforge.models import load_model\n"
+        f"m = load_model({str(folder)!r}, dtype='bfloat16', device='cpu', quantization='nf4')\n"
+        "assert sum(1 for x in m.modules() if type(x).__name__ == 'Linear4bit') > 0\n") + PEAK)
+    result = {"baseline_peak": base, "api_peak": api, "api_added": api - base}
+    if dry_run:
+        config = folder / "dry_run.yaml"
+        config.write_text(json.dumps({
+            "model": {"name": str(folder), "dtype": "bfloat16", "device": "cpu", "quantization": "nf4"},
+            "method": {"name": "lora", "r": 8, "target_modules": "all-linear"},
+            "output_dir": str(folder / "run"),
+        }))
+        cli = _child(IMPORTS + (
+            "import sys\nfrom tuneforge.cli.main import main\n"
+            f"sys.argv = ['tuneforge', 'train', {str(config)!r}, '--dry-run']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n") + PEAK)
+        result.update(cli_peak=cli, cli_added=cli - base)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="1b")
+    parser.add_argument("--dir", help="write (or reuse) the checkpoint here instead of a temporary folder")
+    parser.add_argument("--no-cli", action="store_true", help="skip the `tuneforge train --dry-run` measurement")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tf-load-") as tmp:
+        folder = Path(args.dir) if args.dir else Path(tmp) / "ckpt"
+        params, size = write_checkpoint(folder, PRESETS[args.preset])
+        figures = {"preset": args.preset, "parameters": params, "checkpoint_bytes": size,
+                   **measure(folder, dry_run=not args.no_cli)}
+    gb = 1e9
+    print(f"checkpoint: {params / 1e9:.3f}B parameters, {size / gb:.2f} GB bf16 safetensors")
+    print(f"baseline peak RSS (imports only): {figures['baseline_peak'] / gb:.2f} GB")
+    for kind in ("api", "cli"):
+        if f"{kind}_added" in figures:
+            added = figures[f"{kind}_added"]
+            figures[f"{kind}_ratio"] = added / size
+            label = "load_model(quantization=nf4)" if kind == "api" else "tuneforge train --dry-run"
+            print(f"{label:30s} adds {added / gb:.2f} GB peak RSS = {added / size:.2f}x the bf16 checkpoint")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()

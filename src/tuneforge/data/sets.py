@@ -1,0 +1,69 @@
+"""Named data sets: `alpaca:train` in a config means split `train` of data set `alpaca`, wherever it lives.
+
+One rule, so the same config works in a plain clone, on a machine with the full data and in CI:
+1. a path that exists is used as given;
+2. `NAME:SPLIT` reads `$TUNEFORGE_DATA/NAME/SPLIT.jsonl` (the full data sets, e.g. TUNEFORGE_DATA=../shared/data);
+3. else the slice shipped in the repository, `data/NAME/SPLIT.jsonl` (a few hundred rows each), saying so once.
+`NAME:` alone names the data set's folder (a BEIR corpus directory such as `scifact:`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+REFERENCE = re.compile(r"^(?P<name>[a-z][a-z0-9_]+):(?P<split>[A-Za-z0-9_.-]*)$")
+ENV = "TUNEFORGE_DATA"
+_announced: set[str] = set()
+
+
+def slice_roots() -> list[Path]:
+    """Where the in-repo slices may be: the checkout this package runs from (an editable install), then the
+    working directory's data/ folder."""
+    roots = [Path(__file__).resolve().parents[3] / "data", Path.cwd() / "data"]
+    return [root for i, root in enumerate(roots) if root.is_dir() and root not in roots[:i]]
+
+
+def _candidate(root: Path, name: str, split: str) -> Path:
+    return root / name / f"{split}.jsonl" if split else root / name
+
+
+def resolve_data_path(value: str | os.PathLike | None, key: str | None = None) -> str | None:
+    """The file or folder a data value names (see the module docstring); ConfigError naming the key when a data
+    set reference is found nowhere."""
+    if value is None:
+        return None
+    text = os.fspath(value)
+    match = REFERENCE.match(text)
+    if match is None or Path(text).exists():
+        return text
+    name, split = match["name"], match["split"]
+    full = os.environ.get(ENV)
+    if full and _candidate(Path(full), name, split).exists():
+        return str(_candidate(Path(full), name, split))
+    for root in slice_roots():
+        path = _candidate(root, name, split)
+        if path.exists():
+            _announce(text, path, full)
+            return str(path)
+    where = f"${ENV} ({full})" if full else f"${ENV} (not set)"
+    shipped = ", ".join(sorted(p.name for root in slice_roots() for p in root.iterdir() if p.is_dir())) or "none"
+    raise ConfigError(
+        f"data set {text!r} not found: looked in {where} and in the repository's data/ slices (data sets: "
+        f"{shipped}); point {ENV} at a folder holding {name}/{split or ''}{'.jsonl' if split else ''} "
+        f"(e.g. {ENV}=../shared/data) or give a file path", key=key)
+
+
+def _announce(reference: str, path: Path, full: str | None) -> None:
+    """Once per data set and process: a run on a slice must say it is one (its figures are not the full data's)."""
+    if reference in _announced:
+        return
+    _announced.add(reference)
+    rows = sum(1 for _ in path.open(encoding="utf-8")) if path.is_file() else None
+    size = f" ({rows} rows)" if rows is not None else ""
+    reason = f"not in ${ENV}={full}" if full else f"${ENV} is not set"
+    print(f"{reference}: using the in-repo slice {path}{size} ({reason}; set {ENV} to a folder with the full "
+          f"data sets for the full split)", file=sys.stderr)
