@@ -106,6 +106,50 @@ class Channel:
             raise SystemExit("benchmark parent went away")
 
 
+class StepProfile:
+    """--profile: torch.profiler over the timed steps, summed by kind of work (per step, seconds). `host` is the
+    step's time outside every profiled op: Python, hooks, collation, logging, progress bar."""
+
+    KINDS = (("gemm", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")),
+             ("attention", ("attention", "tuneforge::packed")),
+             ("dropout rng", ("aten::bernoulli",)),
+             ("optimizer + clip", ("aten::_foreach", "aten::_fused_adam", "Optimizer.")))
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.prof, self.busy, self.wait = enabled, None, 0.0, 0.0
+
+    def start(self) -> None:
+        if self.enabled and self.prof is None:
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.prof.__enter__()
+
+    def waited(self, seconds: float) -> None:
+        """Time our side spent waiting for its turn inside the optimizer step's profiled range (the post-hook)."""
+        if self.prof is not None:
+            self.wait += seconds
+
+    def add(self, seconds: float) -> None:
+        """Wall time of one profiled step (the waits for the other side between steps are not the step's)."""
+        if self.prof is not None:
+            self.busy += seconds
+
+    def stop(self, steps: int) -> dict | None:
+        if self.prof is None:
+            return None
+        wall = self.busy
+        self.prof.__exit__(None, None, None)
+        out = {kind: 0.0 for kind, _ in self.KINDS}
+        out["other ops"] = 0.0
+        for event in self.prof.key_averages():
+            seconds = event.self_cpu_time_total / 1e6
+            kind = next((k for k, keys in self.KINDS if any(key in event.key for key in keys)), "other ops")
+            out[kind] += seconds
+        out["optimizer + clip"] -= self.wait
+        out["host"] = wall - sum(out.values())
+        self.prof = None
+        return {k: v / steps for k, v in out.items()}
+
+
 def peak_mb(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else common.rss_mb("VmHWM")
 
@@ -116,7 +160,8 @@ def run_ours(args) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     chan = Channel(time.process_time if args.clock == "cpu" else time.perf_counter)
-    state = {"resumed": 0.0, "step": 0}
+    state = {"resumed": 0.0, "step": 0, "setup_mb": 0.0}
+    profile = StepProfile(args.profile)
 
     def first_call(module, inputs):  # set-up is over: the loop's first forward (the model's base transformer)
         weights = {n[n.index("layers."):]: p.detach().cpu() for n, p in module.named_parameters() if "lora_" in n}
@@ -124,17 +169,26 @@ def run_ours(args) -> None:
             return
         handle.remove()
         torch.save(weights, Path(args.workdir) / "initial_lora.pt")
+        state["setup_mb"] = common.rss_mb("VmRSS")
         chan.send(event="ready")
         chan.wait()
-        state["resumed"] = chan.clock()
+        state["resumed"], state["resumed_wall"] = chan.clock(), time.perf_counter()
 
     def after_step(optimizer, a, kw):
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
-        chan.send(event="step", step=state["step"], seconds=chan.clock() - state["resumed"])
+        seconds = chan.clock() - state["resumed"]
+        profile.add(time.perf_counter() - state["resumed_wall"])
+        if state["step"] == args.warmup + args.steps - 1:
+            state["profile"] = profile.stop(args.steps)
+        chan.send(event="step", step=state["step"], seconds=seconds, hwm_mb=common.rss_mb("VmHWM"))
         state["step"] += 1
+        waiting = time.perf_counter()
         chan.wait()
-        state["resumed"] = chan.clock()
+        profile.waited(time.perf_counter() - waiting)
+        if state["step"] == args.warmup:
+            profile.start()
+        state["resumed"], state["resumed_wall"] = chan.clock(), time.perf_counter()
 
     handle = register_module_forward_pre_hook(first_call)
     register_optimizer_step_post_hook(after_step)
@@ -148,7 +202,8 @@ def run_ours(args) -> None:
     records = [json.loads(line) for line in (Path(args.workdir) / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r and "lr" in r]
     tokens = [b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}] + steps, steps)]
-    chan.send(event="done", losses=[r["loss"] for r in steps], tokens=tokens, peak_mb=peak_mb(args.device))
+    chan.send(event="done", losses=[r["loss"] for r in steps], tokens=tokens, peak_mb=peak_mb(args.device),
+              setup_mb=state["setup_mb"], profile=state.get("profile"))
 
 
 def run_theirs(args) -> None:
@@ -184,19 +239,23 @@ def run_theirs(args) -> None:
     forward = torch.compile(model) if setting == "compile" else model
     collate = common.padded_batch if setting == "padded" else common.reference_batch
     pad = tokenizer.pad_token_id
+    setup_mb = common.rss_mb("VmRSS")
+    profile = StepProfile(args.profile)
     chan.send(event="ready")
     epoch, index, losses = 0, 0, []
     for step in range(cfg.train.max_steps):
         chunks, epoch, index = order.step(epoch, index)
         step_rows = [rows[i] for i in chunks[0]]
         chan.wait()
+        if step == args.warmup:
+            profile.start()
         if step == 0:  # our adapter's initial weights, written by our side at its first forward
             initial = torch.load(Path(args.workdir) / "initial_lora.pt")
             with torch.no_grad():
                 for name, p in model.named_parameters():
                     if "lora_" in name:
                         p.copy_(initial[name[name.index("layers."):]])
-        start = chan.clock()
+        start, start_wall = chan.clock(), time.perf_counter()
         batch = {k: v.to(args.device) for k, v in collate(step_rows, pad).items()}
         optimizer.zero_grad(set_to_none=True)
         loss = forward(**batch, use_cache=False).loss
@@ -205,15 +264,19 @@ def run_theirs(args) -> None:
         optimizer.step()
         losses.append(float(loss.detach()))
         seconds = chan.clock() - start
+        profile.add(time.perf_counter() - start_wall)
+        if step == cfg.train.max_steps - 1:
+            summary = profile.stop(args.steps)
         ref = common.reference_batch(step_rows, 0)
         labels = int((ref["labels"][:, 1:] != common.IGNORE).sum())
         positions = ref["input_ids"].numel()
         theirs_positions = common.padded_batch(step_rows, 0)["input_ids"].numel() if setting == "padded" else positions
-        chan.send(event="step", step=step, seconds=seconds, tokens=common.real_tokens(step_rows),
+        chan.send(event="step", step=step, seconds=seconds, hwm_mb=common.rss_mb("VmHWM"),
+                  tokens=common.real_tokens(step_rows),
                   flops_ours=common.step_flops(model.config, step_rows, R, labels, positions),
                   flops_theirs=common.step_flops(model.config, step_rows, R, theirs_positions, theirs_positions))
     chan.wait()
-    chan.send(event="done", losses=losses, peak_mb=peak_mb(args.device))
+    chan.send(event="done", losses=losses, peak_mb=peak_mb(args.device), setup_mb=setup_mb, profile=summary)
 
 
 # ---- the parent: two children in lockstep ---------------------------------------------------------------------------
@@ -222,6 +285,7 @@ class Side:
     def __init__(self, name: str, args, variant: str, config: Path, workdir: Path):
         cmd = [sys.executable, __file__, "--side", name, "--config", str(config), "--workdir", str(workdir),
                "--variant", variant, "--device", args.device, "--dtype", args.dtype, "--clock", args.clock]
+        cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--profile"] if args.profile else [])
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         self.name, self.log = name, workdir / f"{name}.log"
@@ -283,7 +347,9 @@ def summarise(variant: str, args, steps: dict, done: dict) -> dict:
         flops = statistics.mean(s[f"flops_{name}"] for s in ref)
         out[name] = {"tok_s": statistics.median(k / t for k, t in zip(tokens, seconds)),
                      "s_step": statistics.median(seconds), "flops": flops, "peak_mb": done[name]["peak_mb"],
-                     "losses": done[name]["losses"]}
+                     "setup_mb": done[name]["setup_mb"], "losses": done[name]["losses"],
+                     "profile": done[name]["profile"], "mean_s": statistics.mean(seconds),
+                     "step_peak_mb": steps[name][-1]["hwm_mb"]}
     out["dloss"] = max(abs(a - b) for a, b in zip(out["ours"]["losses"], out["theirs"]["losses"]))
     return out
 
@@ -317,6 +383,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads in each side's process")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: each side's CPU time, a fairer ratio on a crowded machine with --threads 1")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler over the timed steps of both sides: where each step's time goes")
     parser.add_argument("--side", choices=("ours", "theirs"), help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -343,7 +411,8 @@ def main() -> None:
         r = results[variant]
         print(f"  {variant}: s/step ours {r['ours']['s_step']:.2f} theirs {r['theirs']['s_step']:.2f}; peak GB ours "
               f"{r['ours']['peak_mb'] / 1024:.2f} theirs {r['theirs']['peak_mb'] / 1024:.2f}; max |dloss| "
-              f"{r['dloss']:.1e}", flush=True)
+              f"{r['dloss']:.1e}; peak GB by the last step's end ours {r['ours']['step_peak_mb'] / 1024:.2f} theirs "
+              f"{r['theirs']['step_peak_mb'] / 1024:.2f}", flush=True)
     peaks.append(measure_peak(args))
     peak = max(peaks)
     header = ["variant", "ours tok/s", "theirs tok/s", "speed", "ours s/step", "theirs s/step", "ours peak GB",
@@ -352,6 +421,25 @@ def main() -> None:
           f"({', '.join(f'{p:.0f}' for p in peaks)}); load average {start_load} at start, "
           f"{common.load_average()} at end\n")
     print(common.table(header, [row(v, args, results[v], peak) for v in variants]))
+    print("\nset-up GB (whole-process RSS when the first step starts: interpreter, libraries, weights, data): "
+          + "; ".join(f"{v} ours {results[v]['ours']['setup_mb'] / 1024:.2f} theirs "
+                      f"{results[v]['theirs']['setup_mb'] / 1024:.2f}" for v in variants))
+    if args.profile:
+        print(profile_table(variants, results, peak))
+
+
+def profile_table(variants, results, peak: float) -> str:
+    """Seconds per timed step by kind of work (torch.profiler, which slows both sides a little), and the GEMMs'
+    own rate against the matmul peak (their FLOPs: the step's FLOP count less attention, which is small here)."""
+    kinds = [k for k, _ in StepProfile.KINDS] + ["other ops", "host"]
+    body = []
+    for v in variants:
+        for name in ("ours", "theirs"):
+            prof, r = results[v][name]["profile"], results[v][name]
+            gemm_rate = r["flops"] / prof["gemm"] / 1e9 if prof["gemm"] else float("nan")
+            body.append([f"{v}, {name}", *(f"{prof[k]:.3f}" for k in kinds), f"{sum(prof.values()):.3f}",
+                         f"{100 * gemm_rate / peak:.0f}%"])
+    return "\n" + common.table(["side", *kinds, "profiled step s", "GEMM rate / peak"], body)
 
 
 if __name__ == "__main__":

@@ -113,3 +113,17 @@ def test_sft_task_streams_a_budget(tmp_path, tok):
                             "train": {"max_steps": 2, "micro_batch_size": 3, "grad_accum_steps": 2}})
     train, _ = SFTTask(pad_token_id=tok.pad_token_id).prepare(cfg, tok)
     assert len(train) == 2 * 3 * 2
+
+
+def test_row_zero_and_record_lists_for_other_tasks(tmp_path, jsonl):
+    from tuneforge.data.formatting import load_records
+
+    datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "q"}]}] + CHATS).save_to_disk(
+        str(tmp_path / "d"))
+    with pytest.raises(DataError, match=r"\[train\] row 0") as info:
+        examples_of(tmp_path / "d", tiny_tokenizer())
+    assert info.value.line == 0
+    datasets.Dataset.from_list(CHATS).save_to_disk(str(tmp_path / "same"))
+    records, source = load_records(DataConfig(train=str(tmp_path / "same"), limit_train=3), "train")
+    file_records, _ = load_records(DataConfig(train=str(jsonl), limit_train=3), "train")
+    assert records == file_records and str(source) == f"{tmp_path / 'same'} [train]"

@@ -166,3 +166,29 @@ def test_checkpoints_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(made.stat().st_mode) == 0o755
+
+
+def test_every_other_loading_command_refuses_pickles_without_the_flag(pickle_adapter, pickle_base, tiny_base_dir,
+                                                                      tmp_path, capsys):
+    """combine, export and the index commands load adapters or bases too: the same opt-in."""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"doc_id": "d1", "text": "a document"}) + "\n")
+    refused = [
+        (["combine", str(pickle_adapter), "--out", str(tmp_path / "c")], "adapter_model.bin"),  # before the base
+        (["export", "--adapter", str(pickle_adapter), "--base", str(tiny_base_dir), "--out",
+          str(tmp_path / "m.gguf")], "adapter_model.bin"),
+        (["export", "--base", str(pickle_base), "--out", str(tmp_path / "m.gguf")], "pytorch_model.bin"),
+        (["index", "build", "--model", str(pickle_base), "--corpus", str(corpus), "--out", str(tmp_path / "i")],
+         "pytorch_model.bin"),
+    ]
+    for args, name in refused:
+        code, err = run_cli(args, capsys)
+        assert code == 2 and name in err and "--allow-pickle" in err and "Traceback" not in err, args
+    code, _ = run_cli(["combine", str(pickle_adapter), "--base", str(tiny_base_dir), "--out", str(tmp_path / "c"),
+                       "--allow-pickle"], capsys)
+    assert code == 0 and (tmp_path / "c" / "adapter_model.safetensors").is_file()
+    from tuneforge.index.encoder import SentenceEncoder
+
+    with pytest.raises(PickleRefused):
+        SentenceEncoder.load(pickle_base, device="cpu")
+    assert SentenceEncoder.load(pickle_base, device="cpu", allow_pickle=True).dim == 64

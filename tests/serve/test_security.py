@@ -273,6 +273,10 @@ def training_file(server, tmp_path_factory):
     ({"method": "supervised"}, "method", "valid dictionary"),
     ({"seed": True}, "seed", "non-negative integer"),
     ({"training_file": None}, "training_file", "valid string"),
+    ({"model": "gpt-4o"}, "model", "model 'gpt-4o' cannot be fine-tuned here; this server fine-tunes its base "
+                                   "model 'base'"),
+    ({"method": {"type": "rl"}}, "method.type", "method.type 'rl' is not supported; use one of supervised, dpo"),
+    ({"integrations": [{"type": "neptune"}]}, "integrations.0.type", "integration type 'neptune' is not supported"),
 ])
 def test_job_fields_are_checked_at_creation(server, training_file, change, param, fragment):
     url, _ = server
@@ -423,3 +427,54 @@ def test_serve_refuses_a_bad_adapter_at_start(served_dir, tmp_path, capsys, dama
     err = capsys.readouterr().err
     assert info.value.code == 2 and str(adapter) in err and "Traceback" not in err
     assert not (tmp_path / "data").exists()  # refused before the server took its data directory
+
+
+# ---- request bodies are pydantic models -----------------------------------------------------------------
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("route, change, param, message", [
+    ("/chat/completions", {"tools": [{"type": "function"}]}, "tools",
+     "tools (function calling) is not supported by this server"),
+    ("/chat/completions", {"logprobs": True}, "logprobs", "logprobs are not supported by this server"),
+    ("/chat/completions", {"presence_penalty": 0.5}, "presence_penalty",
+     "presence_penalty is not supported by this server"),
+    ("/chat/completions", {"logit_bias": {"1": 2.0}}, "logit_bias", "logit_bias is not supported by this server"),
+    ("/chat/completions", {"response_format": {"type": "json_object"}}, "response_format",
+     "only the text response format is supported"),
+    ("/chat/completions", {"stop": ["a", "b", "c", "d", "e"]}, "stop", "stop takes at most 4 non-empty strings"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                      {"type": "image_url"}]}]},
+     "messages.0.content.1", "only text content parts are supported"),
+    ("/chat/completions", {"messages": []}, "messages", "messages: List should have at least 1 item"),
+    ("/chat/completions", {"temperature": 5}, "temperature", "temperature: Input should be less than or equal to 2"),
+    ("/completions", {"prompt": [], "messages": None}, "prompt", "prompt must not be empty"),
+    ("/completions", {"prompt": "x", "echo": True, "messages": None}, "echo", "echo is not supported"),
+    ("/completions", {"prompt": "x", "best_of": 3, "messages": None}, "best_of", "best_of is not supported"),
+])
+def test_inference_bodies_are_checked_by_their_models(server, route, change, param, message):
+    url, _ = server
+    body = {"model": "base", "messages": HI, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = httpx.post(url + route, json=body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["message"].startswith(message), error
+
+
+def test_the_request_models_hold_the_checks():
+    """Validation lives in the pydantic models (no hand-written pass over the body in the routes)."""
+    from pydantic import ValidationError
+
+    from tuneforge.serve.job_request import JobRequest
+    from tuneforge.serve.schemas import ChatCompletionRequest, CompletionRequest
+
+    with pytest.raises(ValidationError, match="tools"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": HI, "tools": [{}]})
+    with pytest.raises(ValidationError, match="best_of"):
+        CompletionRequest.model_validate({"model": "m", "prompt": "x", "best_of": 2})
+    with pytest.raises(ValidationError, match="cannot be fine-tuned here"):
+        JobRequest.model_validate({"model": "gpt-4o", "training_file": "f"}, context={"base_names": ("base",)})
+    ok = JobRequest.model_validate({"model": "base", "training_file": "f", "method": {"type": "dpo", "dpo": {}}},
+                                   context={"base_names": ("base",)})
+    assert ok.method.type == "dpo" and ok.method.section().hyperparameters is None

@@ -15,11 +15,14 @@ def build_cmd(
     out: str = typer.Option(..., "--out", help="Index directory to write (replaced only once complete)."),
     kind: str = typer.Option("flat", "--kind", help="flat (exact) or hnsw (approximate)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load an encoder stored as pickles (pytorch_model.bin, adapter_model.bin): "
+        "they can run code."),
 ) -> None:
     """Encode every document and write a new index."""
     from tuneforge.index import build_index
 
-    index = build_index(model, corpus, out, kind=kind, batch_size=batch_size)
+    index = build_index(model, corpus, out, kind=kind, batch_size=batch_size, allow_pickle=allow_pickle)
     typer.echo(f"indexed {len(index):,} documents ({index.dim}-d, {kind}) with {index.meta['model']} -> {out}")
 
 
@@ -28,12 +31,15 @@ def add_cmd(
     index: str = typer.Argument(..., help="Index directory made by `tuneforge index build`."),
     corpus: str = typer.Option(..., "--corpus", help="New documents: .jsonl of {doc_id, text, title?}."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load an encoder stored as pickles (pytorch_model.bin, adapter_model.bin): "
+        "they can run code."),
 ) -> None:
     """Encode new documents with the index's model and append them (ids must be new)."""
     from tuneforge.index import VectorIndex, add_to_index
 
     before = len(VectorIndex.load(index))
-    updated = add_to_index(index, corpus, batch_size=batch_size)
+    updated = add_to_index(index, corpus, batch_size=batch_size, allow_pickle=allow_pickle)
     typer.echo(f"added {len(updated) - before:,} documents; {index} now holds {len(updated):,}")
 
 
@@ -42,11 +48,14 @@ def search_cmd(
     query: str = typer.Argument(..., help="Query text."),
     k: int = typer.Option(10, "-k", "--top-k", help="How many documents to show."),
     width: int = typer.Option(160, "--width", help="Characters of each document's text to show (0: all)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load an encoder stored as pickles (pytorch_model.bin, adapter_model.bin): "
+        "they can run code."),
 ) -> None:
     """Print the k documents closest to the query (cosine similarity), best first."""
     from tuneforge.index import search
 
-    for rank, hit in enumerate(search(index, query, k=k), start=1):
+    for rank, hit in enumerate(search(index, query, k=k, allow_pickle=allow_pickle), start=1):
         text = hit["text"] if width == 0 or len(hit["text"]) <= width else hit["text"][:width] + "..."
         typer.echo(f"{rank:3d}. {hit['score']:.4f}  {hit['doc_id']}  {text}")
 
@@ -64,6 +73,9 @@ def mine_negatives_cmd(
     index: str = typer.Option(None, "--index", help="Index of the corpus made with the same model, reused "
                               "(else the corpus is encoded, and saved here when the directory is new)."),
     seed: int = typer.Option(42, "--seed", help="Seed of the random draw among the candidate ranks."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Also load an encoder stored as pickles (pytorch_model.bin, adapter_model.bin): "
+        "they can run code."),
 ) -> None:
     """Mine hard negatives for contrastive fine-tuning (task: embed, loss: mnrl)."""
     from pathlib import Path
@@ -72,7 +84,8 @@ def mine_negatives_cmd(
     from tuneforge.index.mine import mine_hard_negatives
 
     records = mine_hard_negatives(model, data, split=split, num_negatives=negatives, skip_top=skip_top,
-                                  depth=depth, index_dir=index, seed=seed)
+                                  depth=depth, index_dir=index, seed=seed,
+                                  allow_pickle=allow_pickle)
     write_jsonl(Path(out), records)
     typer.echo(f"wrote {len(records):,} (query, positive, {negatives} negative) records -> {out}")
 

@@ -402,6 +402,20 @@ def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = 
     return build_sft_examples(records, tokenizer, cfg, source=source, stats=stats, **budget)
 
 
+def load_records(cfg, split: str = "train") -> tuple[list, object]:
+    """(records, source) of one split of a DataConfig from any source `read_source` reads, as a list (its
+    limit_train / limit_eval subset; a stream's first limit records, or all of it): for tasks that read
+    records rather than SFT examples (classify)."""
+    import itertools
+
+    from .sources import read_source
+
+    path = cfg.train if split == "train" else cfg.validation
+    limit = cfg.limit_train if split == "train" else cfg.limit_eval
+    records, source = read_source(path, **source_options(cfg, split), limit=limit, seed=cfg.shuffle_seed)
+    return (records if isinstance(records, list) else list(itertools.islice(records, limit))), source
+
+
 def source_options(cfg, split: str) -> dict:
     """read_source's keyword arguments for a split of a DataConfig."""
     return {"split": cfg.split if split == "train" else cfg.validation_split, "revision": cfg.revision,

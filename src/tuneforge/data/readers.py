@@ -29,8 +29,10 @@ class Record(dict):
 
 
 def line_of(record: Any, index: int) -> int:
-    """The line a record came from; the 1-based position when it was built in memory."""
-    return getattr(record, "line", None) or index + 1
+    """The line a record came from (a datasets row index, which may be 0); the 1-based position when it was
+    built in memory."""
+    line = getattr(record, "line", None)
+    return line if line is not None else index + 1
 
 
 def read_records(path: str | Path) -> list[dict]:

@@ -10,8 +10,8 @@ from .encoder import SentenceEncoder
 from .store import IndexMismatch, VectorIndex
 
 
-def _encoder(model) -> SentenceEncoder:
-    return model if isinstance(model, SentenceEncoder) else SentenceEncoder.load(model)
+def _encoder(model, allow_pickle: bool = False) -> SentenceEncoder:
+    return model if isinstance(model, SentenceEncoder) else SentenceEncoder.load(model, allow_pickle=allow_pickle)
 
 
 def _documents(corpus) -> dict[str, str]:
@@ -24,11 +24,13 @@ def _documents(corpus) -> dict[str, str]:
     return docs
 
 
-def build_index(model, corpus, out, kind: str = "flat", batch_size: int = 64) -> VectorIndex:
+def build_index(model, corpus, out, kind: str = "flat", batch_size: int = 64,
+                allow_pickle: bool = False) -> VectorIndex:
     """Encode every document of `corpus` with `model` (alias, model/adapter/run dir, or a SentenceEncoder)
-    and write a new index directory at `out` (replacing one that is there only once the new one is complete)."""
+    and write a new index directory at `out` (replacing one that is there only once the new one is complete).
+    allow_pickle: also load an encoder stored as pickles (pytorch_model.bin, adapter_model.bin)."""
     docs = _documents(corpus)
-    encoder = _encoder(model)
+    encoder = _encoder(model, allow_pickle)
     index = VectorIndex.create(encoder.dim, kind, model=encoder.name, pooling=encoder.pooling,
                                normalize=encoder.normalize, max_length=encoder.max_length)
     ids = list(docs)
@@ -37,10 +39,10 @@ def build_index(model, corpus, out, kind: str = "flat", batch_size: int = 64) ->
     return index
 
 
-def add_to_index(index_dir, corpus, model=None, batch_size: int = 64) -> VectorIndex:
+def add_to_index(index_dir, corpus, model=None, batch_size: int = 64, allow_pickle: bool = False) -> VectorIndex:
     """Encode new documents with the index's own model (or `model`) and append them; ids must be new."""
     index = VectorIndex.load(index_dir)
-    encoder = _encoder(model if model is not None else index.meta["model"])
+    encoder = _encoder(model if model is not None else index.meta["model"], allow_pickle)
     if encoder.dim != index.dim:
         raise IndexMismatch(f"{index_dir}: the index holds {index.dim}-d vectors but model {encoder.name!r} "
                             f"makes {encoder.dim}-d ones")
@@ -51,12 +53,12 @@ def add_to_index(index_dir, corpus, model=None, batch_size: int = 64) -> VectorI
     return index
 
 
-def search(index_dir, queries, k: int = 10, model=None) -> list[list[dict]]:
+def search(index_dir, queries, k: int = 10, model=None, allow_pickle: bool = False) -> list[list[dict]]:
     """Top-k documents per query: [{"doc_id", "score", "text"}], best first. `queries` is a string or a list."""
     single = isinstance(queries, str)
     queries = [queries] if single else list(queries)
     index = index_dir if isinstance(index_dir, VectorIndex) else VectorIndex.load(Path(index_dir))
-    encoder = _encoder(model if model is not None else index.meta["model"])
+    encoder = _encoder(model if model is not None else index.meta["model"], allow_pickle)
     if encoder.dim != index.dim:
         raise IndexMismatch(f"the index holds {index.dim}-d vectors but model {encoder.name!r} makes "
                             f"{encoder.dim}-d ones")

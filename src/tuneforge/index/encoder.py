@@ -36,7 +36,9 @@ class SentenceEncoder:
         return int(self.model.config.hidden_size)
 
     @classmethod
-    def load(cls, name_or_path, device: str = "auto") -> "SentenceEncoder":
+    def load(cls, name_or_path, device: str = "auto", allow_pickle: bool = False) -> "SentenceEncoder":
+        """An encoder from an alias, a model / sentence-transformers dir, an adapter dir or a run dir. Pickle
+        weights (pytorch_model.bin, adapter_model.bin) only with allow_pickle: unpickling can run code."""
         from ..io import load_adapter
         from ..io.adapter_files import CONFIG_NAME
         from ..models import load_model, load_tokenizer
@@ -50,13 +52,13 @@ class SentenceEncoder:
             base = json.loads((path / CONFIG_NAME).read_text()).get("base_model_name_or_path")
             if not base:
                 raise ModelNotFound(f"{path / CONFIG_NAME} names no base_model_name_or_path")
-            model = load_model(base, kind="encoder", device=device)
-            load_adapter(model, path)
+            model = load_model(base, kind="encoder", device=device, allow_pickle=allow_pickle)
+            load_adapter(model, path, allow_pickle=allow_pickle)
             settings = st_settings(base)
             tokenizer = load_tokenizer(base)
         else:
             name = str(path) if path.exists() else str(name_or_path)
-            model = load_model(name, kind="encoder", device=device)
+            model = load_model(name, kind="encoder", device=device, allow_pickle=allow_pickle)
             tokenizer = load_tokenizer(name)
             settings = st_settings(name)
         canonical = str(path.resolve()) if path.exists() else str(name_or_path)

@@ -40,12 +40,13 @@ def corpus_index(encoder: SentenceEncoder, corpus: dict[str, str], index_dir=Non
 
 
 def mine_hard_negatives(model, data_dir, split: str = "train", num_negatives: int = 1, skip_top: int = 5,
-                        depth: int = 50, index_dir=None, seed: int = 42, batch_size: int = 64) -> list[dict]:
+                        depth: int = 50, index_dir=None, seed: int = 42, batch_size: int = 64,
+                        allow_pickle: bool = False) -> list[dict]:
     """One record per relevant (query, document) pair of a BEIR split, with `num_negatives` mined documents.
 
     model: alias / model dir / run dir (the model that will be fine-tuned, normally). A query with fewer than
     `num_negatives` unjudged documents in its ranks skip_top+1..depth gets what there is (at least one, else it
-    is a DataError: raise depth)."""
+    is a DataError: raise depth). allow_pickle: also load an encoder stored as pickles."""
     from ..data.beir import load_beir
 
     if num_negatives < 1:
@@ -53,7 +54,7 @@ def mine_hard_negatives(model, data_dir, split: str = "train", num_negatives: in
     if skip_top < 0 or depth <= skip_top:
         raise ConfigError(f"need 0 <= skip_top < depth, got skip_top={skip_top}, depth={depth}", key="depth")
     data = load_beir(data_dir, split)
-    encoder = model if isinstance(model, SentenceEncoder) else SentenceEncoder.load(model)
+    encoder = model if isinstance(model, SentenceEncoder) else SentenceEncoder.load(model, allow_pickle=allow_pickle)
     index = corpus_index(encoder, data.corpus, index_dir, batch_size)
     query_ids = sorted(data.queries)
     hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size),

@@ -33,7 +33,8 @@ def combine_adapters(
     allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
     from ..methods import combine
     from ..methods.combine import HOWS
-    from .adapter_files import QUANTIZATION_NAME, read_adapter_config, read_base_quantization, save_adapter
+    from .adapter_files import (QUANTIZATION_NAME, adapter_weights_file, read_adapter_config, read_base_quantization,
+                                save_adapter)
 
     adapters = [Path(a) for a in adapters]
     if not adapters:
@@ -50,6 +51,8 @@ def combine_adapters(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
     bodies = [read_adapter_config(a) for a in adapters]  # a missing or broken folder fails here, before any load
+    for a in adapters:
+        adapter_weights_file(a, allow_pickle)  # and so does a pickle that was not allowed
     base = str(base) if base is not None else _recorded_base(adapters, bodies)
     kinds = {KINDS.get(b.get("task_type"), "causal-lm") for b in bodies}
     if len(kinds) != 1:

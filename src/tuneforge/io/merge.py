@@ -78,7 +78,9 @@ def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, 
     """(merged model, the adapter's method config)."""
     from ..methods import unload
     from . import load_adapter
+    from .adapter_files import adapter_weights_file
 
+    adapter_weights_file(adapter, allow_pickle)  # a refused pickle fails before the base is loaded
     model = _load_base(base, adapter, kind, dtype, quantization, allow_pickle)
     method_cfg = load_adapter(model, adapter, allow_pickle=allow_pickle)
     return unload(model, merge=True), method_cfg

@@ -41,11 +41,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
-        return error_response(ApiError(400, f"{param}: {message}" if param else message, param=param))
+        param, message = describe_validation_error(err.errors())
+        return error_response(ApiError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException):
@@ -56,6 +53,22 @@ def install_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, err: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(ApiError(500, f"internal error: {type(err).__name__}", code="server_error"))
+
+
+def describe_validation_error(errors) -> tuple[str | None, str]:
+    """(dotted field, message) of the first problem of a pydantic error list, the field as the client wrote it.
+    Our own errors (types starting with `tf_`) read as they are, and may name a sub-field in ctx["field"];
+    pydantic's generic ones ("Field required") get the field in front."""
+    first = errors[0] if errors else {}
+    ctx = first.get("ctx") or {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    if "field" in ctx:
+        loc.append(str(ctx["field"]))
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    if str(first.get("type", "")).startswith("tf_"):
+        return param, message
+    return param, f"{param}: {message}" if param else message
 
 
 class _TooLarge(Exception):

@@ -13,7 +13,7 @@ import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic import model_validator
 from pydantic_core import PydanticCustomError
 
@@ -31,7 +31,7 @@ def _auto_or_number(kind: type, low: float, strict: bool = False):
         if not number or (kind is int and value != int(value)) or value < low or (strict and value == low):
             relation = ">" if strict else ">="
             noun = "an integer" if kind is int else "a finite number"
-            raise PydanticCustomError("auto_or_number", "{name} must be 'auto' or {noun} {relation} {low}",
+            raise PydanticCustomError("tf_auto_or_number", "{name} must be 'auto' or {noun} {relation} {low}",
                                       {"name": info.field_name, "noun": noun, "relation": relation,
                                        "low": f"{low:g}"})
         return kind(value)
@@ -48,14 +48,15 @@ class _Strict(BaseModel):
     """Unknown keys are errors naming the key (a typo must not train with a silent default)."""
 
     model_config = ConfigDict(extra="allow")
+    _label = "field"  # how the message calls one of this model's keys
 
     @model_validator(mode="after")
     def _no_unknown_keys(self):
         extra = sorted(self.model_extra or {})
         if extra:
             known = ", ".join(type(self).model_fields)
-            raise PydanticCustomError("unknown_field", "unknown field {field}; known: {known}",
-                                      {"field": extra[0], "known": known})
+            raise PydanticCustomError("tf_unknown_field", "unknown {label} {field}; known: {known}",
+                                      {"field": extra[0], "known": known, "label": self._label})
         return self
 
 
@@ -107,15 +108,15 @@ class MethodRequest(BaseModel):
     @classmethod
     def _known_type(cls, value: str) -> str:
         if value not in HYPERPARAMETER_MODELS:
-            raise PydanticCustomError("method_type", "method.type {value!r} is not supported; use one of {known}",
-                                      {"value": value, "known": ", ".join(HYPERPARAMETER_MODELS)})
+            raise PydanticCustomError("tf_method_type", "method.type {value} is not supported; use one of {known}",
+                                      {"value": repr(value), "known": ", ".join(HYPERPARAMETER_MODELS)})
         return value
 
     @field_validator("adapter", mode="before")
     @classmethod
     def _adapter_names_a_method(cls, value):
         if value is not None and not (isinstance(value, dict) and isinstance(value.get("name"), str)):
-            raise PydanticCustomError("method_adapter", 'method.adapter must be an object with a name, such as '
+            raise PydanticCustomError("tf_method_adapter", 'method.adapter must be an object with a name, such as '
                                       '{{"name": "lora", "r": 16}}')
         return value
 
@@ -124,12 +125,69 @@ class MethodRequest(BaseModel):
         given = [*(self.model_extra or {}), *(k for k in HYPERPARAMETER_MODELS if getattr(self, k) is not None)]
         for key in given:
             if key != self.type:
-                raise PydanticCustomError("unknown_field", "unknown field in method: {field}", {"field": key})
+                raise PydanticCustomError("tf_unknown_field", "unknown field in method: {field}", {"field": key})
         return self
 
     def section(self) -> TypeSection:
         """method.<type>, empty when not given."""
         return getattr(self, self.type) or (ReinforcementSection() if self.type == "reinforcement" else TypeSection())
+
+
+class WandbSettings(_Strict):
+    """`integrations[i].wandb`: where the job's W&B run goes (train.wandb of the run config)."""
+
+    _label = "wandb field"
+
+    project: Any = Field(None, validate_default=True)
+    name: str | None = None
+    entity: str | None = None
+    tags: Any = None
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, value):
+        if not isinstance(value, str) or not value:
+            raise PydanticCustomError("tf_wandb_project", "a wandb integration needs wandb.project (a string)")
+        return value
+
+    @field_validator("name", "entity", mode="before")
+    @classmethod
+    def _text(cls, value, info: ValidationInfo):
+        if value is not None and not isinstance(value, str):
+            raise PydanticCustomError("tf_wandb_field", "wandb.{name} must be a string", {"name": info.field_name})
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value):
+        if value is not None and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            raise PydanticCustomError("tf_wandb_field", "wandb.tags must be a list of strings")
+        return value
+
+
+class Integration(_Strict):
+    """One of OpenAI's `integrations`; only W&B is supported and anything else is refused by name."""
+
+    _label = "field in integration:"
+
+    type: Any = Field(None, validate_default=True)
+    wandb: WandbSettings | None = Field(None, validate_default=True)
+
+    @field_validator("type")
+    @classmethod
+    def _wandb_only(cls, value):
+        if value != "wandb":
+            raise PydanticCustomError("tf_integration_type", "integration type {value} is not supported; "
+                                      "supported: wandb", {"value": repr(value)})
+        return value
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _settings(cls, value):
+        if not isinstance(value, dict):
+            raise PydanticCustomError("tf_wandb_project", "a wandb integration needs wandb.project (a string)",
+                                      {"field": "project"})
+        return value
 
 
 class JobRequest(BaseModel):
@@ -145,46 +203,52 @@ class JobRequest(BaseModel):
     hyperparameters: dict[str, Any] | None = None
     method: MethodRequest | None = None
     metadata: dict[str, Any] | None = None
-    integrations: Any = None  # checked by jobspec.parse_integrations
+    integrations: list[Integration] | None = None
+
+    @field_validator("integrations", mode="before")
+    @classmethod
+    def _integration_list(cls, value):
+        if value is not None and not isinstance(value, list):
+            raise PydanticCustomError("tf_integrations", 'integrations must be a list such as [{{"type": "wandb", '
+                                      '"wandb": {{...}}}}]')
+        if isinstance(value, list) and len(value) > 1:
+            raise PydanticCustomError("tf_integrations", "at most one wandb integration per job", {"field": 1})
+        return value
 
     @field_validator("model")
     @classmethod
     def _served_base(cls, value: str, info: ValidationInfo) -> str:
         bases = (info.context or {}).get("base_names", ())
         if value not in bases:
-            raise PydanticCustomError("model", "model {value!r} cannot be fine-tuned here; this server fine-tunes "
-                                      "its base model {base!r}", {"value": value, "base": bases[0] if bases else ""})
+            raise PydanticCustomError("tf_model", "model {value} cannot be fine-tuned here; this server fine-tunes "
+                                      "its base model {base}",
+                                      {"value": repr(value), "base": repr(bases[0] if bases else "")})
         return value
 
     @field_validator("suffix")
     @classmethod
     def _suffix(cls, value):
         if value is not None and not SUFFIX.match(value):
-            raise PydanticCustomError("suffix", "suffix may hold letters, digits, '_' and '-' (1 to 40 characters)")
+            raise PydanticCustomError("tf_suffix", "suffix may hold letters, digits, '_' and '-' (1 to 40 characters)")
         return value
 
     @field_validator("seed", mode="before")
     @classmethod
     def _seed(cls, value):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise PydanticCustomError("seed", "seed must be a non-negative integer")
+            raise PydanticCustomError("tf_seed", "seed must be a non-negative integer")
         return value
 
 
-OUR_ERRORS = ("auto_or_number", "unknown_field", "method_type", "method_adapter", "model", "suffix", "seed")
-
-
 def first_error(err: ValidationError, prefix: str = "") -> tuple[str | None, str]:
-    """(dotted field, message) of a validation error's first problem, the field as the client wrote it. Our own
-    messages read as they are; pydantic's generic ones ("Field required") get the field in front."""
+    """(dotted field, message) of a validation error's first problem, the field as the client wrote it (the same
+    rule as the app's handler for the inference bodies; `prefix` is where the validated dict sits)."""
+    from .http_errors import describe_validation_error
+
     problem = err.errors(include_url=False)[0]
+    problem = {**problem, "loc": (*([prefix] if prefix else []), *problem["loc"])}
+    key, message = describe_validation_error([problem])
     ctx = problem.get("ctx") or {}
-    parts = [str(p) for p in problem["loc"]]
-    if problem["type"] == "unknown_field":
-        parts.append(str(ctx["field"]))
-    key = ".".join(p for p in [prefix, *parts] if p) or None
-    if problem["type"] == "unknown_field" and "known" in ctx:
-        return key, f"unknown field {key}; known: {ctx['known']}"
-    if problem["type"] in OUR_ERRORS:
-        return key, problem["msg"]
-    return key, f"{key}: {problem['msg']}" if key else problem["msg"]
+    if problem["type"] == "tf_unknown_field" and "known" in ctx:
+        message = f"unknown {ctx.get('label', 'field')} {key}; known: {ctx['known']}"
+    return key, message

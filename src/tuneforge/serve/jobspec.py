@@ -96,8 +96,8 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
 
         if given.grader is None:
             raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
+        grader_rewards(given.grader, allow_python=allow_python_graders)  # refused here, at creation, if unsupported
         section["grader"] = given.grader
-        section["rewards"] = grader_rewards(given.grader, allow_python=allow_python_graders)
     adapter = _adapter_section(method.adapter, template)
     seed = default_seed if request.seed is None else request.seed
     return JobSpec(
@@ -107,42 +107,17 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
     )
 
 
-def parse_integrations(value) -> list[dict]:
-    """OpenAI's `integrations`: only W&B is supported; anything else is refused by name, never dropped."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise JobRequestError("integrations must be a list such as [{\"type\": \"wandb\", \"wandb\": {...}}]",
-                              key="integrations")
-    out = []
-    for i, item in enumerate(value):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind != "wandb":
-            raise JobRequestError(f"integration type {kind!r} is not supported; supported: wandb",
-                                  key=f"integrations.{i}.type")
-        unknown = sorted(set(item) - {"type", "wandb"})
-        if unknown:
-            raise JobRequestError(f"unknown field in integration: {unknown[0]}", key=f"integrations.{i}.{unknown[0]}")
-        settings = item.get("wandb")
-        if not isinstance(settings, dict) or not isinstance(settings.get("project"), str) or not settings["project"]:
-            raise JobRequestError("a wandb integration needs wandb.project (a string)",
-                                  key=f"integrations.{i}.wandb.project")
-        for key, field in settings.items():
-            where = f"integrations.{i}.wandb.{key}"
-            if key not in WANDB_FIELDS:
-                raise JobRequestError(f"unknown wandb field {key!r}; known: {', '.join(WANDB_FIELDS)}", key=where)
-            ok = (isinstance(field, list) and all(isinstance(t, str) for t in field) if key == "tags"
-                  else field is None or isinstance(field, str))
-            if not ok:
-                raise JobRequestError(f"wandb.{key} must be {'a list of strings' if key == 'tags' else 'a string'}",
-                                      key=where)
-        if i > 0:
-            raise JobRequestError("at most one wandb integration per job", key=f"integrations.{i}")
-        import importlib.util
+def parse_integrations(integrations) -> list[dict]:
+    """OpenAI's `integrations`, as checked by job_request.Integration (only W&B; anything else is refused by name,
+    never dropped), as stored with the job; refused too when this server cannot log to W&B."""
+    import importlib.util
 
+    out = []
+    for i, item in enumerate(integrations or []):
         if importlib.util.find_spec("wandb") is None:
             raise JobRequestError("this server cannot log to W&B: the wandb package is not installed "
                                   "(pip install 'tuneforge[track]')", key=f"integrations.{i}")
+        settings = item.wandb.model_dump(exclude_unset=True)
         out.append({"type": "wandb", "wandb": {k: settings[k] for k in WANDB_FIELDS if k in settings}})
     return out
 
@@ -213,10 +188,14 @@ def build_run_config(job: dict, template: dict, base: str, files_dir: Path, outp
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
         cfg["task"] = {**(task if task.get("name") == "dpo" else {}), "name": "dpo", "beta": hyper["beta"]}
     elif kind == "reinforcement":
-        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages
+        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages; the
+        # grader was checked (python ones against the server's flag) when the job was created
+        from .graders import grader_rewards
+
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
+        rewards = grader_rewards(job["method"][kind]["grader"], allow_python=True)
         cfg["task"] = {**(task if task.get("name") == "grpo" else {"prompt_field": "messages"}), "name": "grpo",
-                       "rewards": job["method"][kind]["rewards"], "reward_weights": None,
+                       "rewards": rewards, "reward_weights": None,
                        "prompts_per_step": hyper["batch_size"]}
     else:
         cfg["task"] = TASK_OF_TYPE[kind]

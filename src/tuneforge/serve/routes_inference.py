@@ -72,7 +72,6 @@ def delete_model(request: Request, model_id: str) -> dict:
 # ---- generation -----------------------------------------------------------------------------------------
 def _plan(state, params, prompt_ids: list[list[int]]) -> list[GenerationRequest]:
     """One engine request per choice (prompt x n), with max_tokens fitted to the model's context."""
-    params.refuse_unsupported()
     stops = params.stop_list()
     model_id, adapter = state.resolve_model(params.model)
     context = getattr(state.model.config, "max_position_embeddings", None)

@@ -1,25 +1,32 @@
 """Request bodies of the inference endpoints and the OpenAI objects the API returns.
 
-Requests accept OpenAI's field names. Fields we cannot honour exactly (tools, logprobs, penalties, logit_bias, JSON
-response formats) are refused with a 400 naming the field rather than silently ignored; fields that do not
-change the output (user, metadata, store) are accepted and ignored.
+Requests accept OpenAI's field names and are checked by these pydantic models (FastAPI validates the body with
+them). Fields we cannot honour exactly (tools, logprobs, penalties, logit_bias, JSON response formats) are refused
+with a 400 naming the field rather than silently ignored; fields that do not change the output (user, metadata,
+store) are accepted and ignored. Our own errors have types starting with `tf_`: their message is shown as it is.
 """
 from __future__ import annotations
 
 import time
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from .http_errors import ApiError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def unsupported(name: str, what: str | None = None) -> PydanticCustomError:
+    """The 400 for a field we cannot honour (refused rather than silently ignored)."""
+    return PydanticCustomError("tf_unsupported", "{what} not supported by this server",
+                               {"what": what or f"{name} is"})
+
+
 class GenerationParams(BaseModel):
-    """What chat and text completions share."""
+    """What chat and text completions share. Every check is a declared constraint or a validator, so a bad field
+    is a 400 naming it before anything runs (the app's RequestValidationError handler)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -37,18 +44,23 @@ class GenerationParams(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
-    def stop_list(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
         if len(stops) > 4 or any(not s for s in stops):
-            raise ApiError(400, "stop takes at most 4 non-empty strings", param="stop")
-        return stops
+            raise PydanticCustomError("tf_stop", "stop takes at most 4 non-empty strings")
+        return value
 
-    def refuse_unsupported(self) -> None:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} is not supported by this server", param=name)
-        if self.logit_bias:
-            raise ApiError(400, "logit_bias is not supported by this server", param="logit_bias")
+    @field_validator("presence_penalty", "frequency_penalty", "logit_bias")
+    @classmethod
+    def _not_supported(cls, value, info: ValidationInfo):
+        if value:
+            raise unsupported(info.field_name, "logit_bias is" if info.field_name == "logit_bias" else None)
+        return value
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class ChatMessage(BaseModel):
@@ -58,17 +70,18 @@ class ChatMessage(BaseModel):
     content: Union[str, list[dict[str, Any]], None] = None
     name: str | None = None
 
-    def text(self, index: int) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for j, part in enumerate(self.content):
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, value):
+        for j, part in enumerate(value if isinstance(value, list) else []):
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, "only text content parts are supported", param=f"messages.{index}.content.{j}")
-            parts.append(part["text"])
-        return "".join(parts)
+                raise PydanticCustomError("tf_content", "only text content parts are supported", {"field": j})
+        return value
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part["text"] for part in self.content)
+        return self.content or ""
 
 
 class ChatCompletionRequest(GenerationParams):
@@ -79,23 +92,27 @@ class ChatCompletionRequest(GenerationParams):
     functions: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
 
-    def refuse_unsupported(self) -> None:
-        super().refuse_unsupported()
-        if self.logprobs:
-            raise ApiError(400, "logprobs are not supported by this server", param="logprobs")
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} (function calling) is not supported by this server", param=name)
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ApiError(400, "only the text response format is supported", param="response_format")
+    @field_validator("logprobs", "tools", "functions")
+    @classmethod
+    def _chat_not_supported(cls, value, info: ValidationInfo):
+        if value:
+            name = info.field_name
+            raise unsupported(name, "logprobs are" if name == "logprobs" else f"{name} (function calling) is")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value):
+        if value and value.get("type", "text") != "text":
+            raise PydanticCustomError("tf_response_format", "only the text response format is supported")
+        return value
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     def chat_messages(self) -> list[dict[str, str]]:
         """Role/content pairs for the chat template ('developer' is OpenAI's newer name for 'system')."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text(i)}
-                for i, m in enumerate(self.messages)]
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
 
 
 class CompletionRequest(GenerationParams):
@@ -106,19 +123,29 @@ class CompletionRequest(GenerationParams):
     best_of: int | None = None
     suffix: str | None = None
 
-    def refuse_unsupported(self) -> None:
-        super().refuse_unsupported()
-        for name in ("echo", "logprobs", "suffix"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} is not supported by this server", param=name)
-        if self.best_of not in (None, 1):
-            raise ApiError(400, "best_of is not supported by this server", param="best_of")
+    @field_validator("echo", "logprobs", "suffix")
+    @classmethod
+    def _completion_not_supported(cls, value, info: ValidationInfo):
+        if value:
+            raise unsupported(info.field_name)
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_best(cls, value):
+        if value not in (None, 1):
+            raise unsupported("best_of")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, value):
+        if not value:
+            raise PydanticCustomError("tf_prompt", "prompt must not be empty")
+        return value
 
     def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-        if not prompts:
-            raise ApiError(400, "prompt must not be empty", param="prompt")
-        return prompts
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

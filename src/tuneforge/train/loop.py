@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
+from .memory import release_freed_memory
 from .compile import attention_for_compile, compile_blocks, repeated_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
@@ -281,6 +282,8 @@ def run_training(
     root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
+    if getattr(cfg, "release_memory", False):
+        release_freed_memory(device.type)  # freed activations go back to the OS: a lower peak RSS (memory.py)
     par = Parallel.current()  # several processes: see distributed.py; one process: every call is a no-op
     task = par.task(task)
     _seed_everything(cfg.seed + par.rank)

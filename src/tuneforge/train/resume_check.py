@@ -24,6 +24,7 @@ from . import checkpoint as ckpt
 HARMLESS = ("output_dir", "model.device", "model.allow_pickle", "eval", "data.validation", "data.limit_eval", "data.warn_dropped_share",
             "train.eval_every", "train.eval_batches", "train.save_every", "train.keep_last", "train.log_every",
             "train.gradient_checkpointing", "train.gradient_checkpointing_layers", "train.recompute_norms",
+            "train.release_memory",
             "train.compile", "train.report_to", "train.mlflow_tracking_uri", "train.mlflow_experiment", "train.wandb",
             "train.callbacks", "train.early_stopping", "train.save_best", "train.save_best_mode")
 LENGTH = ("train.max_steps", "train.epochs")

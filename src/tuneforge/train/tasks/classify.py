@@ -88,16 +88,17 @@ def labelled_texts(run_cfg) -> tuple[list[str], tuple[list[str], list[int]], tup
     """(label names, (train texts, label ids), (validation texts, label ids)) of a classify run config, for
     paths that need raw text rather than token ids (a classifier on frozen embeddings). A text pair is joined
     by a newline."""
-    from ...data import read_records, require_fields, select_records
+    from ...data import require_fields
+    from ...data.formatting import load_records
     from ...data.readers import line_of
 
     cfg, data = run_cfg.task_config or ClassifyConfig(), run_cfg.data
     fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
     splits, labels = [], None
-    for path, limit in ((data.train, data.limit_train), (data.validation, data.limit_eval)):
+    for split, path in (("train", data.train), ("validation", data.validation)):
         if path is None:
             raise ConfigError("this path needs both a train and a validation file", key="data.validation")
-        records = select_records(read_records(path), limit, data.shuffle_seed)
+        records, path = load_records(data, split)
         require_fields(records, fields, path)
         labels = labels or ([str(x) for x in cfg.labels] if cfg.labels else infer_labels(records, cfg.label_field))
         texts = [str(r[cfg.text_field]) + (f"\n{r[cfg.text_pair_field]}" if cfg.text_pair_field else "")
@@ -152,14 +153,14 @@ class ClassifyTask(BaseTask):
         return out
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        from ...data import read_records, select_records
+        from ...data.formatting import load_records
 
         self.cfg = run_cfg.task_config or ClassifyConfig()
         data = run_cfg.data
         if data.train is None:
             raise ConfigError("classification needs training data", key="data.train")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        train_records = select_records(read_records(data.train), data.limit_train, data.shuffle_seed)
+        train_records, train_source = load_records(data, "train")
         self.labels = [str(x) for x in self.cfg.labels] if self.cfg.labels else infer_labels(
             train_records, self.cfg.label_field)
         # record the resolved label set, so the run's config.yaml says what each head output means
@@ -170,11 +171,11 @@ class ClassifyTask(BaseTask):
             raise ConfigError(f"the task has {len(self.labels)} labels {self.labels}, but the model head has "
                               f"{expected} outputs; set model.num_labels: {len(self.labels)}", key="model.num_labels")
         self.report = {}
-        train = self.encode(train_records, tokenizer, data.max_length, data.train)
+        train = self.encode(train_records, tokenizer, data.max_length, train_source)
         evals = []
         if data.validation is not None:
-            records = select_records(read_records(data.validation), data.limit_eval, data.shuffle_seed)
-            evals = self.encode(records, tokenizer, data.max_length, data.validation, "validation")
+            records, source = load_records(data, "validation")
+            evals = self.encode(records, tokenizer, data.max_length, source, "validation")
         return train, evals
 
     def data_report(self) -> dict:
