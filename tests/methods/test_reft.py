@@ -243,7 +243,7 @@ def test_files_are_safetensors_and_json_and_round_trip(tmp_path):
     model = tiny_llama()
     M.add_adapter(model, "loreft", low_rank_dimension=R, layers=[1], positions="f1+l1")
     save_adapter(model, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     body = json.loads((tmp_path / "adapter_config.json").read_text())
     assert body["peft_type"] == "LOREFT" and body["layers"] == [1] and body["positions"] == "f1+l1"
     state = load_file(tmp_path / "adapter_model.safetensors")
