@@ -70,7 +70,9 @@ def main() -> None:
     body = []
     for length, mode in runs:
         out = subprocess.run([sys.executable, __file__, "--child", str(length), mode], capture_output=True,
-                             text=True, check=True)
+                             text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{mode} at {length} tokens failed:\n{out.stderr[-3000:]}")
         res = json.loads(out.stdout.strip().splitlines()[-1])
         body.append([{"none": "no mask", "dense": "dense mask"}[mode], f"{length:,}", f"{res['added_mb']:.0f}",
                      f"{res['added_mb'] / (length / 1024):.1f}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneforge.config import config_from_dict
+from tuneforge.serve.graders import grader_rewards
 from tuneforge.serve.jobspec import JobRequestError, build_run_config, load_template, parse_job_request
 from tuneforge.train.grpo_rewards import build_rewards
 
@@ -29,7 +30,7 @@ def test_string_check_job_becomes_a_grpo_run(tmp_path):
     assert cfg.task == "grpo" and cfg.task_config.prompt_field == "messages"
     assert cfg.task_config.rewards == [{"name": "string_check", "field": "answer", "operation": "eq"}]
     assert cfg.task_config.prompts_per_step == 3 and cfg.train.eval_every == 5
-    assert spec.method["reinforcement"]["grader"] == grader  # the job keeps OpenAI's grader as given
+    assert spec.method["reinforcement"] == {"grader": grader, "hyperparameters": spec.hyperparameters}  # OpenAI's shape
 
 
 @pytest.mark.parametrize("grader, key", [
@@ -59,10 +60,10 @@ def test_python_graders_only_with_the_flag_and_run_in_the_reward():
                           allow_python_graders=True)
     spec = parse_job_request(request({"type": "python", "source": SOURCE}), BASES, template, 42,
                              allow_python_graders=True)
-    [(name, fn)] = build_rewards(spec.method["reinforcement"]["rewards"])
+    [(name, fn)] = build_rewards(grader_rewards(spec.method["reinforcement"]["grader"], allow_python=True))
     assert fn(["q", "q"], [" 4", "5"], answer=[4, 4]) == [1.0, 0.0]
     sim = parse_job_request(request({"type": "text_similarity", "input": "{{sample.output_text}}",
                                      "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match"}),
                             BASES, template, 42)
-    [(_, fn)] = build_rewards(sim.method["reinforcement"]["rewards"])
+    [(_, fn)] = build_rewards(grader_rewards(sim.method["reinforcement"]["grader"], allow_python=False))
     assert fn(None, ["abc", "xyz"], answer=["abc", "abd"]) == [1.0, 0.0]

@@ -96,8 +96,8 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
 
         if given.grader is None:
             raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
+        grader_rewards(given.grader, allow_python=allow_python_graders)  # refused here, at creation, if unsupported
         section["grader"] = given.grader
-        section["rewards"] = grader_rewards(given.grader, allow_python=allow_python_graders)
     adapter = _adapter_section(method.adapter, template)
     seed = default_seed if request.seed is None else request.seed
     return JobSpec(
@@ -188,10 +188,14 @@ def build_run_config(job: dict, template: dict, base: str, files_dir: Path, outp
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
         cfg["task"] = {**(task if task.get("name") == "dpo" else {}), "name": "dpo", "beta": hyper["beta"]}
     elif kind == "reinforcement":
-        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages
+        # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages; the
+        # grader was checked (python ones against the server's flag) when the job was created
+        from .graders import grader_rewards
+
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
+        rewards = grader_rewards(job["method"][kind]["grader"], allow_python=True)
         cfg["task"] = {**(task if task.get("name") == "grpo" else {"prompt_field": "messages"}), "name": "grpo",
-                       "rewards": job["method"][kind]["rewards"], "reward_weights": None,
+                       "rewards": rewards, "reward_weights": None,
                        "prompts_per_step": hyper["batch_size"]}
     else:
         cfg["task"] = TASK_OF_TYPE[kind]
