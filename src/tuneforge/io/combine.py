@@ -51,8 +51,6 @@ def combine_adapters(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
     bodies = [read_adapter_config(a) for a in adapters]  # a missing or broken folder fails here, before any load
-    for a in adapters:
-        adapter_weights_file(a, allow_pickle)  # and so does a pickle that was not allowed
     base = str(base) if base is not None else _recorded_base(adapters, bodies)
     kinds = {KINDS.get(b.get("task_type"), "causal-lm") for b in bodies}
     if len(kinds) != 1:
@@ -64,6 +62,8 @@ def combine_adapters(
                              f"{QUANTIZATION_NAME}); combine adapters of one base")
     kind = kinds.pop()
     num_labels = _num_labels(adapters, allow_pickle) if kind == "sequence-classification" else None
+    for a in adapters:
+        adapter_weights_file(a, allow_pickle)  # a missing weights file or a refused pickle: before the base loads
     model = _base(base, kind, num_labels, allow_pickle)
     names = [f"adapter{i}" for i in range(len(adapters))]
     for name, path, body in zip(names, adapters, bodies):
