@@ -167,6 +167,14 @@ def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
     """Right-padded rows [chosen_1..chosen_B, rejected_1..rejected_B]:
     input_ids, attention_mask, and completion_mask (1 on reply tokens: what DPO sums log-probabilities over)."""
     rows = [(p["prompt_ids"], p[side]) for side in ("chosen_ids", "rejected_ids") for p in pairs]
+    batch = pad_prompt_reply_rows(rows, pad_token_id)
+    batch["num_tokens"] = torch.tensor(int(batch["attention_mask"].sum()))
+    return batch
+
+
+def pad_prompt_reply_rows(rows: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """(prompt ids, reply ids) rows, right-padded: input_ids, attention_mask and completion_mask (1 on reply
+    tokens), what every preference loss sums log-probabilities over."""
     width = max(len(a) + len(b) for a, b in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -176,8 +184,7 @@ def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
         ids[r, :n] = torch.tensor(prompt + reply, dtype=torch.long)
         mask[r, :n] = 1
         completion[r, len(prompt) : n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion,
-            "num_tokens": torch.tensor(int(mask.sum()))}
+    return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
 
 
 def pairs_from_labels(records, *, text_field: str, label_field: str, positive_label: str, seed: int = 0,

@@ -13,7 +13,7 @@ from collections import Counter
 import torch
 
 from ..errors import DataError
-from .preferences import encode_prompt, encode_reply
+from .preferences import encode_prompt, encode_reply, pad_prompt_reply_rows
 from .readers import line_of
 
 
@@ -105,15 +105,7 @@ def collate_unpaired(examples: list[dict], pad_token_id: int) -> dict[str, torch
     replies = [e["reply_ids"] for e in examples]
     rows = [(e["prompt_ids"], e["reply_ids"]) for e in examples]
     rows += [(e["prompt_ids"], r) for e, r in zip(examples, replies[-1:] + replies[:-1])]
-    width = max(len(a) + len(b) for a, b in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (prompt, reply) in enumerate(rows):
-        n = len(prompt) + len(reply)
-        ids[r, :n] = torch.tensor(prompt + reply, dtype=torch.long)
-        mask[r, :n] = 1
-        completion[r, len(prompt) : n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion,
-            "desirable": torch.tensor([e["desirable"] for e in examples], dtype=torch.bool),
-            "num_tokens": torch.tensor(int(mask[: len(examples)].sum()))}
+    batch = pad_prompt_reply_rows(rows, pad_token_id)
+    batch["desirable"] = torch.tensor([e["desirable"] for e in examples], dtype=torch.bool)
+    batch["num_tokens"] = torch.tensor(int(batch["attention_mask"][: len(examples)].sum()))
+    return batch

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .jobspec import JobRequestError
+from .request_errors import JobRequestError
 
 _ITEM = re.compile(r"^\{\{\s*item\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}$")
 _SAMPLE = re.compile(r"^\{\{\s*sample\.output_text\s*\}\}$")

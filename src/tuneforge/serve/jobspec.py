@@ -28,17 +28,15 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import ConfigError
+from .graders import grader_rewards
 from .job_request import AUTO, HYPERPARAMETER_MODELS, MethodRequest
+from .request_errors import JobRequestError
 
 TASK_OF_TYPE = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
 HYPERPARAMETERS = {kind: tuple(model.model_fields) for kind, model in HYPERPARAMETER_MODELS.items()}
 WANDB_FIELDS = ("project", "name", "entity", "tags")
 # Job defaults when no --job-config is given: checkpoints often enough that a restart loses little.
 TEMPLATE_DEFAULTS = {"train": {"epochs": 3, "save_every": 10, "keep_last": 2, "log_every": 1}}
-
-
-class JobRequestError(ConfigError):
-    """A bad field of a job request; `key` is the request parameter (dotted) the message is about."""
 
 
 @dataclasses.dataclass
@@ -92,7 +90,6 @@ def parse_job_request(body: dict, base_names: tuple[str, ...], template: dict, d
                               "epochs per job (its max_job_epochs)", key="hyperparameters.n_epochs")
     section = {"hyperparameters": resolved}
     if kind == "reinforcement":
-        from .graders import grader_rewards
 
         if given.grader is None:
             raise JobRequestError("a reinforcement job needs a grader", key="method.reinforcement.grader")
@@ -190,7 +187,6 @@ def build_run_config(job: dict, template: dict, base: str, files_dir: Path, outp
     elif kind == "reinforcement":
         # the template's GRPO settings (or GRPO's defaults), with the grader's rewards on the rows' messages; the
         # grader was checked (python ones against the server's flag) when the job was created
-        from .graders import grader_rewards
 
         task = template.get("task") if isinstance(template.get("task"), dict) else {}
         rewards = grader_rewards(job["method"][kind]["grader"], allow_python=True)
