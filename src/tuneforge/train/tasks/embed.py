@@ -21,6 +21,7 @@ from typing import Iterable, Literal, Union
 import torch
 from torch import nn
 
+from ...data.padding import pad
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import BaseTask, batch_context
@@ -92,16 +93,6 @@ class EmbedConfig:
             raise ConfigError("hard_negatives applies to loss mnrl only", key="hard_negatives")
         if not 0 <= self.negatives_skip_top < self.negatives_depth:
             raise ConfigError("need 0 <= negatives_skip_top < negatives_depth", key="negatives_depth")
-
-
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 @TASKS.register("embed")
@@ -232,8 +223,8 @@ class EmbedTask(BaseTask):
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Anchors / first sentences as input_ids, positives / second sentences as pair_input_ids: two forwards,
         each padded to its own longest row (queries are much shorter than documents)."""
-        ids, mask = _pad([ex["a"] for ex in examples], self.pad_token_id)
-        pair_ids, pair_mask = _pad([ex["b"] for ex in examples], self.pad_token_id)
+        ids, mask = pad([ex["a"] for ex in examples], self.pad_token_id)
+        pair_ids, pair_mask = pad([ex["b"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "pair_input_ids": pair_ids,
                  "pair_attention_mask": pair_mask, "num_tokens": mask.sum() + pair_mask.sum()}
         if "score" in examples[0]:
@@ -241,7 +232,7 @@ class EmbedTask(BaseTask):
         else:
             batch["groups"] = torch.tensor([ex["group"] for ex in examples])
         if "negatives" in examples[0]:
-            neg_ids, neg_mask = _pad([n for ex in examples for n in ex["negatives"]], self.pad_token_id)
+            neg_ids, neg_mask = pad([n for ex in examples for n in ex["negatives"]], self.pad_token_id)
             batch.update(negative_input_ids=neg_ids, negative_attention_mask=neg_mask,
                          negative_groups=torch.tensor([g for ex in examples for g in ex["negative_groups"]]),
                          num_tokens=batch["num_tokens"] + neg_mask.sum())
