@@ -95,6 +95,13 @@ class EmbedConfig:
             raise ConfigError("need 0 <= negatives_skip_top < negatives_depth", key="negatives_depth")
 
 
+def _cut_rows(tokenizer, firsts: list[str], seconds: list[str], first_len: int, second_len: int) -> int:
+    """How many pairs have a side longer than its limit (untruncated lengths, special tokens included)."""
+    a = tokenizer(firsts)["input_ids"]
+    b = tokenizer(seconds)["input_ids"]
+    return sum(len(x) > first_len or len(y) > second_len for x, y in zip(a, b))
+
+
 @TASKS.register("embed")
 class EmbedTask(BaseTask):
     name = "embed"
@@ -103,6 +110,7 @@ class EmbedTask(BaseTask):
     def __init__(self):
         self.cfg = EmbedConfig()
         self.pad_token_id = 0
+        self.report: dict[str, dict] = {}
 
     @property
     def scored(self) -> bool:
@@ -118,7 +126,7 @@ class EmbedTask(BaseTask):
             return pairs_from_qrels(path)
         return records
 
-    def encode(self, records: list[dict], tokenizer, max_length: int, source) -> list[dict]:
+    def encode(self, records: list[dict], tokenizer, max_length: int, source, split: str = "train") -> list[dict]:
         from ...data import require_fields
         from ...data.readers import line_of
 
@@ -131,8 +139,11 @@ class EmbedTask(BaseTask):
         else:
             require_fields(records, [c.anchor_field, c.positive_field], source)
             first, second = c.anchor_field, c.positive_field
-        a = tokenizer([str(r[first]) for r in records], truncation=True, max_length=first_len)["input_ids"]
-        b = tokenizer([str(r[second]) for r in records], truncation=True, max_length=max_length)["input_ids"]
+        firsts, seconds = [str(r[first]) for r in records], [str(r[second]) for r in records]
+        a = tokenizer(firsts, truncation=True, max_length=first_len)["input_ids"]
+        b = tokenizer(seconds, truncation=True, max_length=max_length)["input_ids"]
+        self.report[split] = {"records": len(records), "examples": len(records), "dropped": 0,
+                              "truncated": _cut_rows(tokenizer, firsts, seconds, first_len, max_length)}
         groups: dict[str, int] = {}
         negatives = self._encode_negatives(records, tokenizer, max_length, source, groups) if (
             not self.scored and c.negative_field in records[0]) else None
@@ -212,13 +223,19 @@ class EmbedTask(BaseTask):
         if data.train is None:
             raise ConfigError("embedding fine-tuning needs training data", key="data.train")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.report = {}
         records = select_records(self._training_records(run_cfg), data.limit_train, data.shuffle_seed)
         train = self.encode(records, tokenizer, data.max_length, data.train)
         evals = []
         if data.validation is not None:
             records = select_records(self.read(data.validation), data.limit_eval, data.shuffle_seed)
-            evals = self.encode(records, tokenizer, data.max_length, data.validation)
+            evals = self.encode(records, tokenizer, data.max_length, data.validation, "validation")
         return train, evals
+
+    def data_report(self) -> dict:
+        """Records read and pairs with a side cut at the length limit, per split (see train/data_report.py): a
+        cut document may lose the sentence that made it relevant, which no loss figure shows."""
+        return dict(self.report)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Anchors / first sentences as input_ids, positives / second sentences as pair_input_ids: two forwards,
