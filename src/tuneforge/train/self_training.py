@@ -19,6 +19,7 @@ What a task implements to self-train (ClassifyTask does): a `self_training` fiel
     encode_unlabeled(records, tokenizer, run_cfg, source) -> (examples, hidden labels: list[int | None])
     logits(model, batch) -> (batch, classes) tensor
     example_key(example) -> hashable   optional: pool records equal to a labelled one are left out
+    read_unlabeled(run_cfg) -> (records, source)   optional: records that are not rows of a data file
     labels                              the class names, in head-output order
 and examples keep their class index under "label" (the pseudo-label replaces it).
 """
@@ -80,9 +81,11 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
                           key="task.self_training")
     if launcher.launched_world_size() > 1:
         raise ConfigError("self-training runs in one process only", key="task.self_training")
+    read = getattr(task, "read_unlabeled", None)  # a task whose records are not rows of a data file (images)
     try:
-        records, source = read_source(st.unlabeled, split=st.split, revision=run_cfg.data.revision,
-                                      limit=st.limit, seed=run_cfg.data.shuffle_seed)
+        records, source = read(run_cfg) if read is not None else read_source(
+            st.unlabeled, split=st.split, revision=run_cfg.data.revision, limit=st.limit,
+            seed=run_cfg.data.shuffle_seed)
     except DataError as err:
         if "empty" in err.message:
             raise DataError("the unlabelled records (task.self_training.unlabeled) are empty: there is nothing "

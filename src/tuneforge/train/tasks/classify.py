@@ -27,6 +27,7 @@ from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 
 HEAD_MODULES = ("classifier", "score")
+POOLINGS = ("model", "mean")
 
 
 @dataclasses.dataclass
@@ -48,12 +49,36 @@ class ClassifyConfig:
     """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
     max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
 
+    pooling: str = "model"
+    """How a text becomes the one vector the head reads. `model`: the model's own (an encoder's [CLS] pooler, a
+    decoder's last token). `mean`: the mean of the last hidden states over the real tokens, then the head; what
+    sentence-transformers encoders were trained for (all-MiniLM-L6-v2's [CLS] pooler is not in its checkpoint and
+    starts random, so with few labels `mean` learns in far fewer steps)."""
+
     def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}", key="pooling")
         if self.labels is not None:
             if not isinstance(self.labels, list) or len(self.labels) < 2:
                 raise ConfigError("labels must be a list of at least two label names", key="labels")
             if len(set(map(str, self.labels))) != len(self.labels):
                 raise ConfigError("labels must not repeat", key="labels")
+
+
+def mean_pooled_logits(model: nn.Module, inputs: dict) -> torch.Tensor:
+    """head(dropout(mean of the last hidden states over the attention mask)), through the model's own head module
+    (a method's copy of it included). Positions a method prepends (prompt tuning's virtual tokens) are not
+    averaged: the last len(mask) positions are the text's."""
+    hidden = model.base_model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    hidden = hidden[:, -mask.shape[1]:]
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    head = next((getattr(model, n) for n in HEAD_MODULES if isinstance(getattr(model, n, None), nn.Module)), None)
+    if head is None:
+        raise ConfigError(f"pooling: mean needs a classifier head module named {' or '.join(HEAD_MODULES)}",
+                          key="task.pooling")
+    dropout = getattr(model, "dropout", None)
+    return head(dropout(pooled) if isinstance(dropout, nn.Module) else pooled).float()
 
 
 def label_index(value, labels: list[str], source, line) -> int:
@@ -234,6 +259,8 @@ class ClassifyTask(BaseTask):
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if self.cfg.pooling == "mean":
+            return mean_pooled_logits(model, inputs)
         return model(**inputs).logits.float()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
