@@ -72,6 +72,7 @@ def round_dir(output_dir, r: int) -> Path:
 def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     """Read, check and encode the unlabelled records, before anything trains or is written: a missing or empty
     source, a record without the input fields, or a label the task does not declare is an error here."""
+    from ..data.formatting import select_records
     from ..data.sources import read_source
 
     st = settings(run_cfg)
@@ -84,8 +85,7 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     read = getattr(task, "read_unlabeled", None)  # a task whose records are not rows of a data file (images)
     try:
         records, source = read(run_cfg) if read is not None else read_source(
-            st.unlabeled, split=st.split, revision=run_cfg.data.revision, limit=st.limit,
-            seed=run_cfg.data.shuffle_seed)
+            st.unlabeled, split=st.split, revision=run_cfg.data.revision)
     except DataError as err:
         if "empty" in err.message:
             raise DataError("the unlabelled records (task.self_training.unlabeled) are empty: there is nothing "
@@ -106,6 +106,10 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     if not examples:
         raise DataError(f"all {len(records)} unlabelled records are also labelled training records: there is "
                         "nothing to pseudo-label", file=source, key="task.self_training.unlabeled")
+    if st.limit is not None:  # drawn after the labelled ones are left out: a draw by the same seed as
+        # data.limit_train would otherwise repeat the labelled draw (random.sample's first picks agree)
+        keep = select_records(list(range(len(examples))), st.limit, run_cfg.data.shuffle_seed)
+        examples, hidden = [examples[i] for i in keep], [hidden[i] for i in keep]
     return Pool(examples, hidden, str(source), len(records), duplicates)
 
 
