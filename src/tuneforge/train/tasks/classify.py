@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.padding import pad
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import BaseTask, batch_context
@@ -184,19 +185,11 @@ class ClassifyTask(BaseTask):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        types = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, ex in enumerate(examples):
-            n = len(ex["input_ids"])
-            ids[i, :n] = torch.tensor(ex["input_ids"])
-            mask[i, :n] = 1
-            if "token_type_ids" in ex:
-                types[i, :n] = torch.tensor(ex["token_type_ids"])
+        ids, mask = pad([ex["input_ids"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([ex["label"] for ex in examples])}
         if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = types
+            types = [ex.get("token_type_ids") or [0] * len(ex["input_ids"]) for ex in examples]
+            batch["token_type_ids"] = pad(types, 0)[0]
         return batch
 
     def num_targets(self, batch: dict) -> int:
