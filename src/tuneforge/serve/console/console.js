@@ -145,17 +145,28 @@ async function jobsPage(page) {
     el("thead", {}, el("tr", {}, ["job", "status", "base model", "method", "suffix", "created", "finished",
       "fine-tuned model"].map((h) => el("th", {}, h)))));
   const body = el("tbody");
-  for (const job of jobs.data) {
-    body.appendChild(el("tr", { dataset: { job: job.id } },
+  table.appendChild(body);
+  page.appendChild(table);
+  const fill = (list) => {
+    body.replaceChildren(...list.map((job) => el("tr", { dataset: { job: job.id } },
       el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
       el("td", {}, el("span", { class: `status ${job.status}` }, job.status)),
       el("td", {}, job.model), el("td", {}, methodName(job.method)), el("td", {}, job.suffix || ""),
       el("td", {}, when(job.created_at)), el("td", {}, when(job.finished_at)),
-      el("td", {}, job.fine_tuned_model || "")));
+      el("td", {}, job.fine_tuned_model || ""))));
+    if (!list.length) body.appendChild(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No jobs yet.")));
+    return list.some((job) => !FINAL.has(job.status));
+  };
+  if (fill(jobs.data)) {  // while some job is queued or running, its row follows it (the form is left alone)
+    const timer = setInterval(async () => {
+      try {
+        if (!fill((await api("/v1/fine_tuning/jobs?limit=100")).data)) clearInterval(timer);
+      } catch (err) {
+        clearInterval(timer);
+      }
+    }, 2 * POLL_MS);
+    timers.push(timer);
   }
-  if (!jobs.data.length) body.appendChild(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No jobs yet.")));
-  table.appendChild(body);
-  page.appendChild(table);
 }
 
 function field(label, input, hint) {
