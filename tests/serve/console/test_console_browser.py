@@ -176,6 +176,8 @@ def test_a_job_created_from_the_form_trains_and_draws_its_loss_curve(page, serve
     config = json.loads(page.inner_text("#job-config"))
     assert config["method"]["name"] == "lora" and config["method"]["r"] == 4 and config["train"]["epochs"] == 2
     assert page.is_hidden("#cancel-job")  # nothing to cancel once it ended
+    kept = _api(server, "GET", f"/fine_tuning/jobs/{job_id}/checkpoints")["data"]
+    assert page.locator("#job-checkpoints a").count() == len(kept) >= 1  # each can be chatted with
     job = _api(server, "GET", f"/fine_tuning/jobs/{job_id}")
     assert job["fine_tuned_model"] and job["fine_tuned_model"] in page.inner_text("dl.facts")
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
