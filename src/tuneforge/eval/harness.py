@@ -179,11 +179,12 @@ def default_systems(cfg) -> list[EvalSystem]:
     return systems
 
 
-def load_base(cfg):
-    from ..models import load_model, load_tokenizer
+def load_base(cfg, **overrides):
+    """The run's base model as trained (quantised for QLoRA) and its tokenizer; `overrides` as load_model_for."""
+    from ..models import load_model_for, load_tokenizer
 
     m = cfg.model
-    model = load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle)
+    model = load_model_for(m, **overrides)
     model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice
     return model, load_tokenizer(m.name)
 
