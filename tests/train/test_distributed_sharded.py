@@ -88,7 +88,8 @@ def _probe(rank: int, port: int, root, out) -> None:
     base weights (4-bit codes included) this process holds."""
     from tuneforge.methods import add_adapter, mark_trainable
     from tuneforge.train import launcher
-    from tuneforge.train.api import _load_model, resolve_config
+    from tuneforge.models.from_config import load_model_for
+    from tuneforge.train.api import resolve_config
     from tuneforge.train.distributed import Parallel
     from tuneforge.train.optim import build_optimizer
 
@@ -97,7 +98,7 @@ def _probe(rank: int, port: int, root, out) -> None:
     torch.set_num_threads(1)
     launcher.init_from_env("cpu")
     cfg = resolve_config(qlora(config(root, "probe", shard=True)))
-    model = _load_model(cfg)
+    model = load_model_for(cfg.model)
     add_adapter(model, cfg.method)
     mark_trainable(model)
 
