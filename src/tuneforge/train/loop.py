@@ -336,7 +336,7 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
     latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
     loaded = {}
     if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        loaded = par.load_checkpoint(latest, model, optimizer, scheduler)
         if loaded.get("examples", order.n) != order.n:  # the data order is a permutation of this many examples
             raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
                               f"{order.n}: the data changed, so it cannot resume exactly; start over with "
@@ -372,7 +372,8 @@ def _save(run: _Run) -> Path:
     check_weights(run.params, run.step, run.root, run.par)
     run.state["elapsed_s"] = run.elapsed()
     extra = {"history": run.reporter.history, "total_steps": run.total_steps, "hooks": run.hooks.state(),
-             "world_size": run.par.world_size, "examples": run.order.n, "window": run.state["window"].to_list()}
+             "world_size": run.par.world_size, "sharded": run.par.sharded, "examples": run.order.n,
+             "window": run.state["window"].to_list()}
     path = run.par.save_checkpoint(run.root, run.step, run.model, run.optimizer, run.scheduler,
                                    {**run.state, **extra}, run.rng, run.cfg.keep_last)
     run.hooks.on_save(run.step, path)
