@@ -115,6 +115,7 @@ class Parallel:
         self._originals: dict[str, nn.Parameter] = {}
         self._quantized: list[nn.Module] = []  # 4-bit layers made shardable (FSDP-QLoRA)
         self._hooks: list = []
+        self.device: torch.device | None = None  # where a sharded model computes
 
     @classmethod
     def current(cls) -> "Parallel":
@@ -182,11 +183,15 @@ class Parallel:
                 dist.broadcast(p.data, src=0)
 
     def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy
+        from torch.distributed.fsdp import fully_shard
 
         from ..quant.layers import reattach_quant_states, shard_ready_4bit
 
-        device = next(model.parameters()).device
+        device = self._comm_device()  # a base loaded into host memory (load_options) moves to the GPU shard by shard
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        self.device = device
         bf16 = bool(getattr(cfg, "bf16", False)) and device.type == "cuda"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
             else MixedPrecisionPolicy()
@@ -197,9 +202,14 @@ class Parallel:
                       torch.float32)
         self._quantized = shard_ready_4bit(model, torch.bfloat16 if bf16 else frozen)
         self._originals = dict(model.named_parameters(remove_duplicate=False))
+        whole = dict(self._originals)
         units = [*_blocks(model), model]
         for unit in units:
-            fully_shard(unit, mp_policy=policy, offload_policy=offload)
+            fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=offload)
+            for name, p in list(whole.items()):  # free each unit's whole tensors at once: never all at the same time
+                if model.get_parameter(name) is not p:
+                    p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back
+                    del whole[name]
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # the loss is already normalised over all processes
@@ -215,8 +225,6 @@ class Parallel:
         swap = {id(p): sharded[name] for name, p in self._originals.items()}
         for group in optimizer.param_groups:  # no step taken yet: the groups may still change their tensors
             group["params"] = [swap.get(id(p), p) for p in group["params"]]
-        for p in {id(p): p for p in self._originals.values()}.values():
-            p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back on process 0
 
     def gather_top(self, model: nn.Module) -> None:
         """Unshard the sharded model's own (top-level) parameters; FSDP reshards them after the backward pass."""
@@ -310,6 +318,21 @@ class Parallel:
                 module.__class__ = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
         unshard_ready_4bit(self._quantized)
         self.sharded = False
+
+
+def load_options(cfg, world_size: int) -> dict:
+    """`load_model` overrides for a base that will be sharded over GPUs (train.shard: true or cpu_offload): load
+    it into host memory, in the dtype the GPU would have given it, so that no GPU ever holds the whole base;
+    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time."""
+    from ..config.model_options import resolve_device, resolve_dtype
+
+    train, model = cfg.train, cfg.model
+    if world_size < 2 or not (train.shard is True or train.cpu_offload) or model.device_map is not None:
+        return {}
+    target = resolve_device(model.device)
+    if target.type != "cuda":
+        return {}
+    return {"device": "cpu", "dtype": str(resolve_dtype(model.dtype, target)).removeprefix("torch.")}
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
