@@ -26,7 +26,6 @@ from .test_distributed import (  # noqa: F401 (fixture)
     train_losses,
 )
 
-
 # The reported loss of a step is summed in float32 (loop.accumulate: each micro-batch's float64 loss rounded once,
 # added to the step's sum, then the per-process sums all-reduced and divided): at most 8 float32 roundings of
 # unit roundoff 2^-24 on each side, so two runs whose weights agree to ~1e-15 (float64) report losses that agree to
@@ -94,8 +93,8 @@ def _probe(rank: int, port: int, root, out) -> None:
     """One process: load the tiny Llama in NF4, add LoRA, shard it as `train` does, and write how many bytes of
     base weights (4-bit codes included) this process holds."""
     from tuneforge.methods import add_adapter, mark_trainable
-    from tuneforge.train import launcher
     from tuneforge.models.from_config import load_model_for
+    from tuneforge.train import launcher
     from tuneforge.train.api import resolve_config
     from tuneforge.train.distributed import Parallel
     from tuneforge.train.optim import build_optimizer

@@ -33,6 +33,9 @@ Two ways to spread the model, chosen from how much of it trains:
   (divide factor 1, sum-only collectives, which gloo also runs). On CUDA with `train.bf16`, parameters are
   gathered in bf16 and gradients reduced in fp32 (`MixedPrecisionPolicy`). Checkpoints are written by every
   process with torch.distributed.checkpoint and load on any number of processes, one included.
+  `train.shard: true` shards adapters' frozen base the same way (a 4-bit base too: its codes viewed as floats,
+  quant/layers.py `shard_ready_4bit`), and `train.cpu_offload` keeps the shards in host memory
+  (`CPUOffloadPolicy`); an adapter's checkpoints are then gathered on process 0 into the one-process files.
 
 Only process 0 writes the metrics file, shows the progress bar, saves checkpoints' small files and the adapter.
 """
@@ -81,7 +84,7 @@ class _RankTask:
     model's top-level parameters (embeddings, final norm, head) are gathered before the task computes, since tasks
     may call submodules directly instead of the model's forward (where FSDP would gather them itself)."""
 
-    def __init__(self, task, par: "Parallel"):
+    def __init__(self, task, par: Parallel):
         self._task, self._par = task, par
 
     def __getattr__(self, name):
@@ -118,7 +121,7 @@ class Parallel:
         self.device: torch.device | None = None  # where a sharded model computes
 
     @classmethod
-    def current(cls) -> "Parallel":
+    def current(cls) -> Parallel:
         """This process's part in the process group, if one is initialised, else a one-process run."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size())
@@ -184,8 +187,13 @@ class Parallel:
 
     def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            FSDPModule,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
 
         from ..quant.layers import reattach_quant_states, shard_ready_4bit
 
@@ -292,7 +300,10 @@ class Parallel:
         in one process. The other processes keep their shards and save nothing."""
         if not self.sharded:
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
         from torch.distributed.fsdp import FSDPModule
 
         from ..quant.layers import unshard_ready_4bit
@@ -369,7 +380,11 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     """Load what `save_sharded` wrote into this model, sharded over any number of processes or whole in one."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     options = StateDictOptions(ignore_frozen_params=True)
     weights, optim = get_state_dict(model, optimizer, options=options)
