@@ -29,7 +29,6 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import TASKS
-from .base import batch_context
 from .dpo import completion_logps
 from .preference import PreferenceConfig, PreferenceTask, load_preferences
 
@@ -135,25 +134,13 @@ class RefFreeTask(PreferenceTask):
 
     def pair_terms(self, model: nn.Module, batch: dict):
         sums, counts = completion_logps(model, batch)
-        return self.pair_losses(sums, counts.clamp(min=1).to(sums.dtype))
+        return (*self.pair_losses(sums, counts.clamp(min=1).to(sums.dtype)), (sums.detach(), counts))
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.pair_terms(model, batch)[0].sum()
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-        losses, chosen, rejected = [], [], []
-        for batch in batches:
-            with batch_context(model, batch):
-                loss, c, r = self.pair_terms(model, batch)
-            losses.append(loss)
-            chosen.append(c)
-            rejected.append(r)
-        if not losses:
-            return {}
-        loss, c, r = torch.cat(losses), torch.cat(chosen), torch.cat(rejected)
-        return {"eval_loss": float(loss.mean()), "reward_accuracy": float((c > r).float().mean()),
-                "chosen_reward": float(c.mean()), "rejected_reward": float(r.mean()),
-                "reward_margin": float((c - r).mean()), "eval_pairs": int(c.numel())}
+        return self.evaluate_pairs(model, batches)
 
 
 @TASKS.register("orpo")
