@@ -1,11 +1,15 @@
 """Pairwise accuracy on the HH-RLHF validation pairs of DPO, ORPO, SimPO, CPO and KTO next to the untouched model.
 
-Each method is one real run of its shipped config (configs/<name>_smollm2_hh_rlhf.yaml: same pairs, same steps,
-same adapter); `untouched` scores the same validation pairs with SmolLM2-135M-Instruct as shipped (a fresh LoRA
-adapter is exactly the base: B = 0). Runs go strictly one after another; each result is merged into
-benchmarks/results/preference_hh.json, so the runs can be split over several calls. Prints the markdown table.
+Each method is one real run of its shipped config (configs/<name>_smollm2_hh_rlhf.yaml: same adapter, learning rate
+and schedule), all shrunk by the same OVERRIDES to fit a loaded 2-core CPU: 64 training pairs (16 steps of 4),
+100 validation pairs, evaluated once at the end; `untouched` scores the same validation pairs with
+SmolLM2-135M-Instruct as shipped (a fresh LoRA adapter is exactly the base: B = 0). Runs go strictly one after
+another; each result is merged into benchmarks/results/preference_hh.json, so the runs can be split over several
+calls. Prints the markdown table.
 
-    python benchmarks/preference_hh.py [untouched dpo orpo simpo cpo kto]   (default: all; --table: only print)
+    OMP_NUM_THREADS=1 python benchmarks/preference_hh.py [untouched dpo orpo simpo cpo kto]
+    (default: all, in that order; --table: only print the table; one thread is several times faster than two on
+    a loaded 2-core machine)
 
 Columns (tuneforge.train.tasks.preference.pair_metrics): the policy's own preference (summed and per-token reply
 log-probability, chosen vs rejected; the same measure for every row) and each method's implicit-reward accuracy.
@@ -22,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "preference_hh.json"
 METHODS = ("dpo", "orpo", "simpo", "cpo", "kto")
+OVERRIDES = ("data.limit_train=64", "data.limit_eval=100", "train.warmup_steps=2", "train.eval_every=null",
+             "train.save_every=8")
 
 
 def config(name: str) -> Path:
@@ -29,7 +35,8 @@ def config(name: str) -> Path:
 
 
 def untouched() -> dict:
-    """The validation metrics of the model before any training, with DPO's data settings (the same pairs)."""
+    """The validation metrics of the model before any training: the same pairs, scored by ORPO's evaluation (no
+    reference pass; its log-prob accuracies are the policy's own, here the base's)."""
     import torch
 
     from tuneforge.methods import add_adapter
@@ -38,11 +45,11 @@ def untouched() -> dict:
     from tuneforge.train.api import resolve_config
     from tuneforge.train.loop import evaluate
 
-    cfg = resolve_config(str(config("dpo")))
+    cfg = resolve_config(str(config("orpo")), OVERRIDES)
     torch.manual_seed(cfg.train.seed)
     model = load_model(cfg.model.name)
-    add_adapter(model, cfg.method)  # B = 0: the base's outputs, and DPO's reference pass has an adapter to disable
-    task = TASKS.get("dpo")()
+    add_adapter(model, cfg.method)  # B = 0: exactly the base's outputs
+    task = TASKS.get("orpo")()
     _, evals = task.prepare(cfg, load_tokenizer(cfg.model.name))
     return evaluate(model, task, evals, cfg.train)
 
@@ -50,7 +57,8 @@ def untouched() -> dict:
 def trained(name: str) -> dict:
     from tuneforge.train import train
 
-    result = train(str(config(name)), progress=False, resume=False)
+    result = train(str(config(name)), [*OVERRIDES, f"output_dir=runs/preference-hh/{name}"], progress=False,
+                   resume=False)
     return {**result.eval_metrics, "steps": result.steps}
 
 

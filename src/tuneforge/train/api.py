@@ -154,7 +154,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     if own_run is not None:
         from .callbacks import check_own_loop
 
-        check_own_loop(cfg.train, cfg.task)  # hooks live in the shared loop: refuse them, never drop them
+        check_own_loop(cfg.train, cfg.task)  # NEFTune is refused there, never silently dropped
     main = launcher.process_rank() == 0
     report: dict = {}
     if own_run is None:

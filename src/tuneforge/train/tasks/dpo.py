@@ -24,7 +24,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import TASKS
-from .preference import PreferenceConfig, PreferenceTask, load_preferences
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, load_preferences
 from .sft import fused_head_parts
 
 
@@ -41,12 +41,7 @@ class DPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing, self.loss_type)
 
 
 def selected_outputs(model: nn.Module, inputs: dict, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import batch_context
 from .dpo import completion_logps
-from .preference import PreferenceConfig, PreferenceTask, check_prompt_budget
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, check_prompt_budget
 
 
 @dataclasses.dataclass
@@ -48,8 +48,7 @@ class KTOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
+        check_pair_loss(self.beta)
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise ConfigError("desirable_weight and undesirable_weight must be positive", key="desirable_weight")
         if self.label_field is not None:

@@ -57,6 +57,16 @@ def pair_metrics(losses, chosen, rejected, sums, counts) -> dict[str, float]:
             "avg_logp_accuracy": float((sc / nc > sr / nr).float().mean()), "eval_pairs": int(chosen.numel())}
 
 
+def check_pair_loss(beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid") -> None:
+    """The settings DPO, SimPO and CPO share: beta > 0, label smoothing in [0, 0.5) and only for sigmoid losses."""
+    if beta <= 0:
+        raise ConfigError("beta must be positive", key="beta")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
+    if label_smoothing and loss_type not in ("sigmoid", "simpo"):
+        raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
+
+
 def check_prompt_budget(cfg: PreferenceConfig, max_length: int) -> None:
     if cfg.max_prompt_length is not None and cfg.max_prompt_length >= max_length:
         raise ConfigError(f"max_prompt_length ({cfg.max_prompt_length}) must be below data.max_length "

@@ -30,7 +30,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...registry import TASKS
 from .dpo import completion_logps
-from .preference import PreferenceConfig, PreferenceTask, load_preferences
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, load_preferences
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -67,8 +67,7 @@ class ORPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
+        check_pair_loss(self.beta)
 
 
 @dataclasses.dataclass
@@ -87,10 +86,7 @@ class SimPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing)
         if self.sft_weight < 0:
             raise ConfigError("sft_weight must not be negative", key="sft_weight")
 
@@ -111,12 +107,7 @@ class CPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing, self.loss_type)
         if self.cpo_alpha < 0:
             raise ConfigError("cpo_alpha must not be negative", key="cpo_alpha")
 
