@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..models.from_config import load_model_for
 from . import data_report, launcher, self_training
 from .loop import TrainResult, run_training
 from .resume_check import check_resume
@@ -77,14 +78,8 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
 
 
 def _load_model(cfg):
-    from ..models import load_model
-
-    m = cfg.model
-    return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
-                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
-                      device_map=m.device_map, max_memory=m.max_memory, attn_implementation=m.attn_implementation,
-                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling,
-                      allow_pickle=m.allow_pickle)
+    """The run's base model (the seam tests replace with a tiny one)."""
+    return load_model_for(cfg.model)
 
 
 def dry_run_report(cfg, model) -> dict:

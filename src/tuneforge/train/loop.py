@@ -301,7 +301,7 @@ def run_training(
     history: list[dict] = []
     latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
     if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        loaded = par.load_checkpoint(latest, model, optimizer, scheduler)
         if loaded.get("examples", order.n) != order.n:  # the data order is a permutation of this many examples
             raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
                               f"{order.n}: the data changed, so it cannot resume exactly; start over with "
@@ -348,7 +348,7 @@ def run_training(
         check_weights(params, state["global_step"], root, par)
         state["elapsed_s"] = elapsed()
         extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
-                 "world_size": par.world_size, "examples": order.n}
+                 "world_size": par.world_size, "sharded": par.sharded, "examples": order.n}
         path = par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
                                    {**state, **extra}, rng_snapshot, cfg.keep_last)
         hooks.on_save(state["global_step"], path)
