@@ -320,7 +320,7 @@ def test_save_best_returns_the_best_validation_step_and_test_prompts_are_scored_
                  "drop_uniform_groups": True, "test_prompts": str(data)},
         "data": {"train": str(data), "validation": str(data), "limit_eval": 4},
         "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-2, "eval_every": 1,
-                  "save_best": "eval_lowercase_share"},
+                  "save_best": "eval_lowercase_share", "save_best_mode": "max"},  # auto reads "wer" in it
         "output_dir": str(tmp_path / "run"),
     }
     result = api.train(config, progress=False)

@@ -57,15 +57,16 @@ class OwnLoop:
         optimizer = build_optimizer(model, train_cfg)
         scheduler = build_scheduler(optimizer, train_cfg, scheduler_steps)
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        par = Parallel()  # one process: these loops refuse torchrun (train/api.py)
         history, latest, loaded = [], ckpt.latest_checkpoint(root) if resume else None, {}
         if latest is not None:
-            loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+            loaded = par.load_checkpoint(latest, model, optimizer, scheduler)
             state.update({k: loaded[k] for k in state})
             history = loaded.get("history", [])
             sync_lr(scheduler)
         else:
             ckpt.clear(root)
-        hooks = RunHooks(train_cfg, model, output_dir, Parallel(),
+        hooks = RunHooks(train_cfg, model, output_dir, par,
                          *((loaded.get("hooks"), state["global_step"]) if latest is not None else ()))
         try:
             reporter = hooks.wrap(Reporter(output_dir, history, total, min(state["global_step"], total), progress))
@@ -87,9 +88,10 @@ class OwnLoop:
         step = self.state["global_step"]
         check_weights(self.params, step, self.root)
         self.state["elapsed_s"] = self.elapsed()
-        path = ckpt.save_checkpoint(self.root, step, self.model, self.optimizer, self.scheduler,
-                                    {**self.state, "history": self.reporter.history, "total_steps": self.total,
-                                     "hooks": self.hooks.state()}, rng, self.train_cfg.keep_last)
+        path = self.hooks.par.save_checkpoint(self.root, step, self.model, self.optimizer, self.scheduler,
+                                              {**self.state, "history": self.reporter.history,
+                                               "total_steps": self.total, "hooks": self.hooks.state()}, rng,
+                                              self.train_cfg.keep_last)
         self.hooks.on_save(step, path)
         return path
 
