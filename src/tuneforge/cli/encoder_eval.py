@@ -50,8 +50,10 @@ def sts_eval_cmd(
 
 
 def classify_eval_cmd(
-    run_dir: str = typer.Argument(..., help="Output directory of a `tuneforge train` run with task classify."),
-    data: Optional[str] = typer.Option(None, "--data", help="Labelled file (default: the run's validation file)."),
+    run_dir: str = typer.Argument(..., help="Output directory of a `tuneforge train` run with task classify or "
+                                  "image_classify."),
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled file, or an image folder (default: the run's "
+                                       "validation data)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Accuracy, macro-F1 and the confusion matrix of a trained classifier."""
