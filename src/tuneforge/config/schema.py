@@ -44,7 +44,7 @@ class ModelConfig:
     double_quant: bool = True
     """4-bit only: quantise the per-block absmax constants as well (QLoRA's double quantisation)."""
 
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
     """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
     device_map: str | int | dict | None = None
@@ -148,6 +148,18 @@ class TrainConfig:
     """torch.compile each repeated block of the model (its decoder layers) before training: fuses the elementwise
     work between matmuls; the first steps pay the compile time (minutes on a small CPU)."""
 
+    shard: bool | Literal["auto"] = "auto"
+    """Several processes only (torchrun, --nproc): true shards the model over them with FSDP2, the frozen base
+    under adapters included (a 4-bit base too: FSDP-QLoRA), so each holds 1/N of the weights; false replicates
+    it (every process holds the whole model); auto shards when most parameters train (method: full) and
+    replicates adapters. Ignored in one process. See docs/distributed.md for what fits where."""
+
+    cpu_offload: bool = False
+    """Shard the model (with shard: auto too) and keep the shards, their gradients and the optimizer step in CPU
+    memory and bring each block to the device only for its forward and backward (FSDP2's
+    CPUOffloadPolicy): the device then holds about one gathered block, the adapters' working set and the
+    activations; slower, as every step moves the weights over PCIe."""
+
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     """adamw (torch), or bitsandbytes' AdamW with 8-bit states (adamw_8bit) or paged 8-bit states (paged_adamw_8bit,
     which spill to CPU RAM under GPU memory pressure)."""
@@ -230,6 +242,9 @@ class TrainConfig:
                                   key="gradient_checkpointing_layers")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError("max_grad_norm must be positive (or null to disable clipping)", key="max_grad_norm")
+        if self.cpu_offload and self.shard is False:
+            raise ConfigError("cpu_offload offloads the shards of a sharded model, and shard: false replicates it; "
+                              "set shard: true or auto, or cpu_offload: false", key="cpu_offload")
         validate_hooks(self)
 
 

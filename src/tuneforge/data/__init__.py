@@ -17,6 +17,7 @@ from .formatting import (
 from .pair_formats import pair_fields
 from .mixing import load_mixture, mixing_rates
 from .packing import pack_examples, packing_efficiency
+from .padding import pad
 from .preview import preview
 from .readers import Record, read_records, require_fields
 from .sources import read_source
@@ -36,6 +37,7 @@ __all__ = [
     "mixing_rates",
     "pack_examples",
     "packing_efficiency",
+    "pad",
     "pair_fields",
     "preview",
     "read_records",

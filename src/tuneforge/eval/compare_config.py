@@ -53,6 +53,10 @@ class CompareConfig:
     """Methods trained at once, each in its own process (see tuneforge.eval.compare); the CLI's --jobs wins."""
     total_wall_s: float | None = None
     """Set by a finished `compare` run that trained every method: its whole wall time, for the report."""
+    resamples: int = 1000
+    """Bootstrap resamples of the intervals in the report (set by `compare`, not read from YAML)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap draw (set by `compare`)."""
     """The shared run-config sections as plain data (what every method was given)."""
 
 

@@ -111,7 +111,7 @@ def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, enc
         losses = sequence_nll(model, pairs, pad, settings.batch_size)
         metrics.update(mean_loss(losses))
         for row, (s, n) in zip(rows, losses):
-            row["loss"] = s / max(1, n)
+            row["loss"], row["tokens"] = s / max(1, n), n
     return metrics, rows
 
 
@@ -123,13 +123,17 @@ def adapter_name_for(path) -> str:
 
 
 def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
-                  predictions_dir: Path | None, encoder=None, log=print, on_row=None) -> list[dict]:
-    """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair.
-    `on_row(rows_so_far)` runs after each row (evaluate writes the results so far: a crash loses nothing done)."""
+                  predictions_dir: Path | None, encoder=None, log=print, on_row=None,
+                  resamples: int = 1000, bootstrap_seed: int = 0) -> list[dict]:
+    """Rows {task, system, n, shots, selection, adapter, metrics, intervals, vs_first, seconds} for every
+    (system, task) pair: `intervals` are bootstrap 95% intervals of the metrics over the task's examples,
+    `vs_first` the paired interval of this system minus the first system scored on the task (resamples=0: no
+    intervals). `on_row(rows_so_far)` runs after each row (evaluate writes the results so far)."""
     from ..io import load_adapter
     from ..methods import disable_adapters, list_adapters, set_active_adapters
+    from .example_stats import row_difference, row_intervals, row_statistics
 
-    rows = []
+    rows, first = [], {}  # first: task name -> (system name, example lines, statistics)
     for system in systems:
         if system.adapter is not None:
             name = adapter_name_for(system.adapter)
@@ -146,6 +150,15 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
                 row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
                        "selection": system.selection if system.shots else None, "adapter": system.adapter,
                        "metrics": metrics, "seconds": round(seconds, 1)}
+                if resamples and predictions:
+                    statistics = row_statistics(task, metrics, predictions)
+                    lines = [p.get("line") for p in predictions]
+                    row["intervals"] = row_intervals(statistics, len(predictions), resamples, bootstrap_seed)
+                    if task.name not in first:
+                        first[task.name] = (system.name, lines, statistics)
+                    elif first[task.name][1] == lines:
+                        row["vs_first"] = {"system": first[task.name][0], **row_difference(
+                            statistics, first[task.name][2], len(predictions), resamples, bootstrap_seed)}
                 rows.append(row)
                 shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
                 log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
@@ -179,20 +192,25 @@ def default_systems(cfg) -> list[EvalSystem]:
     return systems
 
 
-def load_base(cfg):
-    from ..models import load_model, load_tokenizer
+def load_base(cfg, **overrides):
+    """The run's base model as trained (quantised for QLoRA) and its tokenizer; `overrides` as load_model_for."""
+    from ..models import load_model_for, load_tokenizer
 
     m = cfg.model
-    model = load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle)
+    model = load_model_for(m, **overrides)
     model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice
     return model, load_tokenizer(m.name)
 
 
-def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print) -> dict:
-    """Score eval.tasks x eval.systems of a run config and write the results (see the module docstring).
+def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print,
+             resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
+    """Score eval.tasks x eval.systems of a run config and write the results (see the module docstring), each
+    metric with a bootstrap 95% interval (`resamples` draws of the examples, seeded; 0 turns them off) and each
+    system after the first with the paired interval of its difference to the first.
 
     Returns {"rows", "markdown", "forgetting" (with forgetting=True), "paths"}."""
     from ..train.api import resolve_config
+    from .bootstrap import settings as bootstrap_settings
     from .forgetting import probe_changes
 
     cfg = resolve_config(config_or_path, overrides)
@@ -205,13 +223,15 @@ def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: boo
     def write_results(rows: list[dict]) -> dict:
         return {"markdown": str(write_text(out / "results.md", results_markdown(rows))),
                 "json": str(write_text(out / "results.json", json.dumps(
-                    {"model": cfg.model.name, "settings": settings, "rows": rows}, indent=2))),
+                    {"model": cfg.model.name, "settings": settings, "bootstrap": bootstrap_settings(resamples,
+                                                                                                bootstrap_seed),
+                 "rows": rows}, indent=2))),
                 "predictions": str(out / "predictions")}
 
     model, tokenizer = load_base(cfg)
     encoder = EncoderCache(cfg.eval.encoder, out / "cache")
     rows = score_systems(model, tokenizer, cfg.eval, tasks, systems, out / "predictions", encoder, log,
-                         on_row=write_results)
+                         on_row=write_results, resamples=resamples, bootstrap_seed=bootstrap_seed)
     result = {"rows": rows, "markdown": results_markdown(rows), "paths": write_results(rows)}
     if forgetting:
         result["forgetting"] = probe_changes(model, tokenizer, cfg, systems, out, log=log)

@@ -2,9 +2,12 @@
 
     loss_sum = sum_i -log softmax(W pool(h(x_i)) + b)[y_i]
 
-The pooling is the model's own: an encoder (BERT, MiniLM) classifies its [CLS] pooler output, a decoder LM
-(Llama, SmolLM2) its last non-padding token (transformers' *ForSequenceClassification; load the model with
-`kind: sequence-classification`). The head is new and random, so whatever method adapts the backbone, the head
+The pooling (`task.pooling`) is by default the one the checkpoint was trained with: a sentence-transformers
+encoder (all-MiniLM-L6-v2) the mean of its last hidden states over real tokens, as its Pooling module does;
+any other model its own (transformers' *ForSequenceClassification: an encoder's [CLS] pooler output, a decoder
+LM's last non-padding token; load the model with `kind: sequence-classification`). The head (dropout + linear
+`classifier`) is the model's own either way. MiniLM's [CLS] pooler was never trained for sentence meaning, so
+pooling it costs accuracy (#24). The head is new and random, so whatever method adapts the backbone, the head
 must train and be saved with the adapter: `configure_method` puts it in the method's `modules_to_save` (as peft
 does for SEQ_CLS) when the method has that setting and the user left it empty.
 
@@ -20,11 +23,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.padding import pad
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 
 HEAD_MODULES = ("classifier", "score")
+POOLINGS = ("auto", "model", "mean", "cls")
+
+
+def resolve_pooling(pooling: str, model_name, model_kind: str) -> str:
+    """`auto` -> `mean` / `cls` when model_name is a sentence-transformers checkpoint, else `model`."""
+    if pooling != "auto":
+        return pooling
+    if model_kind != "sequence-classification":
+        return "model"
+    from ...models.sentence_pooling import sentence_pooling
+
+    return sentence_pooling(model_name) or "model"
+
+
+def pooled_logits(model: nn.Module, inputs: dict, pooling: str) -> torch.Tensor:
+    """Logits of a *ForSequenceClassification encoder over its own backbone's states pooled by `pooling`
+    (mean over real tokens, or the first token), through the model's dropout and `classifier`. Virtual tokens
+    (prompt tuning) are stripped from the backbone's output by their hook, so the mask still lines up."""
+    from .embed_losses import pool
+
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module) or not hasattr(model, "base_model"):
+        raise ConfigError(f"pooling {pooling!r} needs a model whose head is one `classifier` on a vector (BERT-style "
+                          f"encoders); {type(model).__name__} has none: use pooling: model", key="task.pooling")
+    hidden = model.base_model(**inputs).last_hidden_state
+    pooled = pool(hidden, inputs["attention_mask"], pooling)
+    dropout = getattr(model, "dropout", None)
+    return head(dropout(pooled) if isinstance(dropout, nn.Module) else pooled)
 
 
 @dataclasses.dataclass
@@ -42,7 +75,19 @@ class ClassifyConfig:
     """The declared label set, in head-output order. None: the distinct values of the training labels, sorted.
     A record whose label is outside the set is an error naming its file and line."""
 
+    pooling: str = "auto"
+    """How the token states become the vector the head classifies. auto: `mean` for a sentence-transformers
+    checkpoint trained with mean pooling (all-MiniLM-L6-v2), else `model`; model: the model's own
+    (encoder [CLS] pooler, decoder last token); mean: mean over real tokens of the last hidden states; cls: the
+    first token's last hidden state. A trained run records the resolved choice in its config.yaml."""
+
+    self_training: Union[SelfTrainingConfig, None] = None
+    """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
+    max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
+
     def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}", key="pooling")
         if self.labels is not None:
             if not isinstance(self.labels, list) or len(self.labels) < 2:
                 raise ConfigError("labels must be a list of at least two label names", key="labels")
@@ -120,6 +165,9 @@ class ClassifyTask(BaseTask):
         self.labels: list[str] = []
         self.pad_token_id = 0
         self.report: dict = {}
+        self.pooling = "model"
+        self.last_predictions: tuple[list[int], list[int]] = ([], [])
+        """(gold, predicted) label indices of the latest evaluate(), for per-example intervals."""
 
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
@@ -138,6 +186,10 @@ class ClassifyTask(BaseTask):
         fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
         require_fields(records, fields, source)
         labels = [label_index(r[cfg.label_field], self.labels, source, line_of(r, i)) for i, r in enumerate(records)]
+        return self._tokenize(records, labels, tokenizer, max_length, split)
+
+    def _tokenize(self, records: list[dict], labels: list[int], tokenizer, max_length: int, split: str) -> list[dict]:
+        cfg = self.cfg
         texts = [str(r[cfg.text_field]) for r in records]
         pairs = [str(r[cfg.text_pair_field]) for r in records] if cfg.text_pair_field else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -152,6 +204,34 @@ class ClassifyTask(BaseTask):
             out.append(ex)
         return out
 
+    def encode_unlabeled(self, records: list[dict], tokenizer, run_cfg, source=None
+                         ) -> tuple[list[dict], list[int | None]]:
+        """Self-training's pool: (examples with label -1, hidden label ids or None). A record may carry a label
+        (kept only to measure the pseudo-labels); one outside the task's label set is an error naming its file and
+        line, raised before anything trains."""
+        from ...data import require_fields
+        from ...data.readers import line_of
+
+        cfg = self.cfg
+        require_fields(records, [cfg.text_field] + ([cfg.text_pair_field] if cfg.text_pair_field else []), source)
+        hidden: list[int | None] = []
+        for i, r in enumerate(records):
+            value = r.get(cfg.label_field)
+            if value is None or value == "":  # no label (an empty CSV cell): nothing to measure against
+                hidden.append(None)
+                continue
+            try:
+                hidden.append(label_index(value, self.labels, source, line_of(r, i)))
+            except DataError as err:
+                raise DataError(f"the unlabelled record carries label {value!r}, which the task does not declare "
+                                f"(labels: {self.labels}); remove the labels, or declare it in task.labels",
+                                file=err.file, line=err.line, key=cfg.label_field) from None
+        return self._tokenize(records, [-1] * len(records), tokenizer, run_cfg.data.max_length, "unlabeled"), hidden
+
+    def example_key(self, example: dict) -> tuple:
+        """What the model sees of an example: self-training leaves pool records equal to a labelled one out."""
+        return tuple(example["input_ids"]), tuple(example.get("token_type_ids", ()))
+
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
         from ...data.formatting import load_records
 
@@ -159,6 +239,9 @@ class ClassifyTask(BaseTask):
         data = run_cfg.data
         if data.train is None:
             raise ConfigError("classification needs training data", key="data.train")
+        self.cfg = dataclasses.replace(self.cfg, pooling=resolve_pooling(self.cfg.pooling, run_cfg.model.name,
+                                                                         run_cfg.model.kind))
+        self.pooling = self.cfg.pooling
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         train_records, train_source = load_records(data, "train")
         self.labels = [str(x) for x in self.cfg.labels] if self.cfg.labels else infer_labels(
@@ -184,19 +267,11 @@ class ClassifyTask(BaseTask):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        types = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, ex in enumerate(examples):
-            n = len(ex["input_ids"])
-            ids[i, :n] = torch.tensor(ex["input_ids"])
-            mask[i, :n] = 1
-            if "token_type_ids" in ex:
-                types[i, :n] = torch.tensor(ex["token_type_ids"])
+        ids, mask = pad([ex["input_ids"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([ex["label"] for ex in examples])}
         if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = types
+            types = [ex.get("token_type_ids") or [0] * len(ex["input_ids"]) for ex in examples]
+            batch["token_type_ids"] = pad(types, 0)[0]
         return batch
 
     def num_targets(self, batch: dict) -> int:
@@ -204,6 +279,8 @@ class ClassifyTask(BaseTask):
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if self.pooling in ("mean", "cls"):
+            return pooled_logits(model, inputs, self.pooling).float()
         return model(**inputs).logits.float()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -217,6 +294,7 @@ class ClassifyTask(BaseTask):
             total += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             labels += batch["labels"].tolist()
             preds += logits.argmax(-1).tolist()
+        self.last_predictions = (labels, preds)
         if not labels:
             return {}
         num = max(len(self.labels), int(logits.shape[-1]))

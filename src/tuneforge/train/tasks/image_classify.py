@@ -135,6 +135,7 @@ class ImageClassifyTask(BaseTask):
         self.labels: list[str] = []
         self.report: dict = {}
         self._train_records = None
+        self.last_predictions: tuple[list[int], list[int]] = ([], [])
 
     # --- hooks train() calls -------------------------------------------------------------------------------
     def load_preprocessor(self, run_cfg):
@@ -291,6 +292,7 @@ class ImageClassifyTask(BaseTask):
             total += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             labels += batch["labels"].tolist()
             preds += logits.argmax(-1).tolist()
+        self.last_predictions = (labels, preds)  # per-example outputs for bootstrap intervals (classify-eval)
         if not labels:
             return {}
         num = max(len(self.labels), int(logits.shape[-1]))
