@@ -32,14 +32,15 @@ def _job(state, job_id: str) -> dict:
 
 # ---- jobs -----------------------------------------------------------------------------------------------
 @router.get("/fine_tuning/jobs/{job_id}/metrics")
-def job_metrics(request: Request, job_id: str) -> dict:
+def job_metrics(request: Request, job_id: str, offset: int = Query(0, ge=0)) -> dict:
     """The job's `metrics` events as points, oldest first: what a loss curve plots. Each is recorded once per
-    step (a resumed run does not repeat steps), so the list is the curve as trained."""
+    step (a resumed run does not repeat steps) and only ever appended, so a client polling a running job asks
+    for `offset` = the points it has and receives only the new ones."""
     state = _state(request)
     job = _job(state, job_id)
     points = [e["data"] for e in reversed(state.store.list_events(job["id"]))
               if e["type"] == "metrics" and isinstance(e["data"], dict)]
-    return {"object": "list", "data": points, "has_more": False}
+    return {"object": "list", "data": points[offset:], "offset": offset, "total": len(points), "has_more": False}
 
 
 @router.get("/fine_tuning/jobs/{job_id}/config")

@@ -63,6 +63,8 @@ def test_metrics_are_the_jobs_metric_events_oldest_first(api, finished_job):
     points = api.get(f"/fine_tuning/jobs/{job['id']}/metrics").json()["data"]
     events = api.get(f"/fine_tuning/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     assert points == [e["data"] for e in reversed(events) if e["type"] == "metrics"]
+    later = api.get(f"/fine_tuning/jobs/{job['id']}/metrics", params={"offset": 1}).json()
+    assert later["data"] == points[1:] and later["total"] == len(points)  # a poller gets only what is new
     train = [p for p in points if "train_loss" in p]
     assert [p["step"] for p in train] == [1, 2]  # 4 records / batch 2 x 1 epoch
     assert all(math.isfinite(p["train_loss"]) for p in train)

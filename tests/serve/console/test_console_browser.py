@@ -176,6 +176,8 @@ def test_a_job_created_from_the_form_trains_and_draws_its_loss_curve(page, serve
     config = json.loads(page.inner_text("#job-config"))
     assert config["method"]["name"] == "lora" and config["method"]["r"] == 4 and config["train"]["epochs"] == 2
     assert page.is_hidden("#cancel-job")  # nothing to cancel once it ended
+    kept = _api(server, "GET", f"/fine_tuning/jobs/{job_id}/checkpoints")["data"]
+    assert page.locator("#job-checkpoints a").count() == len(kept) >= 1  # each can be chatted with
     job = _api(server, "GET", f"/fine_tuning/jobs/{job_id}")
     assert job["fine_tuned_model"] and job["fine_tuned_model"] in page.inner_text("dl.facts")
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
@@ -230,3 +232,30 @@ def test_a_file_named_like_markup_is_shown_as_text(page, server, tmp_path):
     row.wait_for(state="detached")
     assert evil["id"] not in [f["id"] for f in _api(server, "GET", "/files")["data"]]
     assert page.dialogs == []
+
+
+def test_a_bad_upload_in_the_form_shows_the_servers_message(page, server, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\nnot json\n')
+    _login(page, server)
+    page.wait_for_selector("#new-job")
+    page.set_input_files("#new-job input[name=training_file]", str(bad))
+    page.click("#new-job button[type=submit]")
+    message = page.locator("#new-job .form-status.error")
+    message.wait_for()
+    assert "bad.jsonl line 2" in message.inner_text()
+    assert "#/jobs" in page.url and "ftjob-" not in page.url
+
+
+def test_a_running_job_is_cancelled_from_its_page(page, server, tmp_path):
+    train = _upload(server, write_jsonl(tmp_path / "long.jsonl", chat_records(6)), "long.jsonl")
+    job = _api(server, "POST", "/fine_tuning/jobs", json={
+        "model": "tiny-base", "training_file": train["id"],
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 40}}}})
+    _login(page, server, view=f"jobs/{job['id']}")
+    page.wait_for_selector("#cancel-job:visible")
+    page.click("#cancel-job")
+    page.wait_for_selector("#job-status.cancelled", timeout=30_000)
+    assert page.is_hidden("#cancel-job")
+    assert _api(server, "GET", f"/fine_tuning/jobs/{job['id']}")["status"] == "cancelled"
+    assert "cancelled" in page.inner_text("#job-events")

@@ -3,6 +3,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
+const MAX_DOTS = 1000;  // a dot per point up to this many points per series
 
 function svgEl(tag, attrs) {
   const node = document.createElementNS(SVG_NS, tag);
@@ -38,8 +39,9 @@ function drawLossChart(svg, points) {
     svg.appendChild(note);
     return 0;
   }
-  let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
-  let y0 = Math.min(...all.map((p) => p[1])), y1 = Math.max(...all.map((p) => p[1]));
+  const lowest = (i) => all.reduce((m, p) => Math.min(m, p[i]), Infinity);  // no spread: runs can be long
+  const highest = (i) => all.reduce((m, p) => Math.max(m, p[i]), -Infinity);
+  let x0 = lowest(0), x1 = highest(0), y0 = lowest(1), y1 = highest(1);
   if (x1 === x0) { x0 -= 1; x1 += 1; }
   const pad = (y1 - y0) * 0.08 || Math.abs(y1) * 0.1 || 1;
   y0 -= pad; y1 += pad;
@@ -70,7 +72,7 @@ function drawLossChart(svg, points) {
     if (!s.pts.length) continue;
     const group = svgEl("g", { class: `series ${s.cls}`, "data-series": s.key });
     group.appendChild(svgEl("polyline", { points: s.pts.map(([x, y]) => `${sx(x)},${sy(y)}`).join(" ") }));
-    for (const [x, y] of s.pts) {
+    for (const [x, y] of s.pts.length <= MAX_DOTS ? s.pts : []) {  // a long run: the line alone
       const dot = svgEl("circle", { cx: sx(x), cy: sy(y), r: 3, class: `pt pt-${s.cls}`, "data-step": x });
       const tip = svgEl("title");
       tip.textContent = `${s.label} at step ${x}: ${y}`;

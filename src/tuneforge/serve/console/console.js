@@ -145,17 +145,28 @@ async function jobsPage(page) {
     el("thead", {}, el("tr", {}, ["job", "status", "base model", "method", "suffix", "created", "finished",
       "fine-tuned model"].map((h) => el("th", {}, h)))));
   const body = el("tbody");
-  for (const job of jobs.data) {
-    body.appendChild(el("tr", { dataset: { job: job.id } },
+  table.appendChild(body);
+  page.appendChild(table);
+  const fill = (list) => {
+    body.replaceChildren(...list.map((job) => el("tr", { dataset: { job: job.id } },
       el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
       el("td", {}, el("span", { class: `status ${job.status}` }, job.status)),
       el("td", {}, job.model), el("td", {}, methodName(job.method)), el("td", {}, job.suffix || ""),
       el("td", {}, when(job.created_at)), el("td", {}, when(job.finished_at)),
-      el("td", {}, job.fine_tuned_model || "")));
+      el("td", {}, job.fine_tuned_model || ""))));
+    if (!list.length) body.appendChild(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No jobs yet.")));
+    return list.some((job) => !FINAL.has(job.status));
+  };
+  if (fill(jobs.data)) {  // while some job is queued or running, its row follows it (the form is left alone)
+    const timer = setInterval(async () => {
+      try {
+        if (!fill((await api("/v1/fine_tuning/jobs?limit=100")).data)) clearInterval(timer);
+      } catch (err) {
+        clearInterval(timer);
+      }
+    }, 2 * POLL_MS);
+    timers.push(timer);
   }
-  if (!jobs.data.length) body.appendChild(el("tr", {}, el("td", { colspan: 8, class: "empty" }, "No jobs yet.")));
-  table.appendChild(body);
-  page.appendChild(table);
 }
 
 function field(label, input, hint) {
@@ -248,10 +259,12 @@ async function jobPage(page, jobId) {
   svg.setAttribute("class", "chart");
   const events = el("ol", { class: "events", id: "job-events" });
   const config = el("pre", { class: "config", id: "job-config" }, "(loading)");
+  const checkpoints = el("ul", { class: "checkpoints", id: "job-checkpoints" });
   const message = el("p", { class: "error", role: "alert" });
   page.append(el("p", {}, el("a", { href: "#/jobs" }, "← all jobs")), title,
     el("div", { class: "job-head" }, status, cancel), message, facts,
-    el("section", { class: "panel" }, el("h2", {}, "Loss"), svg),
+    el("section", { class: "panel" }, el("h2", {}, "Loss"), svg,
+      el("h2", {}, "Checkpoints"), checkpoints),
     el("div", { class: "two" },
       el("section", { class: "panel" }, el("h2", {}, "Events"), events),
       el("section", { class: "panel" }, el("h2", {}, "Resolved config"), config)));
@@ -265,9 +278,11 @@ async function jobPage(page, jobId) {
     }
   });
   let configShown = false;
+  const points = [];
   const refresh = async () => {
-    const [fresh, metrics, log] = await Promise.all([api(path), api(`${path}/metrics`),
-      api(`${path}/events?limit=200`)]);
+    const [fresh, metrics, log, saved] = await Promise.all([api(path), api(`${path}/metrics?offset=${points.length}`),
+      api(`${path}/events?limit=200`), api(`${path}/checkpoints?limit=20`)]);
+    if (metrics.offset === points.length) points.push(...metrics.data);
     job = fresh;
     status.textContent = job.status;
     status.className = `status ${job.status}`;
@@ -282,7 +297,12 @@ async function jobPage(page, jobId) {
       const href = `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(job.fine_tuned_model)}`;
       facts.append(el("dt", {}, ""), el("dd", {}, el("a", { href, id: "try-model" }, "Try it in the playground")));
     }
-    window.drawLossChart(svg, metrics.data);
+    window.drawLossChart(svg, points);
+    checkpoints.replaceChildren(...saved.data.map((c) => el("li", {},
+      `step ${c.step_number}`, c.metrics.train_loss !== undefined ? ` · train loss ${fmt(c.metrics.train_loss)}` : "",
+      " · ", el("a", { href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` },
+        "chat with this checkpoint"))));
+    if (!saved.data.length) checkpoints.appendChild(el("li", { class: "empty" }, "none kept"));
     events.replaceChildren(...log.data.map((e) => el("li", { class: `event ${e.level}` },
       el("time", {}, when(e.created_at)), " ", e.message)));
     if (!configShown) {
