@@ -214,7 +214,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         print(f"final train loss {result.train_loss:.4f}")
     for key, value in result.eval_metrics.items():
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
-    for note in getattr(task, "data_notes", lambda: [])():  # rows a task skipped or cut, told again at the end
+    for note in getattr(task, "data_notes", list)():  # rows a task skipped or cut, told again at the end
         print(note)
     for line in _report_lines(report, cfg):
         print(line)
