@@ -6,10 +6,13 @@ adapter with its scalar head, it scores the policy's tokens as they are, with no
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 from torch import nn
 
-from ..errors import AdapterMismatch
+from ..errors import AdapterMismatch, TuneforgeError
 
 REWARD_ADAPTER = "reward"
 
@@ -78,7 +81,17 @@ class FunctionReward:
         self.fn = fn
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        from .tasks.ppo import checked_rewards
-
         scores = checked_rewards(self.fn, batch["prompts"], batch["responses"])
         return torch.tensor(scores, dtype=torch.float32, device=batch["input_ids"].device)
+
+
+def checked_rewards(fn: Callable, prompts: list[str], responses: list[str]) -> list[float]:
+    """fn's scores, required to be one finite number per response."""
+    scores = list(fn(prompts, responses))
+    name = getattr(fn, "__name__", repr(fn))
+    if len(scores) != len(responses):
+        raise TuneforgeError(f"reward function {name} returned {len(scores)} scores for {len(responses)} responses")
+    out = [float(s) for s in scores]
+    if not all(math.isfinite(s) for s in out):
+        raise TuneforgeError(f"reward function {name} returned a score that is not a finite number: {out}")
+    return out
