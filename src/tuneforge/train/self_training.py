@@ -15,11 +15,13 @@ Each round is a normal `run_training` into its own folder, so it checkpoints and
 The final adapter (output_dir/adapter) is written by `train()` only after the last round. A run started again
 reloads each finished round from its last checkpoint (seconds) and continues in the first unfinished one.
 
-What a task implements to self-train (ClassifyTask does): a `self_training` field in its config,
+What a task implements to self-train (ClassifyTask and ImageClassifyTask do): a `self_training` field in its
+config,
     encode_unlabeled(records, tokenizer, run_cfg, source) -> (examples, hidden labels: list[int | None])
     logits(model, batch) -> (batch, classes) tensor
     example_key(example) -> hashable   optional: pool records equal to a labelled one are left out
     read_unlabeled(run_cfg) -> (records, source)   optional: records that are not rows of a data file
+    pseudo_example(example, label) -> example      optional: how a pool example trains (images: augmented)
     labels                              the class names, in head-output order
 and examples keep their class index under "label" (the pseudo-label replaces it).
 """
@@ -196,7 +198,8 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
             else:
                 info = _pseudo_label(model, task, pool, st, names, cfg.micro_batch_size, amp, progress)
                 _write_json(cached, info)
-            examples = train_examples + [{**pool.examples[i], "label": y} for i, y, _ in info["kept"]]
+            make = getattr(task, "pseudo_example", None) or (lambda ex, y: {**ex, "label": y})
+            examples = train_examples + [make(pool.examples[i], y) for i, y, _ in info["kept"]]
             if initial is not None:
                 model.load_state_dict(initial)
             shown = ", ".join(f"{k} {v}" for k, v in info["per_class"].items())
