@@ -11,8 +11,8 @@ import dataclasses
 from typing import Any, Literal
 
 from ..data.config import DataConfig
-from ..eval.config import EvalSystem, EvalTask
 from ..errors import ConfigError
+from ..eval.config import EvalSystem, EvalTask
 from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 
 

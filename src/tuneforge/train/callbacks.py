@@ -26,7 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..config.hooks import metric_mode, resolve_callback
