@@ -3,7 +3,7 @@
 
 Needs `pip install playwright` (the test extra) and `apt-get install chromium` (the Makefile / .ci/run install it);
 `playwright install` is never run: the browser is /usr/bin/chromium. Without them the tests skip, except under CI
-(env CI set), where they fail.
+(env CI or TUNEFORGE_REQUIRE_BROWSER set; .ci/run sets the latter), where they fail.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ EVIL_NAME = "<img src=x onerror=alert(1)>.jsonl"
 
 
 def _missing(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI installs it: .ci/run, Makefile)")
+    if os.environ.get("CI") or os.environ.get("TUNEFORGE_REQUIRE_BROWSER"):
+        pytest.fail(f"{reason} (CI installs it: .ci/run, `make browser`)")
     pytest.skip(reason)
 
 
