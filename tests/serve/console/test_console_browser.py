@@ -181,6 +181,9 @@ def test_a_job_created_from_the_form_trains_and_draws_its_loss_curve(page, serve
     job = _api(server, "GET", f"/fine_tuning/jobs/{job_id}")
     assert job["fine_tuned_model"] and job["fine_tuned_model"] in page.inner_text("dl.facts")
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+    page.click("#job-checkpoints a")
+    page.wait_for_selector("#playground")
+    assert page.input_value("#model-b") == kept[0]["fine_tuned_model_checkpoint"]  # served, though not listed
 
     page.goto(f"{server[0]}/#/models")
     row = page.locator(f"#models-table tr[data-model='{job['fine_tuned_model']}']")
