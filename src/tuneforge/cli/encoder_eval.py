@@ -77,8 +77,10 @@ def sts_eval_cmd(
 
 def classify_eval_cmd(
     run_dirs: List[str] = typer.Argument(..., help="Output directory of a `tuneforge train` run with task "
-                                         "classify; several (the seeds of one recipe) report their mean."),
-    data: Optional[str] = typer.Option(None, "--data", help="Labelled file (default: the run's validation file)."),
+                                         "classify or image_classify; several (the seeds of one recipe) report "
+                                         "their mean."),
+    data: Optional[str] = typer.Option(None, "--data", help="Labelled file, or an image folder (default: the run's "
+                                       "validation data)."),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Run directory(ies) to compare with: "
                                                  "adds the paired bootstrap interval of the difference."),
     resamples: int = RESAMPLES,

@@ -1,4 +1,5 @@
-"""Evaluate a trained classifier (a `tuneforge train` run with `task: classify`) on a labelled file:
+"""Evaluate a trained classifier (a `tuneforge train` run with `task: classify` or `task: image_classify`) on
+labelled data (a file; for images also an image folder or a datasets source):
 accuracy, macro-F1 and the confusion matrix (see tuneforge.train.tasks.classify for the definitions), each
 with a bootstrap 95% interval over examples (eval/bootstrap.py). Several runs (the seeds of one recipe) are
 reported as their mean; a baseline run (another recipe) adds the paired interval of the difference."""
@@ -24,8 +25,11 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
+    if cfg.task == "image_classify":
+        return _image_predictions(run_dir, cfg, data_file, batch_size, limit)
     if cfg.task != "classify":
-        raise ConfigError(f"{run_dir} was trained with task {cfg.task!r}, not classify", key="task")
+        raise ConfigError(f"{run_dir} was trained with task {cfg.task!r}, not classify or image_classify",
+                          key="task")
     data_file = data_file or cfg.data.validation
     if data_file is None:
         raise ConfigError("no data file given and the run has no validation file", key="data.validation")
@@ -42,6 +46,35 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
     task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     records = select_records(read_records(data_file), limit)
     examples = task.encode(records, tokenizer, cfg.data.max_length, data_file)
+    if batch_size:
+        cfg.train.micro_batch_size = batch_size
+    cfg.train.eval_batches = None
+    metrics = evaluate(model, task, examples, cfg.train)
+    gold, predicted = task.last_predictions
+    return {**metrics, "labels": task.labels, "num_examples": len(examples), "gold": gold, "predicted": predicted}
+
+
+def _image_predictions(run_dir: Path, cfg, data=None, batch_size: int | None = None, limit: int | None = None) -> dict:
+    """classifier_predictions for image_classify: `data` is an image folder, a {image, label} file or a datasets
+    source (default: the run's validation data), preprocessed as in training, never augmented."""
+    from ..io import load_adapter
+    from ..models import load_model_for
+    from ..train.loop import evaluate
+    from ..train.tasks.image_classify import ImageClassifyTask
+
+    data = data or cfg.data.validation
+    if data is None:
+        raise ConfigError("no data given and the run has no validation data", key="data.validation")
+    task = ImageClassifyTask()
+    task.cfg = cfg.task_config
+    task.labels = [str(x) for x in (task.cfg.labels if task.cfg is not None else None) or []]
+    if not task.labels:
+        raise ConfigError(f"{run_dir / 'config.yaml'} records no labels", key="task.labels")
+    model = load_model_for(cfg.model)
+    load_adapter(model, run_dir / "adapter", allow_pickle=cfg.model.allow_pickle)
+    cfg.data.limit_eval = limit
+    records, source = task.read(cfg, "validation", path=str(data))
+    examples = task.encode(records, task.load_preprocessor(cfg), source, "validation")
     if batch_size:
         cfg.train.micro_batch_size = batch_size
     cfg.train.eval_batches = None

@@ -83,7 +83,7 @@ def _example_scores(cfg) -> dict | None:
     data = cfg.data
     if data.validation is None:
         return None
-    if cfg.task == "classify":
+    if cfg.task in ("classify", "image_classify"):
         from .classification import classifier_predictions
 
         scored = classifier_predictions(cfg.output_dir)
@@ -107,9 +107,11 @@ def _features_row(entry: MethodEntry, log) -> dict:
     from ..train.tasks.classify import classification_metrics, labelled_texts
 
     cfg = entry.run_config
+    if cfg.task == "image_classify":
+        return _image_features_row(entry)
     if cfg.task != "classify":
-        raise ConfigError(f"method {type(cfg.method).method!r} fits a classifier; it needs task classify",
-                          key="task")
+        raise ConfigError(f"method {type(cfg.method).method!r} fits a classifier; it needs task classify or "
+                          "image_classify", key="task")
     settings = cfg.method
     if "max_length" in getattr(settings, "__dataclass_fields__", {}):  # same truncation as the trained methods
         settings = settings.replace(max_length=cfg.data.max_length)
@@ -132,6 +134,42 @@ def _features_row(entry: MethodEntry, log) -> dict:
             "adapter_bytes": _dir_bytes(out / "adapter"),
             "examples": {"kind": "classify", "gold": list(eval_y), "predicted": [int(p) for p in predicted],
                          "num_labels": len(labels)}}
+
+
+def _image_features_row(entry: MethodEntry) -> dict:
+    """feature_based on images: the frozen model's head inputs for the training images (never augmented), the
+    classifier fitted on them, the validation images scored."""
+    from ..methods import method_for
+    from ..models import load_model_for
+    from ..train.tasks.classify import classification_metrics
+    from ..train.tasks.image_classify import ImageClassifyTask
+
+    cfg = copy.deepcopy(entry.run_config)
+    method, out = method_for(cfg.method), Path(cfg.output_dir)
+    started = time.perf_counter()
+    m = cfg.model
+    model = load_model_for(m)
+    task = ImageClassifyTask()
+    train_examples, eval_examples = task.prepare(cfg, task.load_preprocessor(cfg))
+    if not eval_examples:
+        raise ConfigError("this path needs validation data", key="data.validation")
+
+    def batches(examples):
+        size = cfg.train.micro_batch_size
+        return (torch.stack([ex["pixel_values"] for ex in examples[i:i + size]]) for i in range(0, len(examples), size))
+
+    classifier = method.fit_images(model, batches(train_examples), [ex["label"] for ex in train_examples], cfg.method)
+    predicted = method.predict_images(model, batches(eval_examples), classifier)
+    wall = time.perf_counter() - started
+    classifier.save(out / "adapter", base_model_name=m.name)
+    trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
+    total = sum(p.numel() for p in model.parameters()) + trainable
+    gold = [ex["label"] for ex in eval_examples]
+    return {"trainable": trainable, "total": total, "wall_time_s": wall,
+            "metrics": classification_metrics(gold, predicted, len(task.labels)),
+            "adapter_bytes": _dir_bytes(out / "adapter"),
+            "examples": {"kind": "classify", "gold": gold, "predicted": [int(p) for p in predicted],
+                         "num_labels": len(task.labels)}}
 
 
 def _fingerprint(entry: MethodEntry) -> str:

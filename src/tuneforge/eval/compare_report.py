@@ -16,8 +16,6 @@ LOWER_IS_BETTER = {"eval_loss", "loss"}
 
 def example_statistic(examples: dict | None, metric: str):
     """The bootstrap statistic of `metric` from a row's per-example outputs (see compare._example_scores)."""
-    from . import bootstrap
-
     if not examples:
         return None
     if examples["kind"] == "classify" and metric in ("accuracy", "macro_f1"):
@@ -75,23 +73,33 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _count_records(path) -> int:
+    """Records of a data file, or images of an image folder."""
+    from ..data import read_records
+    from ..data.images import folder_records, is_image_folder
+
+    return len(folder_records(path)) if is_image_folder(path) else len(read_records(path))
+
+
 def budget_lines(cc, labels=None) -> list[str]:
     """What every method was given, so a reader knows the table's conditions (subsample, epochs, seed)."""
-    from ..data import read_records
-
     first = cc.entries[0].run_config
     data, train = first.data, first.train
     lines = [f"- model: `{first.model.name}` ({first.model.kind}); task: `{first.task}`"]
     if data.train:
-        total = len(read_records(data.train))
+        total = _count_records(data.train)
         used = min(total, data.limit_train or total)
         sub = f"{used:,} of {total:,} records (seeded subsample, shuffle_seed {data.shuffle_seed})" \
             if used < total else f"all {total:,} records"
         lines.append(f"- train: `{data.train}`: {sub}")
     if data.validation:
-        total = len(read_records(data.validation))
+        total = _count_records(data.validation)
         used = min(total, data.limit_eval or total)
         lines.append(f"- evaluated on `{data.validation}`: {used:,} of {total:,} records")
+    for entry in cc.entries:
+        model = entry.run_config.model.name
+        if model != first.model.name and (labels is None or entry.label in labels):
+            lines.append(f"- {entry.label} starts from `{model}`")
     steps = f"max_steps {train.max_steps}" if train.max_steps else f"{train.epochs} epoch(s)"
     jobs = getattr(cc, "jobs", 1)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
@@ -228,7 +236,7 @@ def write_seed_reports(rows_per_seed: dict[int, list[dict]], cc, resamples: int 
                         "per_seed": dict(zip(seeds, values)), "low": iv.get("low"), "high": iv.get("high"),
                         "vs_best": iv.get("vs_best")})
     lines = [f"# {cc.metric} over seeds {', '.join(map(str, seeds))}", "", *budget_lines(cc), "",
-             f"| method | mean ± std | " + " | ".join(f"seed {s}" for s in seeds)
+             "| method | mean ± std | " + " | ".join(f"seed {s}" for s in seeds)
              + " | 95% CI of the mean | vs best [paired 95% CI] |",
              "|---|---:|" + "---:|" * len(seeds) + "---:|---:|"]
     for m in methods:

@@ -224,6 +224,18 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
     return state
 
 
+def pop_saved_module_states(cfg: MethodConfig, state: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Take the modules_to_save copies (e.g. a reward model's `score` head) out of an adapter file's tensors
+    (peft keys), as {module name: its state_dict}; what stays in `state` is the method's own tensors."""
+    out = {}
+    for module in getattr(cfg, "modules_to_save", None) or []:
+        prefix = f"{PEFT_PREFIX}{module}."
+        own = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+        if own:
+            out[module] = own
+    return out
+
+
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     cfg = _require(model, adapter_name)
     state = dict(state)

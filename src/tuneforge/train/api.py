@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError
 from ..models.from_config import load_model_for
 from . import data_report, launcher, self_training
+from .distributed import load_options
 from .loop import TrainResult, run_training
 from .resume_check import check_resume
 from .run_lock import output_dir_lock
@@ -78,8 +79,9 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
 
 
 def _load_model(cfg):
-    """The run's base model (the seam tests replace with a tiny one)."""
-    return load_model_for(cfg.model)
+    """The run's base model (the seam tests replace with a tiny one); a base to be sharded over GPUs is loaded
+    into host memory first (distributed.load_options)."""
+    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size()))
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -120,6 +122,9 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
     torch.manual_seed(cfg.train.seed)  # a new head (classifier, reward value) is initialised while loading
     model = _load_model(cfg)
+    configure_model = getattr(task, "configure_model", None)  # optional hook: check / name the head's outputs
+    if configure_model is not None:
+        configure_model(model, cfg)
     configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
     if configure is not None:
         cfg.method = configure(cfg.method, model)
@@ -142,14 +147,15 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         from ..models.norm_recompute import use_norm_recompute
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
-    tokenizer = load_tokenizer(cfg.model.name)
+    preprocessor = getattr(task, "load_preprocessor", None)  # optional hook: an image model has no tokenizer
+    tokenizer = preprocessor(cfg) if preprocessor is not None else load_tokenizer(cfg.model.name)
     own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
     if own_run is not None:
         from .callbacks import check_own_loop
 
-        check_own_loop(cfg.train, cfg.task)  # hooks live in the shared loop: refuse them, never drop them
+        check_own_loop(cfg.train, cfg.task)  # NEFTune is refused there, never silently dropped
     main = launcher.process_rank() == 0
     report: dict = {}
     if own_run is None:
@@ -208,7 +214,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         print(f"final train loss {result.train_loss:.4f}")
     for key, value in result.eval_metrics.items():
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
-    for note in getattr(task, "data_notes", lambda: [])():  # rows a task skipped or cut, told again at the end
+    for note in getattr(task, "data_notes", list)():  # rows a task skipped or cut, told again at the end
         print(note)
     for line in _report_lines(report, cfg):
         print(line)

@@ -33,6 +33,9 @@ Two ways to spread the model, chosen from how much of it trains:
   (divide factor 1, sum-only collectives, which gloo also runs). On CUDA with `train.bf16`, parameters are
   gathered in bf16 and gradients reduced in fp32 (`MixedPrecisionPolicy`). Checkpoints are written by every
   process with torch.distributed.checkpoint and load on any number of processes, one included.
+  `train.shard: true` shards adapters' frozen base the same way (a 4-bit base too: its codes viewed as floats,
+  quant/layers.py `shard_ready_4bit`), and `train.cpu_offload` keeps the shards in host memory
+  (`CPUOffloadPolicy`); an adapter's checkpoints are then gathered on process 0 into the one-process files.
 
 Only process 0 writes the metrics file, shows the progress bar, saves checkpoints' small files and the adapter.
 """
@@ -45,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import TuneforgeError
+from ..errors import ConfigError, TuneforgeError
 from . import checkpoint as ckpt
 from .report import Reporter
 
@@ -81,7 +84,7 @@ class _RankTask:
     model's top-level parameters (embeddings, final norm, head) are gathered before the task computes, since tasks
     may call submodules directly instead of the model's forward (where FSDP would gather them itself)."""
 
-    def __init__(self, task, par: "Parallel"):
+    def __init__(self, task, par: Parallel):
         self._task, self._par = task, par
 
     def __getattr__(self, name):
@@ -111,10 +114,14 @@ class Parallel:
     def __init__(self, rank: int = 0, world_size: int = 1):
         self.rank, self.world_size = rank, world_size
         self.sharded = False
+        self.adapters = True  # at most SHARD_ABOVE of the parameters train: checkpoints of whole tensors
         self._originals: dict[str, nn.Parameter] = {}
+        self._quantized: list[nn.Module] = []  # 4-bit layers made shardable (FSDP-QLoRA)
+        self._hooks: list = []
+        self.device: torch.device | None = None  # where a sharded model computes
 
     @classmethod
-    def current(cls) -> "Parallel":
+    def current(cls) -> Parallel:
         """This process's part in the process group, if one is initialised, else a one-process run."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size())
@@ -168,7 +175,9 @@ class Parallel:
             return
         params = {id(p): p for p in model.parameters()}.values()
         trained = sum(p.numel() for p in params if p.requires_grad)
-        self.sharded = trained > SHARD_ABOVE * sum(p.numel() for p in params)
+        self.adapters = trained <= SHARD_ABOVE * sum(p.numel() for p in params)
+        shard = getattr(cfg, "shard", "auto")
+        self.sharded = shard is True or (shard == "auto" and (not self.adapters or getattr(cfg, "cpu_offload", False)))
         if self.sharded:
             self._shard(model, optimizer, cfg)
             return
@@ -177,28 +186,53 @@ class Parallel:
                 dist.broadcast(p.data, src=0)
 
     def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
-        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            FSDPModule,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
 
-        device = next(model.parameters()).device
+        from ..quant.layers import reattach_quant_states, shard_ready_4bit
+
+        device = self._comm_device()  # a base loaded into host memory (load_options) moves to the GPU shard by shard
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        self.device = device
         bf16 = bool(getattr(cfg, "bf16", False)) and device.type == "cuda"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
             else MixedPrecisionPolicy()
+        offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if getattr(cfg, "cpu_offload", False) \
+            else OffloadPolicy()
+        # 4-bit codes stored as the frozen weights' float dtype (bf16 under mixed precision: never cast)
+        frozen = next((p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
+                      torch.float32)
+        self._quantized = shard_ready_4bit(model, torch.bfloat16 if bf16 else frozen)
         self._originals = dict(model.named_parameters(remove_duplicate=False))
-        for block in _blocks(model):
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+        whole = dict(self._originals)
+        units = [*_blocks(model), model]
+        for unit in units:
+            fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=offload)
+            for name, p in list(whole.items()):  # free each unit's whole tensors at once: never all at the same time
+                if model.get_parameter(name) is not p:
+                    p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back
+                    del whole[name]
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # the loss is already normalised over all processes
                 module.set_force_sum_reduction_for_comms(True)
+        for unit in units:  # runs after FSDP's own pre-forward hook, which gathers the unit's weights
+            ids = {id(m) for m in unit.modules()}
+            layers = [layer for layer in self._quantized if id(layer) in ids]
+            if layers:
+                self._hooks.append(unit.register_forward_pre_hook(lambda *_, q=layers: reattach_quant_states(q)))
         # The model is the root even when a task never calls its forward (see _RankTask).
         model._get_fsdp_state()._lazy_init()
         sharded = dict(model.named_parameters(remove_duplicate=False))
         swap = {id(p): sharded[name] for name, p in self._originals.items()}
         for group in optimizer.param_groups:  # no step taken yet: the groups may still change their tensors
             group["params"] = [swap.get(id(p), p) for p in group["params"]]
-        for p in {id(p): p for p in self._originals.values()}.values():
-            p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back on process 0
 
     def gather_top(self, model: nn.Module) -> None:
         """Unshard the sharded model's own (top-level) parameters; FSDP reshards them after the backward pass."""
@@ -234,15 +268,31 @@ class Parallel:
             return ckpt.save_checkpoint(root, step, model, optimizer, scheduler, state, rng, keep_last)
         rngs = [None] * self.world_size
         dist.all_gather_object(rngs, rng)
-        prepared = None
-        if self.sharded:
+        prepared = whole = None
+        if self.sharded and not self.adapters:
             prepared = self.agree(ckpt.temp_dir(root, step) if self.is_main else None)
             save_sharded(prepared / ckpt.SHARDED, model, optimizer)
+        elif self.sharded:  # adapters on a sharded base: a few MB, gathered into the one-process files
+            whole = gather_trainable(model, optimizer, self.is_main)
         path = None
         if self.is_main:
             path = ckpt.save_checkpoint(root, step, model, optimizer, scheduler, state, rngs[0], keep_last,
-                                        rank_rngs=rngs[1:], prepared=prepared)
+                                        rank_rngs=rngs[1:], prepared=prepared, whole=whole)
         return self.agree(path)
+
+    def load_checkpoint(self, path, model: nn.Module, optimizer, scheduler) -> dict:
+        """Resume from what `save_checkpoint` wrote, on any number of processes: a sharded checkpoint (every
+        process reads its part), or whole tensors into a replicated, sharded or one-process model. Returns the
+        checkpoint's state.json; each process takes its own generator states (checkpoint.load_rest)."""
+        path = Path(path)
+        if (path / ckpt.SHARDED).is_dir():
+            load_sharded(path / ckpt.SHARDED, model, optimizer)
+        elif self.sharded:
+            weights, optim = ckpt.read_whole(path, model)
+            load_whole_sharded(weights, optim, model, optimizer)
+        else:
+            return ckpt.load_checkpoint(path, model, optimizer, scheduler, self.rank)
+        return ckpt.load_rest(path, scheduler, self.rank)
 
     def finish(self, model: nn.Module) -> None:
         """After training a sharded model: gather its full weights into process 0's model and make that a plain
@@ -250,10 +300,17 @@ class Parallel:
         in one process. The other processes keep their shards and save nothing."""
         if not self.sharded:
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
         from torch.distributed.fsdp import FSDPModule
 
+        from ..quant.layers import unshard_ready_4bit
+
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for hook in self._hooks:
+            hook.remove()
         if not self.is_main:
             return
         for name, tensor in full.items():
@@ -270,7 +327,28 @@ class Parallel:
                 state._pre_forward_hook_handle.remove()
                 state._post_forward_hook_handle.remove()
                 module.__class__ = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+        unshard_ready_4bit(self._quantized)
         self.sharded = False
+
+
+def load_options(cfg, world_size: int) -> dict:
+    """`load_model` overrides for a base that will be sharded over GPUs (train.shard: true or cpu_offload): load
+    it into host memory, in the dtype the GPU would have given it, so that no GPU ever holds the whole base;
+    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time.
+    Refuses cpu_offload in one process (before any weight is read): only a sharded model is offloaded."""
+    from ..config.model_options import resolve_device, resolve_dtype
+
+    train, model = cfg.train, cfg.model
+    if world_size < 2 and train.cpu_offload:
+        raise ConfigError("train.cpu_offload keeps the shards of a model sharded over several processes in host "
+                          "memory, and this run has one process: launch it on several (--nproc N, or torchrun), "
+                          "or set cpu_offload: false", key="train.cpu_offload")
+    if world_size < 2 or not (train.shard is True or train.cpu_offload) or model.device_map is not None:
+        return {}
+    target = resolve_device(model.device)
+    if target.type != "cuda":
+        return {}
+    return {"device": "cpu", "dtype": str(resolve_dtype(model.dtype, target)).removeprefix("torch.")}
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -307,7 +385,11 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     """Load what `save_sharded` wrote into this model, sharded over any number of processes or whole in one."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     options = StateDictOptions(ignore_frozen_params=True)
     weights, optim = get_state_dict(model, optimizer, options=options)
@@ -321,6 +403,26 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
                              "resume disabled (--no-resume)") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=options)
+
+
+def gather_trainable(model: nn.Module, optimizer, main: bool) -> tuple[dict, dict] | None:
+    """The trainable weights and optimizer state of a sharded model as whole tensors on process 0, in the layout
+    of a one-process checkpoint (optimizer state keyed by position in the param groups): (weights, state) there,
+    None elsewhere. Every process must call it (it all-gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights, optim = get_state_dict(model, optimizer, options=options)
+    if not main:
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    by_position = {
+        "state": {index[name]: state for name, state in optim["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim["param_groups"]],
+    }
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}  # not a tied frozen head's second name
+    return {n: t.contiguous() for n, t in weights.items() if n in trained}, by_position
 
 
 def load_whole_sharded(weights: dict, optim: dict, model: nn.Module, optimizer) -> None:

@@ -12,6 +12,8 @@ arguments (`TASKS.get(name)()`); `prepare` takes what they need from the run con
 settings declares a `config_class`; the config loader puts the validated settings in `run_cfg.task_config`).
 
 Optional hooks `train()` calls when a task defines them (found with getattr, so most tasks define none):
+    load_preprocessor(run_cfg) -> object                what `prepare` gets instead of the tokenizer (images)
+    configure_model(model, run_cfg) -> None              check the loaded model against the task (head size)
     configure_method(method_cfg, model) -> method_cfg   e.g. add a new classifier head to modules_to_save
     run(model, tokenizer, run_cfg, output_dir, resume, progress) -> TrainResult   a task that is not one loss
                                                          per batch (PPO) runs its own loop instead of the shared one
