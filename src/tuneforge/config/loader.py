@@ -5,7 +5,9 @@ so this module never names a method; its errors get the file and line of the off
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,22 @@ def load_config(path: str | Path | None, overrides=()) -> RunConfig:
                           file=source.file, line=1)
     data = apply_overrides(data, source, overrides)
     return config_from_dict(data, source)
+
+
+def resolve_config(config_or_path, overrides=()):
+    """A RunConfig from a YAML path, a mapping, or a RunConfig (overrides apply to all three)."""
+    overrides = list(overrides or ())
+    if isinstance(config_or_path, (str, os.PathLike)):
+        return load_config(config_or_path, overrides)
+    if isinstance(config_or_path, RunConfig):
+        if not overrides:
+            return config_or_path
+        config_or_path = dump_config(config_or_path)
+    if isinstance(config_or_path, dict):
+        source = Source()
+        data = copy.deepcopy(config_or_path)  # overrides write into nested sections: keep the caller's intact
+        return config_from_dict(apply_overrides(data, source, overrides), source)
+    raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
 
 
 def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:

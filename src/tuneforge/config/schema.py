@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..data.config import DataConfig
-from ..eval.config import EvalSystem, EvalTask
+from .data import DataConfig
+from .eval import EvalSystem, EvalTask
 from ..errors import ConfigError
 from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .readers import line_of, read_records, require_fields
-from .sets import resolve_data_path
+from ..config.data_sets import resolve_data_path
 
 
 @dataclass

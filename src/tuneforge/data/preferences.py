@@ -28,7 +28,9 @@ import torch
 
 from ..errors import DataError
 from .pair_formats import pair_fields
+from .loading import source_options
 from .readers import Record, line_of
+from .sources import read_source
 
 TEMPLATES = ("chat", "raw")
 FIELDS = ("prompt", "chosen", "rejected")
@@ -216,9 +218,6 @@ def load_pair_splits(data_cfg, tokenizer, *, template: str, max_prompt_length: i
     A streamed source (data.streaming) gives its first budget_rows records (or limit_train).
     A split whose rows were all skipped is an error: training on nothing would only look like success."""
     import itertools
-
-    from .formatting import source_options
-    from .sources import read_source
 
     out, stats = [], []
     for split, path, limit in (("train", data_cfg.train, data_cfg.limit_train),

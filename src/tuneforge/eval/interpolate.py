@@ -141,9 +141,9 @@ def interpolate(config_or_path=None, overrides=(), *, adapter=None, finetuned=No
     fine-tuned model: packaged alias, local directory or hub id)."""
     from ..io import atomic_dir
     from ..models import load_model
-    from ..train.api import resolve_config
-    from .config import EvalSystem
-    from .harness import load_base, score_systems
+    from ..config import resolve_config
+    from ..config.eval import EvalSystem
+    from .systems import load_base, score_systems
     from .report import results_markdown, write_text
 
     cfg = resolve_config(config_or_path, overrides)

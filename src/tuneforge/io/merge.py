@@ -32,7 +32,7 @@ def merge(
     never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory.
     allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
     from ..models import load_tokenizer
-    from . import atomic_dir
+    from .adapter_files import atomic_dir
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -58,7 +58,7 @@ def merge(
 
 def base_of(base, adapter) -> str:
     """`base`, else the base model recorded in the adapter's config."""
-    from . import read_adapter_config
+    from .adapter_files import read_adapter_config
 
     if base is None:
         base = read_adapter_config(adapter).get("base_model_name_or_path")
@@ -77,7 +77,7 @@ def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32
 def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """(merged model, the adapter's method config)."""
     from ..methods import unload
-    from . import load_adapter
+    from .adapter_files import load_adapter
     from .adapter_files import adapter_weights_file
 
     adapter_weights_file(adapter, allow_pickle)  # a refused pickle fails before the base is loaded

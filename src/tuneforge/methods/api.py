@@ -16,7 +16,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import MethodConfig
-from .modules_to_save import ModulesToSave, saved_modules, wrap_modules_to_save
+from .modules_to_save import ModulesToSave
+from .targeting import adapter_modules, replace_module, saved_modules, wrap_modules_to_save
 from .weight_method import PEFT_PREFIX
 
 _ATTR = "_tuneforge_adapters"
@@ -91,16 +92,12 @@ def set_active_adapters(model: nn.Module, names) -> None:
 
 
 def _wrappers(model):
-    from .targeting import adapter_modules
-
     return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave)]
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     cfg = _require(model, name)
     method_for(cfg).remove(model, name)
-    from .targeting import replace_module
-
     for mname, wrapper in _wrappers(model):
         if wrapper.has_adapter(name):
             del wrapper.modules_to_save[name]
@@ -257,8 +254,6 @@ def unmerge_adapters(model: nn.Module, names=None) -> None:
 
 def unload(model: nn.Module, merge: bool = True) -> nn.Module:
     """Return the plain transformers model: active adapters merged in (merge=True) or dropped."""
-    from .targeting import replace_module
-
     if merge:
         merge_adapters(model)
     for mname, w in _wrappers(model):

@@ -33,7 +33,7 @@ from torch import nn
 from ..errors import ConfigError, TuneforgeError
 from .api import _require, active_adapters, add_adapter, delete_adapter, list_adapters, method_for
 from .base import MethodConfig
-from .modules_to_save import saved_modules
+from .targeting import saved_modules
 
 HOWS = ("linear", "cat", "svd")
 FACTOR_METHODS = ("lora", "rslora", "lora_fa", "loraplus")  # output exactly W x + s B A x

@@ -12,13 +12,13 @@ Output directory after a run:
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from ..config import dump_config, resolve_config
 from ..errors import ConfigError
 from . import data_report, launcher
 from .loop import TrainResult, run_training
@@ -26,29 +26,10 @@ from .resume_check import check_resume
 from .run_lock import output_dir_lock
 
 
-def resolve_config(config_or_path, overrides=()):
-    """A RunConfig from a YAML path, a mapping, or a RunConfig (overrides apply to all three)."""
-    from ..config import RunConfig, Source, apply_overrides, config_from_dict, dump_config, load_config
-
-    overrides = list(overrides or ())
-    if isinstance(config_or_path, (str, os.PathLike)):
-        return load_config(config_or_path, overrides)
-    if isinstance(config_or_path, RunConfig):
-        if not overrides:
-            return config_or_path
-        config_or_path = dump_config(config_or_path)
-    if isinstance(config_or_path, dict):
-        source = Source()
-        data = copy.deepcopy(config_or_path)  # overrides write into nested sections: keep the caller's intact
-        return config_from_dict(apply_overrides(data, source, overrides), source)
-    raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
-
-
 def write_config(cfg, path: Path) -> Path:
     """The resolved config as YAML, written atomically (JSON round trip turns tuples into plain lists)."""
     import yaml
 
-    from ..config import dump_config
 
     data = json.loads(json.dumps(dump_config(cfg), default=str))
     tmp = path.with_name(f".{path.name}.tmp")
@@ -111,7 +92,6 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
 
 
 def _train(cfg, progress: bool, resume: bool, dry_run: bool):
-    from ..config import dump_config
     from ..io import save_adapter
     from ..methods import add_adapter, mark_trainable
     from ..models import load_tokenizer

@@ -36,7 +36,8 @@ from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
 from .memory import release_freed_memory
-from .compile import attention_for_compile, compile_blocks, repeated_blocks
+from ..models.blocks import repeated_blocks
+from .compile import attention_for_compile, compile_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs

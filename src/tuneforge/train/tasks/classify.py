@@ -89,7 +89,7 @@ def labelled_texts(run_cfg) -> tuple[list[str], tuple[list[str], list[int]], tup
     paths that need raw text rather than token ids (a classifier on frozen embeddings). A text pair is joined
     by a newline."""
     from ...data import require_fields
-    from ...data.formatting import load_records
+    from ...data.loading import load_records
     from ...data.readers import line_of
 
     cfg, data = run_cfg.task_config or ClassifyConfig(), run_cfg.data
@@ -153,7 +153,7 @@ class ClassifyTask(BaseTask):
         return out
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        from ...data.formatting import load_records
+        from ...data.loading import load_records
 
         self.cfg = run_cfg.task_config or ClassifyConfig()
         data = run_cfg.data
