@@ -2,7 +2,10 @@
 so adding one never edits a central list."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, TypeVar
+
+from .errors import ConfigError
 
 T = TypeVar("T")
 
@@ -26,8 +29,6 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            from .errors import ConfigError
-
             raise ConfigError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}"
             ) from None
@@ -45,9 +46,8 @@ class Registry(Generic[T]):
         return name in self._items
 
     def _load(self) -> None:
-        # Import the package that holds the implementations so their decorators run.
-        import importlib
-
+        # Import the package that holds the implementations so their decorators run: the one import that goes
+        # up the layers, by name, so the packages below can look methods and tasks up without importing them.
         importlib.import_module(_PACKAGES[self.kind])
 
 

@@ -1,7 +1,7 @@
 """`load_config(path, overrides)` -> RunConfig, and `dump_config` to write the resolved config beside a run.
 
-The method section is validated by the method's own config class (`tuneforge.methods.make_method_config`),
-so this module never names a method; its errors get the file and line of the offending key here.
+The method section is validated by the method's own config class (found through the METHODS registry, which
+imports tuneforge.methods on first use), so this module never names a method; its errors get the file and line of the offending key here.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import METHODS, TASKS
 from .schema import RunConfig
 from .source import Source, apply_overrides, load_yaml
 from .validate import build_dataclass, suggest
@@ -68,9 +69,6 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
 
 def build_method(section: Any, source: Source):
     """`{name: lora, r: 8, ...}` -> the method's validated config dataclass."""
-    from ..methods import make_method_config
-    from ..registry import METHODS
-
     if section is None:
         section = {"name": DEFAULT_METHOD}
     elif isinstance(section, str):  # `method: lora` is a fine shorthand for the defaults
@@ -87,10 +85,13 @@ def build_method(section: Any, source: Source):
             f"unknown method '{name}'{suggest(name, known)}; known methods: {', '.join(known)}", ("method", "name")
         )
     # Type-check with the generic validator first: it knows each key's line and turns "1e-4" into a float.
-    typed = build_dataclass(METHODS.get(name).config_class, fields, source, ("method",))
+    config_class = METHODS.get(name).config_class
+    typed = build_dataclass(config_class, fields, source, ("method",))
     fields = {key: getattr(typed, key) for key in fields}
     try:
-        return make_method_config(name, fields)
+        method_cfg = config_class(**fields)  # what methods.make_method_config does once the keys are known good
+        method_cfg.validate()
+        return method_cfg
     except ConfigError as err:
         if err.file is not None:
             raise
@@ -103,8 +104,6 @@ def build_task(section: Any, source: Source):
 
     A task that takes settings declares a `config_class` dataclass; its fields are checked like any other
     section (unknown key -> file, line, key)."""
-    from ..registry import TASKS
-
     if section is None:
         section = {"name": "sft"}
     elif isinstance(section, str):

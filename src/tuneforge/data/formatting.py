@@ -17,8 +17,10 @@ offsets, so token merges at a boundary cannot shift the labels.
 from __future__ import annotations
 
 from ..errors import DataError
+from .assistant_mask import template_source
 from .formats import (ROLES, chat_messages, detect_format, prompt_completion, record_tools,  # noqa: F401
                       sharegpt_messages, text_segments)
+from .readers import line_of
 
 IGNORE = -100  # label of a position without loss (torch cross_entropy's ignore_index)
 
@@ -140,8 +142,6 @@ def tokenize_messages(tokenizer, messages: list[dict], max_length: int | None = 
 def check_tool_support(tokenizer, messages: list[dict], tools: list[dict] | None) -> None:
     """Tools and tool calls are rendered by the chat template itself; a template that never reads them would
     drop them silently, so that is an error."""
-    from .assistant_mask import template_source
-
     calls = any(m.get("tool_calls") for m in messages)
     if not tools and not calls:
         return
@@ -330,8 +330,6 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
     `budget_examples` (a stream).
     Pass a dict as `stats` to receive `records`, `examples`, `truncated`, `dropped`, `split` and `lengths`
     (untruncated token counts, for reports)."""
-    from .readers import line_of
-
     fmt = None
     examples, lengths, truncated, dropped, split, total = [], [], 0, 0, 0, 0
     for i, rec in enumerate(records):

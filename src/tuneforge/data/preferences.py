@@ -27,8 +27,9 @@ from collections import Counter
 import torch
 
 from ..errors import DataError
-from .pair_formats import pair_fields
+from .formatting import check_tool_support, render
 from .loading import source_options
+from .pair_formats import pair_fields
 from .readers import Record, line_of
 from .sources import read_source
 
@@ -91,8 +92,6 @@ def encode_prompt(tokenizer, prompt, template: str, tools: list | None = None) -
             raise DataError("template 'raw' needs a text prompt; this pair's prompt is a conversation (use "
                             "task.template: chat)", key="prompt")
         return tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-    from .formatting import check_tool_support, render
-
     messages = prompt if isinstance(prompt, list) else hh_messages(prompt) or [{"role": "user", "content": prompt}]
     check_tool_support(tokenizer, messages, tools)
     text = render(tokenizer, messages, add_generation_prompt=True, tools=tools)

@@ -11,8 +11,9 @@ import statistics
 from pathlib import Path
 
 from .formatting import IGNORE, build_sft_examples, encode_record, resolve_format, select_records, to_conversation
-from .packing import pack_examples, packing_efficiency
 from .loading import source_options
+from .packing import pack_examples, packing_efficiency
+from .preferences import build_pairs
 from .readers import line_of
 from .sources import read_source
 
@@ -101,8 +102,6 @@ def preview_pairs(records_or_path, tokenizer, cfg, *, template: str = "chat", ma
     """The preference-pair preview (task dpo / reward): each pair's prompt as the model sees it, then the chosen
     and the rejected reply with their scored tokens marked, then what became of every pair (PairStats)."""
     import itertools
-
-    from .preferences import build_pairs
 
     if isinstance(records_or_path, (str, Path)):
         records, source = read_source(str(records_or_path), **source_options(cfg, "train"),

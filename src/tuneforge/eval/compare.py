@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, TuneforgeError
+from ..io.adapter_files import write_adapter_files
 from .compare_config import CompareConfig, MethodEntry, load_compare_config
 from .compare_report import write_reports
 
@@ -97,7 +98,7 @@ def _features_row(entry: MethodEntry, log) -> dict:
         classifier = method.fit(model, tokenizer, train_texts, train_y, cache_dir=out / "features", cfg=settings)
         predicted = method.predict(model, tokenizer, eval_texts, classifier, cache_dir=out / "features")
     wall = time.perf_counter() - started
-    classifier.save(out / "adapter", base_model_name=cfg.model.name)
+    write_adapter_files(out / "adapter", *classifier.to_files(cfg.model.name))
     shutil.rmtree(out / "features", ignore_errors=True)
     trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
     total = sum(p.numel() for p in model.parameters()) + trainable

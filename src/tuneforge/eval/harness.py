@@ -13,7 +13,6 @@ adapters disabled, so every row shares the very same base weights.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from ..config import resolve_config

@@ -10,7 +10,15 @@ import torch
 
 from ..config.eval import EvalSystem, EvalTask
 from ..errors import ConfigError
+from ..io import load_adapter
+from ..methods import disable_adapters, list_adapters, set_active_adapters
+from ..models import load_model, load_tokenizer
+from .generation import generate_with
+from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
+from .metrics import classification, text_metrics
 from .report import slug, write_jsonl
+from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
+from .task_data import answer_of, load_demonstrations, load_task_examples, task_from_data
 
 
 class EncoderCache:
@@ -28,9 +36,6 @@ class EncoderCache:
 
 
 def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, settings, encoder):
-    from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
-    from .task_data import answer_of, load_demonstrations
-
     if not system.shots:
         return [e.conversation for e in examples], [[] for _ in examples]
     pool = load_demonstrations(task, settings.seed)
@@ -51,8 +56,6 @@ def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, sett
 
 def _generate(model, tokenizer, conversations, settings, max_new_tokens: int) -> list[str]:
     """Replies in input order; prompts of similar length are batched together (less left padding)."""
-    from .generation import generate_with
-
     order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
     if settings.do_sample:
         torch.manual_seed(settings.seed)
@@ -68,10 +71,6 @@ def _generate(model, tokenizer, conversations, settings, max_new_tokens: int) ->
 def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, encoder=None) -> tuple[dict, list[dict]]:
     """(metrics, per-example predictions) of one task under one system, with the model as it is now.
     `settings` is the run's EvalConfig (batch size, sampling, default sizes, seed)."""
-    from .metrics import classification, text_metrics
-    from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
-    from .task_data import load_task_examples
-
     examples = load_task_examples(task, task.limit or settings.num_samples, settings.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if task.type == "perplexity":
@@ -115,9 +114,6 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
                   predictions_dir: Path | None, encoder=None, log=print, on_row=None) -> list[dict]:
     """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair.
     `on_row(rows_so_far)` runs after each row (evaluate writes the results so far: a crash loses nothing done)."""
-    from ..io import load_adapter
-    from ..methods import disable_adapters, list_adapters, set_active_adapters
-
     rows = []
     for system in systems:
         if system.adapter is not None:
@@ -147,8 +143,6 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
 
 def default_tasks(cfg) -> list[EvalTask]:
     """The run's own validation data as tasks (one per mixture entry), when eval.tasks is empty."""
-    from .task_data import task_from_data
-
     data = cfg.data
     if data.mixture:
         return [task_from_data(s.name, data.for_source(s), s.validation, cfg.eval.metrics)
@@ -169,8 +163,6 @@ def default_systems(cfg) -> list[EvalSystem]:
 
 
 def load_base(cfg):
-    from ..models import load_model, load_tokenizer
-
     m = cfg.model
     model = load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle)
     model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice

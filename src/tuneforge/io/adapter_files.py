@@ -174,6 +174,20 @@ def check_adapter_files(adapter_dir, allow_pickle: bool = False) -> dict:
     return body
 
 
+def write_adapter_files(out_dir, body: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """adapter_config.json + adapter_model.safetensors from plain data, atomically: how a method that puts no
+    adapter into the model (a fitted classifier) is saved."""
+    with atomic_dir(out_dir) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(body, indent=2, sort_keys=True))
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    return Path(out_dir)
+
+
+def read_adapter_files(adapter_dir) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json body, tensors) of a safetensors adapter folder: what `write_adapter_files` wrote."""
+    return read_adapter_config(adapter_dir), read_adapter_weights(adapter_dir)
+
+
 def read_adapter_weights(adapter_dir, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     path = adapter_weights_file(adapter_dir, allow_pickle)
     try:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, LowRankFactors, fusable_dtypes,
+                                    fused_dropout_p)
 from ..registry import METHODS
-from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes, fused_dropout_p
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .weight_method import WeightMethod
@@ -133,7 +134,7 @@ class FrozenFactors(nn.Module):
         self.register_buffer("B", B.detach().clone(), persistent=False)
 
 
-class LoraLinear(LoraLayer):
+class LoraLinear(LoraLayer, FusableLinear):
     """LoRA on nn.Linear and transformers' Conv1D."""
 
     adapter_attrs = ("lora_A", "lora_B")
@@ -169,7 +170,7 @@ class LoraLinear(LoraLayer):
         return B(A(self.lora_dropout[name](x.to(A.weight.dtype)))) * self.scaling[name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        """One active, unmerged adapter on a dense or 4-bit nn.Linear runs as one fused kernel (_fused_lora.py);
+        """One active, unmerged adapter on a dense or 4-bit nn.Linear runs as one fused kernel (models/fused_linear.py);
         everything else (mixed batches, several adapters, Conv1D, autocast) takes the general path."""
         name = self._fused_adapter(x, args, kwargs)
         if name is None:
@@ -196,6 +197,17 @@ class LoraLinear(LoraLayer):
             return None
         extra = () if base.bias is None else (base.bias,)
         return name if fusable_dtypes(x, self.lora_A[name].weight, self.lora_B[name].weight, *extra) else None
+
+    def fused_factors(self, x: torch.Tensor) -> LowRankFactors | None:
+        """The one active adapter's factors for the fused SwiGLU MLP (models/fused_mlp.py); plain LoRA only
+        (variants built on this class keep their own forward)."""
+        name = self._fused_adapter(x, (), {}) if type(self) is LoraLinear else None
+        drop = fused_dropout_p(self.lora_dropout[name], x) if name is not None else None
+        if drop is None:
+            return None
+        base = self.base_layer
+        return LowRankFactors(base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                              self.scaling[name], drop)
 
     def adapter_forward(self, x, result, name, *args, **kwargs):
         A, B = self.lora_A[name].weight, self.lora_B[name].weight

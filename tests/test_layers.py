@@ -1,0 +1,54 @@
+"""The import rule of docs/internals.md, read from the AST of src/tuneforge (imports inside functions count too):
+each package imports only its own and earlier layers, and no two files import each other, directly or round a
+ring. `python -m tests.layering` prints the graph's counts."""
+from tests import layering
+
+# Known cycles and layer breaks, each with the helper cutting it; remove an entry once its cut has landed.
+ALLOWED_CYCLES = {
+    frozenset({"tuneforge.train.checkpoint", "tuneforge.train.distributed"}):
+        "fsdp: loading goes through the Parallel object that saves it",
+    frozenset({"tuneforge.train.ppo", "tuneforge.train.ppo_rewards", "tuneforge.train.tasks.ppo"}):
+        "rl: PPO in one place",
+}
+ALLOWED_LAYER_BREAKS = {
+    ("tuneforge.train.ppo", "tuneforge.eval.generation"): "rl: ppo.py wraps a private of eval/generation.py",
+}
+
+
+def test_every_package_imports_only_earlier_layers():
+    found = layering.edges()
+    packages = {layering.package_of(module) for module in layering.modules()}
+    assert packages <= set(layering.LAYER_OF), f"packages missing from the layer order: {packages - set(layering.LAYER_OF)}"
+    kept = [e for e in found if (e.source, e.target) not in ALLOWED_LAYER_BREAKS]
+    bad = layering.layer_violations(kept)
+    order = " -> ".join(", ".join(sorted(layer)) for layer in layering.LAYERS)
+    assert not bad, ("imports against the layer order " + order + " (move the shared part into the lower "
+                     "package; docs/internals.md):\n" + "\n".join(bad))
+
+
+def test_no_import_cycle_between_files():
+    found = layering.edges()
+    graph = layering._graph((e.source, e.target) for e in found)
+    cycles = []
+    for component in layering.strongly_connected(graph):
+        if not any(set(component) <= allowed for allowed in ALLOWED_CYCLES):
+            cycles.append(" -> ".join(layering.cycle_path(graph, component)))
+    assert not cycles, ("import cycles between files (function-local imports included; put what both need in a "
+                        "third, lower file):\n" + "\n".join(cycles))
+
+
+def test_the_graph_reader_resolves_relative_and_local_imports(tmp_path, monkeypatch):
+    """The reader itself: `from . import x`, `from ..a import b`, an import inside a function and one under
+    `if TYPE_CHECKING:` (never executed, so not an edge)."""
+    pkg = tmp_path / "tuneforge"
+    (pkg / "a").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "__init__.py").write_text("from . import x\n")
+    (pkg / "a" / "x.py").write_text("def f():\n    from ..b import helper\n")
+    (pkg / "a" / "y.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .x import f\n")
+    (pkg / "b.py").write_text("from .a.x import f\n")
+    monkeypatch.setattr(layering, "SRC", tmp_path)
+    found = {(e.source, e.target, e.local) for e in layering.edges()}
+    assert found == {("tuneforge.a", "tuneforge.a.x", False), ("tuneforge.a.x", "tuneforge.b", True),
+                     ("tuneforge.b", "tuneforge.a.x", False)}
+    assert layering.file_cycles(layering.edges()) == [["tuneforge.a.x", "tuneforge.b", "tuneforge.a.x"]]
