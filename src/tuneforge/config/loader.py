@@ -17,8 +17,6 @@ from .schema import RunConfig
 from .source import Source, apply_overrides, load_yaml
 from .validate import build_dataclass, suggest
 
-DEFAULT_METHOD = "lora"
-
 
 def load_config(path: str | Path | None, overrides=()) -> RunConfig:
     """Read a YAML run config (or start from defaults when path is None), apply `section.key=value`
@@ -70,7 +68,7 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
 def build_method(section: Any, source: Source):
     """`{name: lora, r: 8, ...}` -> the method's validated config dataclass."""
     if section is None:
-        section = {"name": DEFAULT_METHOD}
+        section = {"name": METHODS.default()}
     elif isinstance(section, str):  # `method: lora` is a fine shorthand for the defaults
         section = {"name": section}
     if not isinstance(section, dict):

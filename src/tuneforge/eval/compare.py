@@ -3,8 +3,8 @@
 For each method of the config (see compare_config.py) this trains with `tuneforge.train.train` (same data,
 epochs and seed for all) and records: the eval metric, trainable parameters (count and % of the model's total,
 the same count `tuneforge train --dry-run` prints), wall time of training plus evaluation, peak resident memory
-of that run, and the size of the saved adapter directory. A method whose kind is "features" (a classifier fitted
-on frozen embeddings) is fitted through its own `fit`/`predict` instead of the training loop.
+of that run, and the size of the saved adapter directory. A `fitted` method (a classifier fitted on frozen
+embeddings) is fitted through its own `fit`/`predict` instead of the training loop.
 
 Peak memory: on Linux the process's high-water mark (VmHWM) is reset before each method (`/proc/self/clear_refs`)
 and read after it, so each row has its own peak without a subprocess; on CUDA it is torch's peak allocation.
@@ -29,6 +29,7 @@ import torch
 
 from ..errors import ConfigError, TuneforgeError
 from ..io.adapter_files import write_adapter_files
+from ..methods import method_for
 from .compare_config import CompareConfig, MethodEntry, load_compare_config
 from .compare_report import write_reports
 
@@ -56,12 +57,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def _method_kind(entry: MethodEntry) -> str:
-    from ..methods import method_for
-
-    return getattr(method_for(entry.run_config.method), "kind", "")
-
-
 def _train_row(entry: MethodEntry, log) -> dict:
     from ..train.api import train
 
@@ -76,7 +71,6 @@ def _train_row(entry: MethodEntry, log) -> dict:
 
 def _features_row(entry: MethodEntry, log) -> dict:
     """Embed with the frozen backbone, fit the method's classifier, score the validation split."""
-    from ..methods import method_for
     from ..models import load_model, load_tokenizer
     from ..train.tasks.classify import classification_metrics, labelled_texts
 
@@ -123,7 +117,7 @@ def run_method(entry: MethodEntry, metric: str, reuse: bool = True) -> dict:
     torch.manual_seed(entry.run_config.train.seed)
     _reset_peak()
     with open(out / "compare.log", "w") as log:
-        fields = (_features_row if _method_kind(entry) == "features" else _train_row)(entry, log)
+        fields = (_features_row if method_for(entry.run_config.method).fitted else _train_row)(entry, log)
     metrics = fields.pop("metrics")
     if metric not in metrics:
         raise ConfigError(f"the task reports {', '.join(k for k in metrics if k != 'confusion_matrix')}, "

@@ -130,8 +130,7 @@ def method_for_peft_config(body: dict, where=None):
         raise AdapterMismatch(f"{where or 'adapter config'}: expected a JSON object, got {type(body).__name__}")
 
     for _, cls in METHODS.items():
-        claims = getattr(cls, "claims_peft_config", None)
-        if claims is not None and claims(body):
+        if cls.claims_peft_config(body):
             return cls
     for _, cls in METHODS.items():
         if cls.peft_type and cls.peft_type == body.get("peft_type"):

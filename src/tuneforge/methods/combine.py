@@ -36,7 +36,6 @@ from .base import MethodConfig
 from .targeting import saved_modules
 
 HOWS = ("linear", "cat", "svd")
-FACTOR_METHODS = ("lora", "rslora", "lora_fa", "loraplus")  # output exactly W x + s B A x
 TARGETING = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern")
 
 
@@ -101,20 +100,10 @@ def _weights(adapters) -> dict[str, float]:
 
 def _check_source(model, name: str, how: str):
     cfg = _require(model, name)
-    method = type(cfg).method
-    if method == "pissa":
-        raise TuneforgeError(f"adapter {name!r} is PiSSA: it adapts a residual base, not W; turn it into the LoRA it "
-                             f"equals first: tuneforge.methods.pissa.pissa_to_lora(model, {name!r})")
-    if method == "delta_lora":
-        raise TuneforgeError(f"adapter {name!r} is Delta-LoRA: save it (the file is the plain LoRA it equals) and "
-                             "load that file, then combine")
-    if method == "dora" and how != "svd":
-        raise TuneforgeError(f"adapter {name!r} is DoRA, whose change is not B A (the magnitude rescales W too): "
-                             "only how='svd' combines it")
-    if method not in FACTOR_METHODS + ("dora",):
-        raise TuneforgeError(f"adapter {name!r} is {method}: combine works on LoRA-family adapters "
-                             f"({', '.join(FACTOR_METHODS)}, and dora with how='svd')")
-    if getattr(cfg, "bias", "none") != "none":
+    refusal = method_for(cfg).combine_refusal(name, how)  # each method says whether and how (Method.combine_as)
+    if refusal is not None:
+        raise TuneforgeError(refusal)
+    if cfg.bias != "none":  # every combinable config is a LoraConfig
         raise TuneforgeError(f"adapter {name!r} trains base biases (bias={cfg.bias!r}); those are shared tensors, "
                              "not a per-adapter delta, so they cannot be weighted")
     return cfg

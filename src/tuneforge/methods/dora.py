@@ -101,6 +101,13 @@ class Dora(Lora):
     paper = "https://arxiv.org/abs/2402.09353"
     formula = "sum over adapted layers of r * (in + out) + out"
     layer_types = ((nn.Linear, DoraLinear), (_conv1d(), DoraLinear))
+    combine_as = "svd"  # its change is m (W + s B A) / ||W + s B A|| - W, not B A
+
+    def combine_refusal(self, adapter_name: str, how: str) -> str | None:
+        if how == "svd":
+            return None
+        return (f"adapter {adapter_name!r} is DoRA, whose change is not B A (the magnitude rescales W too): "
+                "only how='svd' combines it")
 
     @classmethod
     def claims_peft_config(cls, body: dict) -> bool:

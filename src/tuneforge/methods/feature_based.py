@@ -198,6 +198,7 @@ def predict(model, tokenizer, texts: list[str], classifier: FeatureClassifier, c
 class FeatureBased(Method):
     name = "feature_based"
     kind = "features"
+    fitted = True
     mergeable = False
     config_class = FeatureBasedConfig
     paper = "https://arxiv.org/abs/1903.05987"

@@ -305,11 +305,12 @@ def _conv1d():
     return Conv1D
 
 
-@METHODS.register("lora")
+@METHODS.register("lora", default=True)
 class Lora(WeightMethod):
     name = "lora"
     kind = "weight"
     mergeable = True
+    combine_as = "factors"  # its variants too, unless they change the maths (DoRA, PiSSA, Delta-LoRA)
     config_class = LoraConfig
     peft_type = "LORA"
     paper = "https://arxiv.org/abs/2106.09685"
