@@ -14,14 +14,13 @@ def demo(config: str = DEFAULT_CONFIG, overrides=(), progress: bool = True) -> d
     from ..config import load_config
     from ..eval.before_after import compare_before_after, format_table
     from ..io import load_adapter
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model_for, load_tokenizer
     from ..registry import TASKS
     from ..train import train
 
     result = train(config, overrides, progress=progress)
     cfg = load_config(Path(result.output_dir) / "config.yaml")
-    model = load_model(cfg.model.name, kind=cfg.model.kind, dtype=cfg.model.dtype, device=cfg.model.device,
-                       allow_pickle=cfg.model.allow_pickle)
+    model = load_model_for(cfg.model)
     tokenizer = load_tokenizer(cfg.model.name)
     load_adapter(model, Path(result.output_dir) / "adapter", allow_pickle=cfg.model.allow_pickle)
     task = TASKS.get(cfg.task)()

@@ -8,6 +8,7 @@ One rule, so the same config works in a plain clone, on a machine with the full 
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
@@ -50,11 +51,24 @@ def resolve_data_path(value: str | os.PathLike | None, key: str | None = None) -
             _announce(text, path, full)
             return str(path)
     where = f"${ENV} ({full})" if full else f"${ENV} (not set)"
-    shipped = ", ".join(sorted(p.name for root in slice_roots() for p in root.iterdir() if p.is_dir())) or "none"
+    roots = ([Path(full)] if full and Path(full).is_dir() else []) + slice_roots()
+    known = sorted({p.name for root in roots for p in root.iterdir() if p.is_dir()})
     raise ConfigError(
         f"data set {text!r} not found: looked in {where} and in the repository's data/ slices (data sets: "
-        f"{shipped}); point {ENV} at a folder holding {name}/{split or ''}{'.jsonl' if split else ''} "
-        f"(e.g. {ENV}=../shared/data) or give a file path", key=key)
+        f"{', '.join(known) or 'none'}){_suggestion(name, split, roots, known)}; point {ENV} at a folder holding "
+        f"{name}/{split or ''}{'.jsonl' if split else ''} (e.g. {ENV}=../shared/data) or give a file path", key=key)
+
+
+def _suggestion(name: str, split: str, roots: list[Path], known: list[str]) -> str:
+    """"did you mean" for a mistyped data set name or split: the closest existing reference, if any is close."""
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        return f"; did you mean {close[0]}:{split}?" if close else ""
+    splits = sorted({p.stem for root in roots for p in (root / name).glob("*.jsonl")})
+    close = difflib.get_close_matches(split, splits, n=1)
+    if close:
+        return f"; did you mean {name}:{close[0]}?"
+    return f"; {name} has the splits {', '.join(splits)}" if splits else ""
 
 
 def _announce(reference: str, path: Path, full: str | None) -> None:

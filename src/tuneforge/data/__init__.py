@@ -17,6 +17,7 @@ from .pair_formats import pair_fields
 from .loading import load_examples, load_mixture
 from .mixing import mixing_rates
 from .packing import pack_examples, packing_efficiency
+from .padding import pad
 from .preview import preview
 from .readers import Record, read_records, require_fields
 from .sources import read_source
@@ -36,6 +37,7 @@ __all__ = [
     "mixing_rates",
     "pack_examples",
     "packing_efficiency",
+    "pad",
     "pair_fields",
     "preview",
     "read_records",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .formatting import IGNORE
+from .padding import pad
 
 
 def collate_causal(examples: list[dict], pad_token_id: int) -> dict:
@@ -24,18 +25,12 @@ def collate_causal(examples: list[dict], pad_token_id: int) -> dict:
     if not examples:
         raise ValueError("cannot collate an empty batch")
     packed = any("seq_lens" in ex for ex in examples)
-    width = max(len(ex["input_ids"]) for ex in examples)
-    batch = len(examples)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    labels = torch.full((batch, width), IGNORE, dtype=torch.long)
-    position_ids = torch.zeros((batch, width), dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    input_ids, attention_mask = pad([ex["input_ids"] for ex in examples], pad_token_id)
+    labels, _ = pad([ex["labels"] for ex in examples], IGNORE)
+    position_ids = torch.zeros_like(input_ids)
     rows = []
     for b, ex in enumerate(examples):
         n = len(ex["input_ids"])
-        input_ids[b, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
-        labels[b, :n] = torch.tensor(ex["labels"], dtype=torch.long)
-        attention_mask[b, :n] = 1
         lens = list(ex.get("seq_lens", [n])) if packed else [n]
         if sum(lens) != n or any(length < 1 for length in lens):
             raise ValueError(f"row {b}: seq_lens {lens} do not split the row's {n} tokens")
@@ -46,8 +41,7 @@ def collate_causal(examples: list[dict], pad_token_id: int) -> dict:
         rows.append(lens)
     out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if packed:
-        most = max(len(lens) for lens in rows)
-        out["seq_lens"] = torch.tensor([lens + [0] * (most - len(lens)) for lens in rows], dtype=torch.long)
+        out["seq_lens"] = pad(rows, 0)[0]
     else:
         out["attention_mask"] = attention_mask
     return out

@@ -29,6 +29,7 @@ import torch
 from ..errors import DataError
 from .formatting import check_tool_support, render
 from .loading import source_options
+from .padding import pad
 from .pair_formats import pair_fields
 from .readers import Record, line_of
 from .sources import read_source
@@ -176,15 +177,8 @@ def collate_pairs(pairs: list[dict], pad_token_id: int) -> dict[str, torch.Tenso
 def pad_prompt_reply_rows(rows: list[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """(prompt ids, reply ids) rows, right-padded: input_ids, attention_mask and completion_mask (1 on reply
     tokens), what every preference loss sums log-probabilities over."""
-    width = max(len(a) + len(b) for a, b in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    completion = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (prompt, reply) in enumerate(rows):
-        n = len(prompt) + len(reply)
-        ids[r, :n] = torch.tensor(prompt + reply, dtype=torch.long)
-        mask[r, :n] = 1
-        completion[r, len(prompt) : n] = 1
+    ids, mask = pad([list(prompt) + list(reply) for prompt, reply in rows], pad_token_id)
+    completion = pad([[0] * len(prompt) + [1] * len(reply) for prompt, reply in rows], 0)[0]
     return {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
 
 

@@ -13,7 +13,7 @@ def evaluate_classifier(run_dir, data_file=None, batch_size: int | None = None, 
     from ..config import load_config
     from ..data import read_records, select_records
     from ..io import load_adapter
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model_for, load_tokenizer
     from ..train.loop import evaluate
     from ..train.tasks.classify import ClassifyConfig, ClassifyTask
 
@@ -25,8 +25,7 @@ def evaluate_classifier(run_dir, data_file=None, batch_size: int | None = None, 
     if data_file is None:
         raise ConfigError("no data file given and the run has no validation file", key="data.validation")
     m = cfg.model
-    model = load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
-                       allow_pickle=m.allow_pickle)
+    model = load_model_for(m)
     load_adapter(model, run_dir / "adapter", allow_pickle=m.allow_pickle)
     tokenizer = load_tokenizer(m.name)
     task = ClassifyTask()

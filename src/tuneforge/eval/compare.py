@@ -71,7 +71,7 @@ def _train_row(entry: MethodEntry, log) -> dict:
 
 def _features_row(entry: MethodEntry, log) -> dict:
     """Embed with the frozen backbone, fit the method's classifier, score the validation split."""
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model_for, load_tokenizer
     from ..train.tasks.classify import classification_metrics, labelled_texts
 
     cfg = entry.run_config
@@ -84,8 +84,7 @@ def _features_row(entry: MethodEntry, log) -> dict:
     method = method_for(settings)
     out = Path(cfg.output_dir)
     started = time.perf_counter()
-    model = load_model(cfg.model.name, kind="encoder", dtype=cfg.model.dtype, device=cfg.model.device,
-                       allow_pickle=cfg.model.allow_pickle)
+    model = load_model_for(cfg.model, kind="encoder")
     tokenizer = load_tokenizer(cfg.model.name)
     labels, (train_texts, train_y), (eval_texts, eval_y) = labelled_texts(cfg)
     with contextlib.redirect_stdout(log):

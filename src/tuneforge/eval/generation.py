@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ..models.stop_tokens import generation_pad_id, stop_token_ids
+
 DEFAULT_BASE = "smollm2-135m-instruct"
 
 
@@ -80,9 +82,9 @@ def generate_with(
     if chat and not getattr(tokenizer, "chat_template", None):
         raise ValueError("this tokenizer has no chat template; pass chat=False to use raw prompts")
     inputs = [_render(tokenizer, text, chat, system_prompt) for text in texts]
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids,
-                   pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0])
+                   pad_token_id=generation_pad_id(tokenizer, stop_ids))
     if do_sample:
         options.update(temperature=temperature, top_p=top_p)
     else:  # silence transformers' "temperature is ignored" warnings for greedy decoding
@@ -124,19 +126,6 @@ def _render(tokenizer, text: str, chat: bool, system_prompt: str | None) -> str:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _stop_token_ids(model, tokenizer) -> list[int]:
-    """EOS of the tokenizer and of the model's generation config (ChatML models end a turn with <|im_end|>)."""
-    ids: list[int] = []
-    candidates = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
-    for value in candidates:
-        for token_id in value if isinstance(value, (list, tuple)) else [value]:
-            if token_id is not None and token_id not in ids:
-                ids.append(int(token_id))
-    if not ids:
-        raise ValueError("the tokenizer has no eos token, so generation could not stop")
-    return ids
 
 
 def _adapter_base(adapter) -> str | None:

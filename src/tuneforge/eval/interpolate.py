@@ -28,7 +28,7 @@ from ..config.eval import EvalSystem
 from ..errors import ConfigError
 from ..io import atomic_dir, load_adapter
 from ..methods import unload
-from ..models import load_model
+from ..models import load_model_for
 from .report import results_markdown, write_text
 from .systems import load_base, score_systems
 
@@ -153,11 +153,9 @@ def interpolate(config_or_path=None, overrides=(), *, adapter=None, finetuned=No
     if save_dir is not None and Path(save_dir).exists() and any(Path(save_dir).iterdir()) and not force:
         raise ConfigError(f"{save_dir} already exists and is not empty; pass --force to replace it", key="save_dir")
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "eval"
-    model, tokenizer = load_base(cfg)
+    model, tokenizer = load_base(cfg, quantization=None)  # WiSE-FT mixes dense weights: the base loads dense
     if finetuned is not None:
-        m = cfg.model
-        weights = WeightInterpolation.from_models(model, load_model(finetuned, kind=m.kind, dtype=m.dtype,
-                                                                    device=m.device, allow_pickle=m.allow_pickle))
+        weights = WeightInterpolation.from_models(model, load_model_for(cfg.model, name=finetuned, quantization=None))
     else:
         adapter = adapter or Path(cfg.output_dir) / "adapter"
         if not (Path(adapter) / "adapter_config.json").is_file():

@@ -12,7 +12,7 @@ from ..config.eval import EvalSystem, EvalTask
 from ..errors import ConfigError
 from ..io import load_adapter
 from ..methods import disable_adapters, list_adapters, set_active_adapters
-from ..models import load_model, load_tokenizer
+from ..models import load_model_for, load_tokenizer
 from .generation import generate_with
 from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
 from .metrics import classification, text_metrics
@@ -162,8 +162,9 @@ def default_systems(cfg) -> list[EvalSystem]:
     return systems
 
 
-def load_base(cfg):
+def load_base(cfg, **overrides):
+    """The run's base model as trained (quantised for QLoRA) and its tokenizer; `overrides` as load_model_for."""
     m = cfg.model
-    model = load_model(m.name, kind=m.kind, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle)
+    model = load_model_for(m, **overrides)
     model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice
     return model, load_tokenizer(m.name)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.padding import pad as pad_rows
 from ..errors import ModelNotFound
 from ..io import atomic_dir, load_adapter
 from ..io.adapter_files import CONFIG_NAME
@@ -79,12 +80,7 @@ class SentenceEncoder:
         pad = self.tokenizer.pad_token_id or 0
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for j, i in enumerate(rows):
-                batch[j, : len(ids[i])] = torch.tensor(ids[i])
-                mask[j, : len(ids[i])] = 1
+            batch, mask = pad_rows([ids[i] for i in rows], pad)
             batch, mask = batch.to(device), mask.to(device)
             vectors = pool(self.model(input_ids=batch, attention_mask=mask).last_hidden_state, mask, self.pooling)
             if self.normalize:

@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from ..data.padding import pad
+from ..models.stop_tokens import generation_pad_id, stop_token_ids
 from .pool import CheckpointRef
 
 
@@ -122,7 +124,7 @@ class GenerationEngine:
         self.model, self.tokenizer, self.pool = model, tokenizer, pool
         self.max_batch_size, self.batch_wait_s, self.max_queued = max_batch_size, batch_wait_s, max_queued
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.pad_id = generation_pad_id(tokenizer, self.stop_ids)
         self._waiting: deque[GenerationRequest] = deque()
         self._cv = threading.Condition()
         self._closing = False
@@ -227,12 +229,7 @@ class GenerationEngine:
         from ..methods import mixed_batch
 
         device = next(self.model.parameters()).device
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - len(r.prompt_ids):] = 1
+        ids, mask = pad([r.prompt_ids for r in batch], self.pad_id, side="left")
         first = batch[0]
         sample = first.temperature > 0
         config = GenerationConfig(
@@ -249,14 +246,3 @@ def _fail(requests: list[GenerationRequest], message: str) -> None:
     for request in requests:
         request.on_done({"error": message})
 
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the tokenizer's eos and the model's generation-config eos (ChatML ends on <|im_end|>)."""
-    ids: list[int] = []
-    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        for token_id in value if isinstance(value, (list, tuple)) else [value]:
-            if token_id is not None and int(token_id) not in ids:
-                ids.append(int(token_id))
-    if not ids:
-        raise ValueError("the tokenizer has no eos token, so generation could not stop")
-    return ids

@@ -20,7 +20,8 @@ import torch
 
 from ..config import dump_config, resolve_config
 from ..errors import ConfigError
-from . import data_report, launcher
+from ..models.from_config import load_model_for
+from . import data_report, launcher, self_training
 from .loop import TrainResult, run_training
 from .resume_check import check_resume
 from .run_lock import output_dir_lock
@@ -49,6 +50,8 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
     shares of examples dropped or truncated per split) and the settings a resume changed."""
     data = {"steps": result.steps, "train_loss": result.train_loss, "eval_metrics": result.eval_metrics,
             "data": result.data_report, "resume_changes": applied}
+    if result.self_training:
+        data["self_training"] = result.self_training
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
@@ -56,14 +59,8 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
 
 
 def _load_model(cfg):
-    from ..models import load_model
-
-    m = cfg.model
-    return load_model(m.name, kind=m.kind, num_labels=m.num_labels, dtype=m.dtype, device=m.device,
-                      quantization=m.quantization, double_quant=m.double_quant, compute_dtype=m.compute_dtype,
-                      device_map=m.device_map, max_memory=m.max_memory, attn_implementation=m.attn_implementation,
-                      revision=m.revision, trust_remote_code=m.trust_remote_code, rope_scaling=m.rope_scaling,
-                      allow_pickle=m.allow_pickle)
+    """The run's base model (the seam tests replace with a tiny one)."""
+    return load_model_for(cfg.model)
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -142,6 +139,9 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
             for line in _report_lines(report, cfg):
                 print(line)
         data_report.check_train(report, cfg.data.max_length)
+    # unlabelled records of task.self_training: read and checked before anything trains or is written
+    pool = self_training.prepare_pool(task, cfg, tokenizer, train_examples) if (
+        own_run is None and self_training.settings(cfg) is not None) else None
     master = fp32_master_weights(model)  # trained base weights of a bf16 model: fp32 for the run (precision.py)
     if master:
         cfg.train.bf16 = True  # the fp32 and bf16 weights meet in bf16 matmuls under autocast (PPO's loop too)
@@ -154,12 +154,17 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     if resume:  # every process checks, so all refuse together
         plain = json.loads(json.dumps(dump_config(cfg), default=str))
         _, applied = check_resume(plain, out, launcher.launched_world_size())
+        if pool is not None:  # each round's checkpoints, in their own folders
+            applied += self_training.check_resume_rounds(plain, out, launcher.launched_world_size())
         if main and applied:
             print("resuming with changed settings that keep the run exact:\n  " + "\n  ".join(applied))
     config_path = write_config(cfg, out / "config.yaml") if main else out / "config.yaml"
     try:
         if own_run is not None:
             result: TrainResult = own_run(model, tokenizer, cfg, out, resume=resume, progress=progress)
+        elif pool is not None:
+            result = self_training.run(model, task, train_examples, eval_examples, cfg, out, pool, resume=resume,
+                                       progress=progress)
         else:
             result = run_training(
                 model, task, train_examples, eval_examples, cfg.train, out, resume=resume, progress=progress

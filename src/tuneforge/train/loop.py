@@ -60,6 +60,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list, repr=False)
     data_report: dict = field(default_factory=dict)
     """Per split: records read, examples kept, dropped and truncated, with shares (train/data_report.py)."""
+    self_training: list[dict] = field(default_factory=list)
+    """One record per self-training round (train/self_training.py); empty for a plain run."""
 
 
 class DataOrder:

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.padding import pad as pad_rows
 from ..errors import ConfigError
+from ..models.stop_tokens import generation_pad_id, stop_token_ids
 from . import checkpoint as ckpt
 from .loop import DataOrder, TrainResult, check_finite, check_weights
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
@@ -43,12 +45,6 @@ from .report import Reporter
 from .tasks.dpo import selected_outputs
 
 VALUE_HEAD = "tuneforge_value_head"
-
-
-def stop_token_ids(model, tokenizer) -> list[int]:
-    from ..eval.generation import _stop_token_ids
-
-    return _stop_token_ids(model, tokenizer)
 
 
 @torch.no_grad()
@@ -60,13 +56,9 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, temperatu
 
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    width = max(len(p["ids"]) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p["ids"]):] = torch.tensor(p["ids"])
-        mask[i, width - len(p["ids"]):] = 1
+    pad = generation_pad_id(tokenizer, stops)
+    ids, mask = pad_rows([p["ids"] for p in prompts], pad, side="left")
+    width = ids.shape[1]
     ids, mask = ids.to(device), mask.to(device)
     options = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, **options)

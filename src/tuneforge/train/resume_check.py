@@ -26,7 +26,8 @@ HARMLESS = ("output_dir", "model.device", "model.allow_pickle", "eval", "data.va
             "train.gradient_checkpointing", "train.gradient_checkpointing_layers", "train.recompute_norms",
             "train.release_memory",
             "train.compile", "train.report_to", "train.mlflow_tracking_uri", "train.mlflow_experiment", "train.wandb",
-            "train.callbacks", "train.early_stopping", "train.save_best", "train.save_best_mode")
+            "train.callbacks", "train.early_stopping", "train.save_best", "train.save_best_mode",
+            "task.self_training.rounds")  # a round trains the same whatever comes after it
 LENGTH = ("train.max_steps", "train.epochs")
 
 

@@ -17,6 +17,7 @@ Optional hooks `train()` calls when a task defines them (found with getattr, so 
                                                          per batch (PPO) runs its own loop instead of the shared one
     export(model, tokenizer, run_cfg, output_dir) -> path   extra artefacts after the adapter is saved
     data_notes() -> list[str]                            rows the task skipped or cut, repeated at the end
+    encode_unlabeled / logits / example_key              self-training on pseudo-labels (train/self_training.py)
 """
 from __future__ import annotations
 

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.padding import pad
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 
 HEAD_MODULES = ("classifier", "score")
@@ -41,6 +43,10 @@ class ClassifyConfig:
     labels: Union[list[str], None] = None
     """The declared label set, in head-output order. None: the distinct values of the training labels, sorted.
     A record whose label is outside the set is an error naming its file and line."""
+
+    self_training: Union[SelfTrainingConfig, None] = None
+    """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
+    max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
 
     def validate(self) -> None:
         if self.labels is not None:
@@ -138,6 +144,10 @@ class ClassifyTask(BaseTask):
         fields = [cfg.text_field, cfg.label_field] + ([cfg.text_pair_field] if cfg.text_pair_field else [])
         require_fields(records, fields, source)
         labels = [label_index(r[cfg.label_field], self.labels, source, line_of(r, i)) for i, r in enumerate(records)]
+        return self._tokenize(records, labels, tokenizer, max_length, split)
+
+    def _tokenize(self, records: list[dict], labels: list[int], tokenizer, max_length: int, split: str) -> list[dict]:
+        cfg = self.cfg
         texts = [str(r[cfg.text_field]) for r in records]
         pairs = [str(r[cfg.text_pair_field]) for r in records] if cfg.text_pair_field else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -151,6 +161,34 @@ class ClassifyTask(BaseTask):
                 ex["token_type_ids"] = enc["token_type_ids"][i]
             out.append(ex)
         return out
+
+    def encode_unlabeled(self, records: list[dict], tokenizer, run_cfg, source=None
+                         ) -> tuple[list[dict], list[int | None]]:
+        """Self-training's pool: (examples with label -1, hidden label ids or None). A record may carry a label
+        (kept only to measure the pseudo-labels); one outside the task's label set is an error naming its file and
+        line, raised before anything trains."""
+        from ...data import require_fields
+        from ...data.readers import line_of
+
+        cfg = self.cfg
+        require_fields(records, [cfg.text_field] + ([cfg.text_pair_field] if cfg.text_pair_field else []), source)
+        hidden: list[int | None] = []
+        for i, r in enumerate(records):
+            value = r.get(cfg.label_field)
+            if value is None or value == "":  # no label (an empty CSV cell): nothing to measure against
+                hidden.append(None)
+                continue
+            try:
+                hidden.append(label_index(value, self.labels, source, line_of(r, i)))
+            except DataError as err:
+                raise DataError(f"the unlabelled record carries label {value!r}, which the task does not declare "
+                                f"(labels: {self.labels}); remove the labels, or declare it in task.labels",
+                                file=err.file, line=err.line, key=cfg.label_field) from None
+        return self._tokenize(records, [-1] * len(records), tokenizer, run_cfg.data.max_length, "unlabeled"), hidden
+
+    def example_key(self, example: dict) -> tuple:
+        """What the model sees of an example: self-training leaves pool records equal to a labelled one out."""
+        return tuple(example["input_ids"]), tuple(example.get("token_type_ids", ()))
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
         from ...data.loading import load_records
@@ -184,19 +222,11 @@ class ClassifyTask(BaseTask):
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
-        width = max(len(ex["input_ids"]) for ex in examples)
-        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        types = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, ex in enumerate(examples):
-            n = len(ex["input_ids"])
-            ids[i, :n] = torch.tensor(ex["input_ids"])
-            mask[i, :n] = 1
-            if "token_type_ids" in ex:
-                types[i, :n] = torch.tensor(ex["token_type_ids"])
+        ids, mask = pad([ex["input_ids"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([ex["label"] for ex in examples])}
         if "token_type_ids" in examples[0]:
-            batch["token_type_ids"] = types
+            types = [ex.get("token_type_ids") or [0] * len(ex["input_ids"]) for ex in examples]
+            batch["token_type_ids"] = pad(types, 0)[0]
         return batch
 
     def num_targets(self, batch: dict) -> int:

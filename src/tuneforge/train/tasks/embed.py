@@ -23,6 +23,7 @@ from torch import nn
 
 from ...data import read_records, require_fields, select_records
 from ...data.beir import pairs_from_qrels
+from ...data.padding import pad
 from ...data.readers import line_of
 from ...errors import ConfigError, DataError
 from ...index.encoder import export_sentence_transformer
@@ -101,14 +102,11 @@ class EmbedConfig:
             raise ConfigError("need 0 <= negatives_skip_top < negatives_depth", key="negatives_depth")
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return ids, mask
+def _cut_rows(tokenizer, firsts: list[str], seconds: list[str], first_len: int, second_len: int) -> int:
+    """How many pairs have a side longer than its limit (untruncated lengths, special tokens included)."""
+    a = tokenizer(firsts)["input_ids"]
+    b = tokenizer(seconds)["input_ids"]
+    return sum(len(x) > first_len or len(y) > second_len for x, y in zip(a, b))
 
 
 @TASKS.register("embed")
@@ -119,6 +117,7 @@ class EmbedTask(BaseTask):
     def __init__(self):
         self.cfg = EmbedConfig()
         self.pad_token_id = 0
+        self.report: dict[str, dict] = {}
 
     @property
     def scored(self) -> bool:
@@ -131,7 +130,7 @@ class EmbedTask(BaseTask):
             return pairs_from_qrels(path)
         return records
 
-    def encode(self, records: list[dict], tokenizer, max_length: int, source) -> list[dict]:
+    def encode(self, records: list[dict], tokenizer, max_length: int, source, split: str = "train") -> list[dict]:
         c = self.cfg
         first_len = c.query_max_length or max_length
         if self.scored:
@@ -141,8 +140,11 @@ class EmbedTask(BaseTask):
         else:
             require_fields(records, [c.anchor_field, c.positive_field], source)
             first, second = c.anchor_field, c.positive_field
-        a = tokenizer([str(r[first]) for r in records], truncation=True, max_length=first_len)["input_ids"]
-        b = tokenizer([str(r[second]) for r in records], truncation=True, max_length=max_length)["input_ids"]
+        firsts, seconds = [str(r[first]) for r in records], [str(r[second]) for r in records]
+        a = tokenizer(firsts, truncation=True, max_length=first_len)["input_ids"]
+        b = tokenizer(seconds, truncation=True, max_length=max_length)["input_ids"]
+        self.report[split] = {"records": len(records), "examples": len(records), "dropped": 0,
+                              "truncated": _cut_rows(tokenizer, firsts, seconds, first_len, max_length)}
         groups: dict[str, int] = {}
         negatives = self._encode_negatives(records, tokenizer, max_length, source, groups) if (
             not self.scored and c.negative_field in records[0]) else None
@@ -213,19 +215,25 @@ class EmbedTask(BaseTask):
         if data.train is None:
             raise ConfigError("embedding fine-tuning needs training data", key="data.train")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.report = {}
         records = select_records(self._training_records(run_cfg), data.limit_train, data.shuffle_seed)
         train = self.encode(records, tokenizer, data.max_length, data.train)
         evals = []
         if data.validation is not None:
             records = select_records(self.read(data.validation), data.limit_eval, data.shuffle_seed)
-            evals = self.encode(records, tokenizer, data.max_length, data.validation)
+            evals = self.encode(records, tokenizer, data.max_length, data.validation, "validation")
         return train, evals
+
+    def data_report(self) -> dict:
+        """Records read and pairs with a side cut at the length limit, per split (see train/data_report.py): a
+        cut document may lose the sentence that made it relevant, which no loss figure shows."""
+        return dict(self.report)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Anchors / first sentences as input_ids, positives / second sentences as pair_input_ids: two forwards,
         each padded to its own longest row (queries are much shorter than documents)."""
-        ids, mask = _pad([ex["a"] for ex in examples], self.pad_token_id)
-        pair_ids, pair_mask = _pad([ex["b"] for ex in examples], self.pad_token_id)
+        ids, mask = pad([ex["a"] for ex in examples], self.pad_token_id)
+        pair_ids, pair_mask = pad([ex["b"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "pair_input_ids": pair_ids,
                  "pair_attention_mask": pair_mask, "num_tokens": mask.sum() + pair_mask.sum()}
         if "score" in examples[0]:
@@ -233,7 +241,7 @@ class EmbedTask(BaseTask):
         else:
             batch["groups"] = torch.tensor([ex["group"] for ex in examples])
         if "negatives" in examples[0]:
-            neg_ids, neg_mask = _pad([n for ex in examples for n in ex["negatives"]], self.pad_token_id)
+            neg_ids, neg_mask = pad([n for ex in examples for n in ex["negatives"]], self.pad_token_id)
             batch.update(negative_input_ids=neg_ids, negative_attention_mask=neg_mask,
                          negative_groups=torch.tensor([g for ex in examples for g in ex["negative_groups"]]),
                          num_tokens=batch["num_tokens"] + neg_mask.sum())
