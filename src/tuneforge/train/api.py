@@ -100,9 +100,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
     torch.manual_seed(cfg.train.seed)  # a new head (classifier, reward value) is initialised while loading
     model = _load_model(cfg)
-    configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
-    if configure is not None:
-        cfg.method = configure(cfg.method, model)
+    cfg.method = task.configure_method(cfg.method, model)  # e.g. a new classifier head to save
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
@@ -123,7 +121,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
     tokenizer = load_tokenizer(cfg.model.name)
-    own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
+    own_run = task.run  # a task whose training is not one loss per batch (PPO) runs itself (None: the loop)
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
     if own_run is not None:
@@ -134,7 +132,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     report: dict = {}
     if own_run is None:
         train_examples, eval_examples = task.prepare(cfg, tokenizer)
-        report = data_report.summarize(getattr(task, "data_report", dict)())
+        report = data_report.summarize(task.data_report())
         if main:
             for line in _report_lines(report, cfg):
                 print(line)
@@ -181,14 +179,13 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
 
     adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name,
                                card=training_facts(cfg, result))  # README.md model card: io/model_card.py
-    export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
-    exported = export(model, tokenizer, cfg, out) if export is not None else None
+    exported = task.export(model, tokenizer, cfg, out)  # last: it may merge adapters into the model
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
     if result.train_loss is not None:
         print(f"final train loss {result.train_loss:.4f}")
     for key, value in result.eval_metrics.items():
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
-    for note in getattr(task, "data_notes", lambda: [])():  # rows a task skipped or cut, told again at the end
+    for note in task.data_notes():  # rows a task skipped or cut, told again at the end
         print(note)
     for line in _report_lines(report, cfg):
         print(line)

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from .. import methods
 from ..errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -35,22 +36,10 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered
 
 
-def _method_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
-    """The groups the active method asks for, or None while the methods package does not offer them."""
-    try:
-        from .. import methods
-    except ImportError:
-        return None
-    fn = getattr(methods, "optimizer_groups", None)
-    return None if fn is None else list(fn(model, lr, weight_decay))
-
-
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """AdamW groups over the trainable parameters: each requested group split into decayed / not decayed."""
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = _method_groups(model, lr, weight_decay)
-    if groups is None:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = list(methods.optimizer_groups(model, lr, weight_decay))  # the adapters' methods may split (LoRA+)
     out: list[dict] = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]
@@ -110,11 +99,5 @@ def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
 
 
 def on_optimizer_step(model: nn.Module) -> None:
-    """Let methods act after each optimizer step (Delta-LoRA); a no-op until the methods package offers it."""
-    try:
-        from .. import methods
-    except ImportError:
-        return
-    fn = getattr(methods, "on_optimizer_step", None)
-    if fn is not None:
-        fn(model)
+    """Let methods act after each optimizer step (Delta-LoRA)."""
+    methods.on_optimizer_step(model)

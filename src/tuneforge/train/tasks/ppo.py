@@ -26,6 +26,7 @@ from typing import Callable, Literal, Union
 
 from ...errors import ConfigError, DataError, TuneforgeError
 from ...registry import TASKS
+from .base import BaseTask
 
 
 @dataclasses.dataclass
@@ -175,7 +176,7 @@ def checked_rewards(fn: Callable, prompts: list[str], responses: list[str]) -> l
 
 
 @TASKS.register("ppo")
-class PPOTask:
+class PPOTask(BaseTask):
     """RLHF with PPO on a LoRA-style adapter; see `tuneforge.train.ppo` for the algorithm."""
 
     name = "ppo"
