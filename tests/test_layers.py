@@ -50,3 +50,18 @@ def test_the_graph_reader_resolves_relative_and_local_imports(tmp_path, monkeypa
     assert found == {("tuneforge.a", "tuneforge.a.x", False), ("tuneforge.a.x", "tuneforge.b", True),
                      ("tuneforge.b", "tuneforge.a.x", False)}
     assert layering.file_cycles(layering.edges()) == [["tuneforge.a.x", "tuneforge.b", "tuneforge.a.x"]]
+
+
+def test_method_names_only_in_methods():
+    """Method knowledge stays in methods/: no other package names a method, in a string or by importing its file
+    (train/ and serve/ keep their own tests of the same rule: tests/train/test_api.py, tests/serve/)."""
+    from tests.train.test_api import _method_mentions
+    from tuneforge.registry import METHODS
+
+    names, root = set(METHODS.names()), layering.SRC / layering.ROOT
+    paths = [root / "errors.py", root / "registry.py", root / "__init__.py"]
+    for package in ("config", "quant", "models", "data", "io", "index", "eval", "cli"):
+        paths += sorted((root / package).rglob("*.py"))
+    named = {str(path.relative_to(root)): sorted(found) for path in paths
+             if (found := _method_mentions(path.read_text(), names))}
+    assert not named, f"method names outside methods/ (move the knowledge into a method hook): {named}"

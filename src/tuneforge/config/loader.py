@@ -114,7 +114,7 @@ def build_task(section: Any, source: Source):
     known = TASKS.names()
     if not isinstance(name, str) or name not in known:
         raise source.error(f"unknown task '{name}'{suggest(str(name), known)}; known tasks: {', '.join(known)}", path)
-    config_class = getattr(TASKS.get(name), "config_class", None)
+    config_class = TASKS.get(name).config_class  # None: the task takes no settings (train/tasks/base.py)
     if config_class is None:
         if fields:
             key = next(iter(fields))
@@ -139,7 +139,7 @@ def dump_config(config: RunConfig) -> dict:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "method" and value is not None:
-            body = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+            body = value.to_dict()
             out["method"] = {"name": type(value).method, **body}
         elif f.name == "task_config":
             continue

@@ -65,8 +65,8 @@ def add_adapter(model: nn.Module, method, adapter_name: str = "default", **field
     if adapter_name in adapters:
         raise ConfigError(f"an adapter named {adapter_name!r} already exists", key="adapter_name")
     method_for(cfg).apply(model, cfg, adapter_name)
-    if getattr(cfg, "modules_to_save", None):
-        wrap_modules_to_save(model, list(cfg.modules_to_save), adapter_name)
+    if cfg.saved_modules():
+        wrap_modules_to_save(model, cfg.saved_modules(), adapter_name)
     adapters[adapter_name] = cfg
     set_active_adapters(model, [adapter_name])
     mark_trainable(model, adapter_name)
@@ -93,6 +93,23 @@ def set_active_adapters(model: nn.Module, names) -> None:
 
 def _wrappers(model):
     return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave)]
+
+
+def split_saved_modules(cfg: MethodConfig, state: dict[str, torch.Tensor]
+                        ) -> tuple[MethodConfig, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
+    """An adapter file's config and state without its modules_to_save copies, and those copies by module name
+    ({"score": {"weight": ...}}): for a caller that applies a saved head itself (PPO's reward head on a causal LM,
+    which has no such module). File keys are peft's: `base_model.model.<module>.<param>`."""
+    names = cfg.saved_modules()
+    prefixes = {name: f"{PEFT_PREFIX}{name}." for name in names}
+    rest, heads = {}, {name: {} for name in names}
+    for key, value in state.items():
+        owner = next((n for n, prefix in prefixes.items() if key.startswith(prefix)), None)
+        if owner is None:
+            rest[key] = value
+        else:
+            heads[owner][key[len(prefixes[owner]):]] = value
+    return (cfg.replace(modules_to_save=None) if names else cfg), rest, heads
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:

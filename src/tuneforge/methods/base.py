@@ -37,6 +37,15 @@ class MethodConfig:
     def replace(self, **changes) -> "MethodConfig":
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def can_save_modules(cls) -> bool:
+        """Whether the method takes `modules_to_save` (whole modules trained and saved beside the adapter)."""
+        return "modules_to_save" in {f.name for f in dataclasses.fields(cls)}
+
+    def saved_modules(self) -> list[str]:
+        """Its `modules_to_save` names ([] when unset, or when the method has no such key)."""
+        return list(self.modules_to_save or []) if self.can_save_modules() else []
+
 
 def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
     """The dtype an adapter's own parameters take on a layer with this weight: fp32, or fp64 on an fp64 base.

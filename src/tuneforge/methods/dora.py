@@ -45,6 +45,17 @@ class DoraLinear(LoraLinear):
         super().update_layer(name, cfg, module_name)
         self.lora_magnitude_vector[name] = nn.Parameter(self.weight_norm(name))
 
+    def combined_change(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """m (W + s B A) / ||W + s B A|| - W, per output row (delta = s B A, float32)."""
+        W = self.base_weight().detach().float()
+        direction = W + delta
+        scale = self.lora_magnitude_vector[name].detach().float() / torch.linalg.norm(direction, dim=1)
+        return scale[:, None] * direction - W
+
+    def after_combine(self, name: str) -> None:
+        """m = ||W + B A||: the layer then adds exactly the combined B A."""
+        self.lora_magnitude_vector[name].copy_(self.weight_norm(name))
+
     def base_weight(self) -> torch.Tensor:
         """W as (out, in), whatever the storage layout."""
         w = self.base_layer.weight

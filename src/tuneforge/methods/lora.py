@@ -116,6 +116,18 @@ class LoraLayer(AdapterLayer):
         if adapter_name in self.lora_dropout:
             del self.lora_dropout[adapter_name]
 
+    # ---- what `combine` (methods/combine.py) asks a LoRA-family layer --------------------------------------
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as stored: Linear (r, in), (out, r); Conv2d (r, in, k, k), (out, r, 1, 1)."""
+        return self.lora_A[name].weight, self.lora_B[name].weight
+
+    def combined_change(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """The layer's real change from this adapter, given delta = s B A as a float32 matrix (plain LoRA: delta)."""
+        return delta
+
+    def after_combine(self, name: str) -> None:
+        """Fix up adapter `name` once `combine` has written its factors (plain LoRA: nothing to do)."""
+
     def _move_to_base(self, *modules):
         """Onto the base weight's device, in `adapter_dtype` (fp32 on a half-precision base); lora_delta casts the
         input up and its output back down."""
@@ -236,6 +248,10 @@ class LoraEmbedding(LoraLayer):
         super().__init__(base_layer)
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as stored: (r, num_embeddings), (dim, r)."""
+        return self.lora_embedding_A[name], self.lora_embedding_B[name]
 
     def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
         r = self._set_common(name, cfg, module_name)

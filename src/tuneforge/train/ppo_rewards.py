@@ -19,23 +19,20 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
     scalar head. The head was saved as a modules_to_save copy of the classifier's `score`; a causal LM has no such
     module, so it becomes a Linear applied by `AdapterReward` to the last real token's hidden state."""
     from ..io.adapter_files import base_name_of, method_for_peft_config, read_adapter_config, read_adapter_weights
-    from ..methods import active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters
-    from ..methods.weight_method import PEFT_PREFIX
+    from ..methods import (active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters,
+                           split_saved_modules)
 
     body = read_adapter_config(adapter_dir)
     saved_for, base = body.get("base_model_name_or_path"), base_name_of(model)
     if saved_for and base and saved_for != base:
         raise AdapterMismatch(f"{adapter_dir}: reward adapter trained on {saved_for!r}, policy base is {base!r}")
     cfg = method_for_peft_config(body).config_from_peft(body)
-    state = read_adapter_weights(adapter_dir)
-    heads = [f"{PEFT_PREFIX}{m}." for m in (getattr(cfg, "modules_to_save", None) or [])]
-    head_state = {k.rsplit(".", 1)[1]: state.pop(k) for k in list(state) if k.startswith(tuple(heads))}
+    cfg, state, heads = split_saved_modules(cfg, read_adapter_weights(adapter_dir))
+    head_state = {k.rsplit(".", 1)[-1]: v for head in heads.values() for k, v in head.items()}
     if "weight" not in head_state or head_state["weight"].shape[0] != 1:
         raise AdapterMismatch(f"{adapter_dir}: no scalar reward head saved with this adapter (train it with "
                               "task: reward and modules_to_save: [score])")
     policy = active_adapters(model)
-    if heads:
-        cfg = cfg.replace(modules_to_save=None)
     add_adapter(model, cfg, name)
     load_adapter_state_dict(model, state, name)
     set_active_adapters(model, policy)

@@ -60,6 +60,7 @@ class BaseTask:
     """Shared parts: token counting for throughput, the mean-loss evaluate, and the hooks' defaults."""
 
     name = ""
+    config_class = None  # a task with settings names its dataclass (validated from the task section)
     run = None  # a task that is not one loss per batch (PPO, GRPO) defines run(...) and trains in it instead
 
     def configure_method(self, method_cfg, model):
