@@ -251,3 +251,22 @@ def test_config_validation_and_mismatched_files(tmp_path):
         with pytest.raises(AdapterMismatch, match="another base"):
             load_adapter(other, tmp_path)
         assert M.list_adapters(other) == {} and not hasattr(other.model, "prefix_encoder")
+
+
+def test_prompt_and_prefix_configs_share_virtual_token_fields_and_keep_their_keys():
+    import dataclasses
+
+    from tuneforge.methods._virtual_tokens import VirtualTokenConfig
+    from tuneforge.methods.prefix_tuning import PrefixTuningConfig
+    from tuneforge.methods.prompt_tuning import PromptTuningConfig
+
+    shared = {"num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads", "num_transformer_submodules",
+              "inference_mode", "modules_to_save"}
+    assert {f.name for f in dataclasses.fields(VirtualTokenConfig)} == shared
+    assert {f.name for f in dataclasses.fields(PromptTuningConfig)} == shared | {
+        "prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path"}
+    assert {f.name for f in dataclasses.fields(PrefixTuningConfig)} == shared | {
+        "prefix_projection", "encoder_hidden_size", "init_weights"}
+    for cls in (PromptTuningConfig, PrefixTuningConfig):  # the shared checks run for both
+        with pytest.raises(ConfigError, match="num_virtual_tokens"):
+            cls(num_virtual_tokens=0).validate()

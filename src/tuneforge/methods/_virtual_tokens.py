@@ -14,16 +14,49 @@ repeated per packed example.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+from typing import ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ._hooks import HookedMethod, HookState, backbone_of, bind_kwargs
-from .base import MethodConfig
+from .base import MethodConfig, check
 
 HOLDERS = ("prompt_encoder", "prefix_encoder")  # backbone attributes that hold one input method's modules
+
+
+@dataclasses.dataclass
+class VirtualTokenConfig(MethodConfig):
+    """The fields prompt and prefix tuning share (peft's PromptLearningConfig); names are peft's so
+    adapter_config.json reads the same in both tools."""
+
+    num_virtual_tokens: int = 20
+    """N, the number of trained virtual tokens in front of every input (prompt embeddings, or key/value
+    positions in every layer for prefix tuning)."""
+    token_dim: Optional[int] = None
+    """Width of one virtual token, filled from the model when left empty (a set value must fit the model):
+    hidden_size for prompt tuning, d_kv = key/value heads x head dim for prefix tuning."""
+    num_layers: Optional[int] = None
+    """L, the number of transformer layers; filled from the model (prompt tuning records it for peft only)."""
+    num_attention_heads: Optional[int] = None
+    """Attention heads per layer (key/value heads for prefix tuning); filled from the model (prompt tuning
+    records it for peft only)."""
+    num_transformer_submodules: Optional[int] = 1
+    """1 for decoder-only and encoder-only models (encoder-decoder models are not supported)."""
+    inference_mode: bool = False
+    """True when weights will be loaded into the adapter (save_adapter writes true, as peft): no initialisation
+    from the vocabulary or a text (loading never needs the tokenizer), and a prefix is held directly, without
+    its MLP."""
+    modules_to_save: Union[list[str], None] = None
+    """Extra modules trained in full and saved with the adapter (a new classification head)."""
+
+    def validate(self) -> None:
+        check(isinstance(self.num_virtual_tokens, int) and self.num_virtual_tokens > 0, "num_virtual_tokens",
+              f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        check(self.num_transformer_submodules in (None, 1), "num_transformer_submodules",
+              "only num_transformer_submodules 1 (decoder-only or encoder-only models) is supported")
 
 
 class VirtualState(HookState):

@@ -18,6 +18,7 @@ from ..registry import METHODS
 from .base import MethodConfig
 from .modules_to_save import ModulesToSave
 from .targeting import adapter_modules, replace_module, saved_modules, wrap_modules_to_save
+from .weight_decay import no_decay_names, split_by_decay
 from .weight_method import PEFT_PREFIX
 
 _ATTR = "_tuneforge_adapters"
@@ -197,7 +198,8 @@ def count_parameters(model: nn.Module, adapter_name: str | None = None) -> tuple
 
 
 def optimizer_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: methods may split their parameters (LoRA+); 1-D parameters get no weight decay."""
+    """AdamW groups over the trainable parameters: methods may split theirs (LoRA+); then every group is split by
+    the one weight-decay rule (methods/weight_decay.py: no decay for biases and norm weights)."""
     groups, claimed = [], set()
     for name, cfg in list_adapters(model).items():
         params = [(n, p) for n, p in trainable_parameters(model, name) if p.requires_grad]
@@ -205,14 +207,11 @@ def optimizer_groups(model: nn.Module, lr: float, weight_decay: float) -> list[d
         if custom:
             groups.extend(custom)
             claimed.update(id(p) for g in custom for p in g["params"])
-    rest = [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in claimed]
-    decay = [p for n, p in rest if p.ndim >= 2]
-    no_decay = [p for n, p in rest if p.ndim < 2]
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
-    return groups
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in claimed]
+    if rest:
+        groups.append({"params": rest, "lr": lr, "weight_decay": weight_decay})
+    names, no_decay = {id(p): n for n, p in model.named_parameters()}, no_decay_names(model)
+    return [part for group in groups for part in split_by_decay(group, names, no_decay)]
 
 
 @contextmanager

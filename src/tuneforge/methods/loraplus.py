@@ -48,17 +48,8 @@ class LoraPlus(Lora):
                 embedding.update(id(p) for _, p in layer.adapter_parameters(adapter_name))
             else:
                 fast.add(id(layer.lora_B[adapter_name].weight))
-        groups = {"A": [], "embedding": [], "B": [], "B_no_decay": []}
-        for _, p in params:
-            if id(p) in embedding:
-                groups["embedding"].append(p)
-            elif p.ndim < 2:
-                groups["B_no_decay"].append(p)
-            elif id(p) in fast:
-                groups["B"].append(p)
-            else:
-                groups["A"].append(p)
-        fast_lr = lr * cfg.loraplus_lr_ratio
-        settings = {"A": (lr, weight_decay), "embedding": (cfg.loraplus_lr_embedding, weight_decay),
-                    "B": (fast_lr, weight_decay), "B_no_decay": (fast_lr, 0.0)}
-        return [{"params": ps, "lr": settings[k][0], "weight_decay": settings[k][1]} for k, ps in groups.items() if ps]
+        groups = {"A": [], "embedding": [], "B": []}
+        for _, p in params:  # as peft: B and every 1-D tensor take the fast rate (optimizer_groups then splits decay)
+            groups["embedding" if id(p) in embedding else "B" if id(p) in fast or p.ndim < 2 else "A"].append(p)
+        rates = {"A": lr, "embedding": cfg.loraplus_lr_embedding, "B": lr * cfg.loraplus_lr_ratio}
+        return [{"params": ps, "lr": rates[k], "weight_decay": weight_decay} for k, ps in groups.items() if ps]

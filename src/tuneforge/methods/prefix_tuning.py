@@ -16,25 +16,24 @@ layer, so activation checkpointing (which replays layers) cannot be used with it
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..errors import AdapterMismatch, ConfigError
+from ..models.state_copy import copy_checked
 from ..registry import METHODS
 from ._hooks import text_config
-from ._virtual_tokens import VirtualTokenMethod, batch_of_rows, fill_from_model
-from .base import MethodConfig, check
+from ._virtual_tokens import VirtualTokenConfig, VirtualTokenMethod, batch_of_rows, fill_from_model
+from .base import check
 
 
 @dataclasses.dataclass
-class PrefixTuningConfig(MethodConfig):
-    """Prefix tuning; field names are peft's so adapter_config.json reads the same in both tools."""
+class PrefixTuningConfig(VirtualTokenConfig):
+    """Prefix tuning: the shared virtual-token fields (N, shapes filled from the model) and the optional MLP."""
 
     method = "prefix_tuning"
-    num_virtual_tokens: int = 20
-    """N, the number of trained key/value positions in front of every layer."""
     prefix_projection: bool = False
     """Produce the prefix with a two-layer tanh MLP from N smaller embeddings (the paper's
     reparameterisation); False trains the prefix directly."""
@@ -42,28 +41,12 @@ class PrefixTuningConfig(MethodConfig):
     """Hidden width h of that MLP; the key/value width d_kv when left empty."""
     init_weights: Optional[str] = None
     """None: N(0, 1) prefix (peft's default). "zero": zero prefix (zero last MLP layer when projected)."""
-    token_dim: Optional[int] = None
-    """d_kv = key/value heads x head dim; filled from the model when left empty (must fit the model)."""
-    num_layers: Optional[int] = None
-    """L, the number of transformer layers; filled from the model."""
-    num_attention_heads: Optional[int] = None
-    """Key/value heads per layer; filled from the model."""
-    num_transformer_submodules: Optional[int] = 1
-    """1 for decoder-only and encoder-only models (encoder-decoder models are not supported)."""
-    inference_mode: bool = False
-    """True when weights will be loaded into the adapter (save_adapter writes true, as peft): the adapter
-    then holds the prefix directly, without the MLP."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new classification head)."""
 
     def validate(self) -> None:
-        check(isinstance(self.num_virtual_tokens, int) and self.num_virtual_tokens > 0, "num_virtual_tokens",
-              f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        super().validate()
         check(self.init_weights in (None, "zero"), "init_weights", "init_weights must be null or 'zero'")
         check(self.encoder_hidden_size is None or self.encoder_hidden_size > 0, "encoder_hidden_size",
               "encoder_hidden_size must be positive")
-        check(self.num_transformer_submodules in (None, 1), "num_transformer_submodules",
-              "only num_transformer_submodules 1 (decoder-only or encoder-only models) is supported")
 
 
 class PrefixEncoder(nn.Module):
@@ -153,11 +136,4 @@ class PrefixTuning(VirtualTokenMethod):
         if encoder.prefix_projection:
             raise AdapterMismatch("a saved prefix cannot be loaded into an adapter with its MLP; "
                                   "load it with inference_mode: true")
-        tensor, weight = state["prompt_embeddings"], encoder.embedding.weight
-        if tuple(tensor.shape) != tuple(weight.shape):
-            raise AdapterMismatch(
-                f"prompt_embeddings: the adapter has shape {tuple(tensor.shape)}, this model needs "
-                f"{tuple(weight.shape)}; the adapter was saved for another base model"
-            )
-        with torch.no_grad():
-            weight.copy_(tensor.to(weight.dtype))
+        copy_checked(encoder.embedding.weight, state["prompt_embeddings"], "prompt_embeddings")

@@ -13,27 +13,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..errors import AdapterMismatch
+from ..models.state_copy import copy_checked
 from ..registry import METHODS
 from ._hooks import backbone_of, text_config
-from ._virtual_tokens import VirtualTokenMethod, batch_of_rows, fill_from_model
-from .base import MethodConfig, check
+from ._virtual_tokens import VirtualTokenConfig, VirtualTokenMethod, batch_of_rows, fill_from_model
+from .base import check
 
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 
 
 @dataclasses.dataclass
-class PromptTuningConfig(MethodConfig):
-    """Prompt tuning; field names are peft's so adapter_config.json reads the same in both tools."""
+class PromptTuningConfig(VirtualTokenConfig):
+    """Prompt tuning: the shared virtual-token fields (N, shapes filled from the model) and its initialisation."""
 
     method = "prompt_tuning"
-    num_virtual_tokens: int = 20
-    """N, the number of trained prompt embeddings put in front of every input."""
     prompt_tuning_init: str = "RANDOM"
     """RANDOM: N(0, 1). SAMPLE_VOCAB: embeddings of random vocabulary tokens. TEXT: embeddings of
     prompt_tuning_init_text, cut or repeated to N tokens."""
@@ -41,23 +40,9 @@ class PromptTuningConfig(MethodConfig):
     """The text whose token embeddings start the prompt (TEXT init)."""
     tokenizer_name_or_path: Optional[str] = None
     """Tokenizer for the TEXT init: a packaged alias, a local directory or a hub id."""
-    token_dim: Optional[int] = None
-    """Embedding width d; filled from the model (hidden_size) when left empty."""
-    num_layers: Optional[int] = None
-    """Number of transformer layers; filled from the model. Recorded for peft, not used here."""
-    num_attention_heads: Optional[int] = None
-    """Number of attention heads; filled from the model. Recorded for peft, not used here."""
-    num_transformer_submodules: Optional[int] = 1
-    """1 for decoder-only and encoder-only models (encoder-decoder models are not supported)."""
-    inference_mode: bool = False
-    """True when weights will be loaded into the adapter (save_adapter writes true, as peft): skips the
-    vocabulary/text initialisation, so loading never needs the tokenizer."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new classification head)."""
 
     def validate(self) -> None:
-        check(isinstance(self.num_virtual_tokens, int) and self.num_virtual_tokens > 0, "num_virtual_tokens",
-              f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        super().validate()
         check(str(self.prompt_tuning_init) in INITS, "prompt_tuning_init",
               f"prompt_tuning_init must be one of {', '.join(INITS)}, got {self.prompt_tuning_init!r}")
         if str(self.prompt_tuning_init) == "TEXT" and not self.inference_mode:
@@ -65,8 +50,6 @@ class PromptTuningConfig(MethodConfig):
                   "prompt_tuning_init TEXT needs prompt_tuning_init_text")
             check(bool(self.tokenizer_name_or_path), "tokenizer_name_or_path",
                   "prompt_tuning_init TEXT needs tokenizer_name_or_path")
-        check(self.num_transformer_submodules in (None, 1), "num_transformer_submodules",
-              "only num_transformer_submodules 1 (decoder-only or encoder-only models) is supported")
 
 
 class PromptEmbedding(nn.Module):
@@ -140,11 +123,4 @@ class PromptTuning(VirtualTokenMethod):
         weight = self.holder(model)[adapter_name].embedding.weight
         if set(state) != {"prompt_embeddings"}:
             raise AdapterMismatch(f"a prompt tuning adapter holds exactly 'prompt_embeddings', got {sorted(state)}")
-        tensor = state["prompt_embeddings"]
-        if tuple(tensor.shape) != tuple(weight.shape):
-            raise AdapterMismatch(
-                f"prompt_embeddings: the adapter has shape {tuple(tensor.shape)}, this model needs "
-                f"{tuple(weight.shape)}; the adapter was saved for another base model"
-            )
-        with torch.no_grad():
-            weight.copy_(tensor.to(weight.dtype))
+        copy_checked(weight, state["prompt_embeddings"], "prompt_embeddings")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import AdapterMismatch, ConfigError
+from ..models.state_copy import copy_checked
 from .base import AdapterLayer, Method, MethodConfig
 from .modules_to_save import ModulesToSave
 from .targeting import base_of
@@ -181,14 +182,8 @@ class SubsetMethod(Method):
                 f"the {self.name} adapter file {what} ({len(unknown)} unknown, {len(missing)} missing tensors): "
                 "was it saved for another base model or with other settings?"
             )
-        with torch.no_grad():
-            for key, tensor in state.items():
-                p = own[key]
-                if tuple(p.shape) != tuple(tensor.shape):
-                    raise AdapterMismatch(
-                        f"{key}: the adapter has shape {tuple(tensor.shape)}, this model needs {tuple(p.shape)}"
-                    )
-                p.copy_(tensor.to(p.dtype))
+        for key, tensor in state.items():
+            copy_checked(own[key], tensor, key, hint="the adapter was saved for another base model or settings")
 
     def merge(self, model, adapter_name) -> None:
         """Nothing to do: an active adapter's tensors already are the model's tensors."""

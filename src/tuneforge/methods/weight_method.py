@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TargetNotFound
+from ..models.state_copy import copy_checked
 from .base import AdapterLayer, Method, MethodConfig
 from .targeting import adapter_modules, base_of, replace_module, select_modules
 
@@ -108,15 +109,8 @@ class WeightMethod(Method):
                 f"the adapter holds {len(unknown)} tensor(s) this model has no place for, e.g. {unknown[0]!r}: "
                 "was it saved for another base model?"
             )
-        with torch.no_grad():
-            for key, tensor in state.items():
-                p = expected[key]
-                if tuple(p.shape) != tuple(tensor.shape):
-                    raise AdapterMismatch(
-                        f"{key}: the adapter has shape {tuple(tensor.shape)}, this model needs {tuple(p.shape)}; "
-                        "the adapter was saved for another base model"
-                    )
-                p.copy_(tensor.to(p.dtype))
+        for key, tensor in state.items():
+            copy_checked(expected[key], tensor, key)
         for mname, layer in self.layers(model, adapter_name):
             layer.after_load(adapter_name)
 

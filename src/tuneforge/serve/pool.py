@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, TuneforgeError
+from ..models.state_copy import copy_checked
 
 
 ADAPTER_KINDS = ("weight", "input", "representation")  # method kinds that add modules instead of training base ones
@@ -166,9 +167,9 @@ def load_checkpoint(model, ref: CheckpointRef, slot: str, allow_pickle: bool = F
     try:
         for key, tensor in load_file(str(ref.path / "trainable.safetensors")).items():
             mapped = ".".join(slot if part == "default" else part for part in key.split("."))
-            if mapped not in params or params[mapped].shape != tensor.shape:
+            if mapped not in params:
                 raise AdapterMismatch(f"{ref.path.name}: checkpoint tensor {key!r} has no place in this model")
-            params[mapped].data.copy_(tensor)
+            copy_checked(params[mapped], tensor, f"{ref.path.name}: {key}", hint="the checkpoint is of another run")
     except BaseException:
         delete_adapter(model, slot)
         raise

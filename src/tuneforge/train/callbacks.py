@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config.hooks import metric_mode, resolve_callback
 from ..errors import ConfigError, TuneforgeError
+from ..models.state_copy import copy_checked
 from .neftune import neftune
 from .tracking import Trackers
 
@@ -167,9 +168,8 @@ class RunHooks:
         if not path.is_file():
             raise TuneforgeError(f"train.save_best: {path} is missing; the best weights cannot be restored")
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in load_file(str(path)).items():
-                params[name].copy_(tensor)
+        for name, tensor in load_file(str(path)).items():
+            copy_checked(params[name], tensor, name, hint=f"{path} was saved by another run", error=TuneforgeError)
         self._message(f"restored the best weights: step {self.best['step']}, "
                       f"{self.cfg.save_best}={self.best['value']:.6g} (kept in {self.best_dir})")
         return dict(self.best["metrics"])

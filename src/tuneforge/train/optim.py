@@ -1,9 +1,9 @@
 """AdamW parameter groups and the learning-rate schedule.
 
 Why groups: weight decay pulls weights towards zero; on biases, norm gains and other 1-D parameters that only
-hurts (a norm gain decayed to zero switches a channel off), so they get `weight_decay = 0` (the GPT-2 /
-nanoGPT convention). Methods may ask for their own groups (LoRA+ trains B with a larger lr), through
-`tuneforge.methods.optimizer_groups`; the no-decay split is applied inside every group they return.
+hurts (a norm gain decayed to zero switches a channel off), so they get `weight_decay = 0` (transformers'
+Trainer rule, methods/weight_decay.py). Methods may ask for their own groups (LoRA+ trains B with a larger lr),
+through `tuneforge.methods.optimizer_groups`; the no-decay split is applied inside every group they return.
 
 Why `transformers.get_scheduler`: the same config then gives the same learning-rate curve as a Hugging Face
 Trainer run (users compare the two). It returns a LambdaLR whose state (`last_epoch`, base lrs) is a plain dict,
@@ -24,32 +24,17 @@ import math
 import torch
 from torch import nn
 
-from .. import methods
 from ..errors import ConfigError
+from ..methods import on_optimizer_step as methods_on_optimizer_step
+from ..methods import optimizer_groups
 
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def _no_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norm gains and any other tensor with fewer than two dimensions are not decayed."""
-    lowered = name.lower()
-    return param.ndim < 2 or lowered.endswith(".bias") or "norm" in lowered
-
-
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups over the trainable parameters: each requested group split into decayed / not decayed."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    groups = list(methods.optimizer_groups(model, lr, weight_decay))  # the adapters' methods may split (LoRA+)
-    out: list[dict] = []
-    for group in groups:
-        params = [p for p in group["params"] if p.requires_grad]
-        extra = {k: v for k, v in group.items() if k != "params"}
-        decay = [p for p in params if not _no_decay(names.get(id(p), ""), p)]
-        keep = [p for p in params if _no_decay(names.get(id(p), ""), p)]
-        if decay:
-            out.append({"weight_decay": weight_decay, **extra, "params": decay})
-        if keep:
-            out.append({**extra, "weight_decay": 0.0, "params": keep})
+    """AdamW groups over the trainable parameters, as `tuneforge.methods.optimizer_groups` makes them (the methods'
+    own groups, each split by the weight-decay rule of methods/weight_decay.py)."""
+    out = [g for g in optimizer_groups(model, lr, weight_decay) if g["params"]]
     if not out:
         raise ConfigError("the model has no trainable parameters; did the method mark any?", key="method")
     return out
@@ -100,4 +85,4 @@ def sync_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
 
 def on_optimizer_step(model: nn.Module) -> None:
     """Let methods act after each optimizer step (Delta-LoRA)."""
-    methods.on_optimizer_step(model)
+    methods_on_optimizer_step(model)
