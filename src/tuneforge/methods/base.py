@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError, NotMergeable
 from ..registry import METHODS
+from .target_spec import SavedModules
 
 BASE_ROW = "__base__"  # a mixed-batch row that uses no adapter (peft's spelling)
 
@@ -40,7 +41,7 @@ class MethodConfig:
     @classmethod
     def can_save_modules(cls) -> bool:
         """Whether the method takes `modules_to_save` (whole modules trained and saved beside the adapter)."""
-        return "modules_to_save" in {f.name for f in dataclasses.fields(cls)}
+        return issubclass(cls, SavedModules)
 
     def saved_modules(self) -> list[str]:
         """Its `modules_to_save` names ([] when unset, or when the method has no such key)."""

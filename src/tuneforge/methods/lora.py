@@ -21,11 +21,12 @@ from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, Lo
 from ..registry import METHODS
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
+from .target_spec import TargetSpec
 from .weight_method import WeightMethod
 
 
 @dataclasses.dataclass
-class LoraConfig(MethodConfig):
+class LoraConfig(MethodConfig, TargetSpec):
     """LoRA hyper-parameters; field names and defaults are peft's so adapter_config.json matches."""
 
     method = "lora"
@@ -35,14 +36,6 @@ class LoraConfig(MethodConfig):
     """Scale numerator: the update is multiplied by lora_alpha / r (or / sqrt(r) with use_rslora)."""
     lora_dropout: float = 0.0
     """Dropout on the adapter's input path only."""
-    target_modules: Union[list[str], str, None] = None
-    """Module names (suffix match), a regex (full match), or "all-linear". None: the architecture default."""
-    exclude_modules: Union[list[str], str, None] = None
-    """Names or regex never adapted even if targeted."""
-    layers_to_transform: Union[list[int], int, None] = None
-    """Only adapt these transformer block indices."""
-    layers_pattern: Union[str, None] = None
-    """Name of the block list (layers, h, ...) when layers_to_transform is used on an unusual model."""
     bias: str = "none"
     """Which biases train: none, all (every bias of the model), lora_only (biases of adapted layers)."""
     use_rslora: bool = False
@@ -55,8 +48,6 @@ class LoraConfig(MethodConfig):
     """Regex over module names -> a different r for those modules."""
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
     """Regex over module names -> a different lora_alpha for those modules."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new task head)."""
 
     def validate(self) -> None:
         check(isinstance(self.r, int) and self.r > 0, "r", f"r must be a positive integer, got {self.r!r}")
