@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneforge-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean browser
 
 setup: $(STAMP)
 
@@ -37,3 +37,8 @@ test: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# The web console's browser tests (tests/serve/console) need Debian's chromium (root: `make browser`, which
+# .ci/run does too) and the playwright package (the test extra); without chromium they skip, unless CI is set.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

@@ -5,8 +5,6 @@ from tests import layering
 
 # Known cycles and layer breaks, each with the helper cutting it; remove an entry once its cut has landed.
 ALLOWED_CYCLES = {
-    frozenset({"tuneforge.train.checkpoint", "tuneforge.train.distributed"}):
-        "fsdp: loading goes through the Parallel object that saves it",
     frozenset({"tuneforge.train.ppo", "tuneforge.train.ppo_rewards", "tuneforge.train.tasks.ppo"}):
         "rl: PPO in one place",
 }

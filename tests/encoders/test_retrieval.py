@@ -141,7 +141,9 @@ def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys):
         main(["retrieval-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "scifact"), "--json"])
     assert done.value.code == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "num_queries", "num_docs"}
+    assert set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "num_queries", "num_docs", "intervals", "bootstrap"}
+    for name, (low, high) in metrics["intervals"].items():
+        assert low <= metrics[name] <= high
     with pytest.raises(SystemExit):
         main(["sts-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "stsb_validation.jsonl")])
     assert "spearman" in capsys.readouterr().out

@@ -47,3 +47,16 @@ def preview_config(config_path: str, n: int = 3, overrides: list[str] = ()) -> s
 
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
+
+
+@data_app.command("digits")
+def digits_cmd(
+    out: str = typer.Argument(..., help="Folder to write (replaced if it exists)."),
+    per_class: int = typer.Option(10, "--per-class", help="Training images per digit of the transfer label set."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the splits."),
+) -> None:
+    """Write scikit-learn's bundled digits as image folders: digits 0-4 to pretrain on, 5-9 with few labels to
+    transfer to (offline; BSD-3 / CC BY 4.0, see the LICENSE.txt written with them)."""
+    from tuneforge.data.digits import write_digits
+
+    typer.echo(write_digits(out, per_class=per_class, seed=seed))

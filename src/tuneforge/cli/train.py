@@ -1,4 +1,4 @@
-"""`tuneforge train CONFIG [--set a.b=c ...] [--dry-run] [--no-resume] [--nproc N [--nnodes M --rdzv-endpoint H:P]]`:
+"""`tuneforge train CONFIG [--set a.b=c ...] [--dry-run] [--no-resume] [--seeds 42,43,44] [--nproc N ...]`:
 a thin call of tuneforge.train.train, or with --nproc / --nnodes of tuneforge.train.launcher.launch, which execs
 torchrun running `python -m tuneforge train CONFIG ...` in each process."""
 from __future__ import annotations
@@ -17,9 +17,20 @@ def train_cmd(
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (one per GPU; gloo on CPU) via torchrun."),
     nnodes: int = typer.Option(1, "--nnodes", help="Machines in the run; each runs the same command."),
     rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT all nodes meet at."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the recipe once per seed (e.g. 42,43,44) into "
+                                        "OUTPUT_DIR/seed-<seed>; print mean +- std of the final metrics."),
 ) -> None:
     """Fine-tune as the config says; resumes from output_dir/checkpoints when a run was interrupted (Ctrl-C)."""
     from tuneforge.train.api import train
+
+    if seeds is not None:
+        if nproc > 1 or nnodes > 1 or dry_run:
+            raise typer.BadParameter("--seeds runs in this process: not with --nproc/--nnodes/--dry-run")
+        from tuneforge.train.seeds import train_seeds
+
+        summary = train_seeds(config, seeds, set_ or [], progress=not quiet, resume=not no_resume)
+        typer.echo(open(summary["paths"]["markdown"]).read())
+        return
 
     if (nproc > 1 or nnodes > 1) and not dry_run:
         from tuneforge.train.launcher import launch

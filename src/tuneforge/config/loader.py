@@ -59,10 +59,27 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
     config = build_dataclass(RunConfig, data, source)
     config.method = build_method(method_section, source)
     config.task, config.task_config = build_task(task_section, source)
+    check_sharding(config, source)
     if config.data.streaming and config.train.max_steps is None:
         raise source.error("data.streaming reads records lazily, so the run length must be given: set "
                            "train.max_steps", ("data", "streaming"))
     return config
+
+
+def check_sharding(config: RunConfig, source: Source) -> None:
+    """Sharding settings the model section rules out, refused before any weight is read."""
+    train, model = config.train, config.model
+    if train.shard is not True and not train.cpu_offload:
+        return
+    key = ("train", "shard" if train.shard is True else "cpu_offload")
+    if model.device_map is not None:
+        raise source.error("model.device_map places the model itself and cannot be combined with sharding "
+                           "(train.shard / train.cpu_offload): drop one; sharding already spreads the weights over "
+                           "the processes' devices", key)
+    if model.quantization == "int8":
+        raise source.error("an int8 (LLM.int8()) base cannot be sharded (its row scales live beside the weight and "
+                           "change at the first forward); use model.quantization: nf4 (QLoRA) or train.shard: "
+                           "false", key)
 
 
 def build_method(section: Any, source: Source):

@@ -22,9 +22,10 @@ class ModelConfig:
     """Base model: a packaged alias (smollm2-135m-instruct, all-minilm-l6-v2), a local directory, a .gguf file
     or a Hugging Face hub id."""
 
-    kind: Literal["causal-lm", "encoder", "sequence-classification"] = "causal-lm"
-    """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings) or
-    sequence-classification (a new, randomly initialised classifier head with num_labels outputs)."""
+    kind: Literal["causal-lm", "encoder", "sequence-classification", "image-classification"] = "causal-lm"
+    """Which head to load: causal-lm (generation), encoder (bare encoder for embeddings),
+    sequence-classification (a new, randomly initialised classifier head with num_labels outputs) or
+    image-classification (a vision model: ViT, ResNet, ConvNeXt...; a stored head of another size is replaced)."""
 
     dtype: Literal["float32", "bfloat16", "float16", "float64", "auto"] = "auto"
     """Weight dtype. auto = bfloat16 on a CUDA GPU that supports it, else float32 (bf16 is slower on CPU).
@@ -34,7 +35,7 @@ class ModelConfig:
     """auto (cuda, then mps, then cpu), or a torch device string such as cpu or cuda:1."""
 
     num_labels: int | None = None
-    """Classes of the classifier head; only for kind sequence-classification."""
+    """Classes of the classifier head; only for kinds sequence-classification and image-classification."""
 
     quantization: Literal["nf4", "fp4", "int8"] | None = None
     """Store the base model's Linear weights in 4-bit (nf4, fp4) or 8-bit (int8) through bitsandbytes, for QLoRA;
@@ -43,7 +44,7 @@ class ModelConfig:
     double_quant: bool = True
     """4-bit only: quantise the per-block absmax constants as well (QLoRA's double quantisation)."""
 
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = "auto"
     """dtype quantised weights are dequantised into for each matmul; auto = the model's dtype."""
 
     device_map: str | int | dict | None = None
@@ -80,8 +81,9 @@ class ModelConfig:
         check_model_options(device=self.device, device_map=self.device_map, max_memory=self.max_memory,
                             attn_implementation=self.attn_implementation, quantization=self.quantization,
                             dtype=self.dtype, rope_scaling=self.rope_scaling)
-        if self.num_labels is not None and self.kind != "sequence-classification":
-            raise ConfigError("num_labels only applies to kind 'sequence-classification'", key="num_labels")
+        if self.num_labels is not None and self.kind not in ("sequence-classification", "image-classification"):
+            raise ConfigError("num_labels only applies to kinds sequence-classification and image-classification",
+                              key="num_labels")
         if self.num_labels is not None and self.num_labels < 1:
             raise ConfigError("num_labels must be at least 1", key="num_labels")
 
@@ -145,6 +147,18 @@ class TrainConfig:
     compile: bool = False
     """torch.compile each repeated block of the model (its decoder layers) before training: fuses the elementwise
     work between matmuls; the first steps pay the compile time (minutes on a small CPU)."""
+
+    shard: bool | Literal["auto"] = "auto"
+    """Several processes only (torchrun, --nproc): true shards the model over them with FSDP2, the frozen base
+    under adapters included (a 4-bit base too: FSDP-QLoRA), so each holds 1/N of the weights; false replicates
+    it (every process holds the whole model); auto shards when most parameters train (method: full) and
+    replicates adapters. Ignored in one process. See docs/distributed.md for what fits where."""
+
+    cpu_offload: bool = False
+    """Shard the model (with shard: auto too) and keep the shards, their gradients and the optimizer step in CPU
+    memory and bring each block to the device only for its forward and backward (FSDP2's
+    CPUOffloadPolicy): the device then holds about one gathered block, the adapters' working set and the
+    activations; slower, as every step moves the weights over PCIe."""
 
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     """adamw (torch), or bitsandbytes' AdamW with 8-bit states (adamw_8bit) or paged 8-bit states (paged_adamw_8bit,
@@ -228,6 +242,9 @@ class TrainConfig:
                                   key="gradient_checkpointing_layers")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError("max_grad_norm must be positive (or null to disable clipping)", key="max_grad_norm")
+        if self.cpu_offload and self.shard is False:
+            raise ConfigError("cpu_offload offloads the shards of a sharded model, and shard: false replicates it; "
+                              "set shard: true or auto, or cpu_offload: false", key="cpu_offload")
         validate_hooks(self)
 
 

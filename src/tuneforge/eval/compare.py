@@ -66,7 +66,34 @@ def _train_row(entry: MethodEntry, log) -> dict:
         result = train(cfg, progress=False, resume=False)
     shutil.rmtree(Path(cfg.output_dir) / "checkpoints", ignore_errors=True)  # optimizer states: not the adapter
     return {"trainable": info["trainable"], "total": info["total"], "wall_time_s": result.wall_time_s,
-            "metrics": result.eval_metrics, "adapter_bytes": _dir_bytes(Path(cfg.output_dir) / "adapter")}
+            "metrics": result.eval_metrics, "adapter_bytes": _dir_bytes(Path(cfg.output_dir) / "adapter"),
+            "examples": _example_scores(cfg)}
+
+
+def _example_scores(cfg) -> dict | None:
+    """Per-example validation outputs of a trained run, for bootstrap intervals (paired between methods):
+    classify -> gold / predicted label indices; embed on scored pairs -> cosine / gold score. None for tasks
+    without a per-example metric here."""
+    from ..data import read_records, select_records
+
+    data = cfg.data
+    if data.validation is None:
+        return None
+    if cfg.task in ("classify", "image_classify"):
+        from .classification import classifier_predictions
+
+        scored = classifier_predictions(cfg.output_dir)
+        return {"kind": "classify", "gold": scored["gold"], "predicted": scored["predicted"],
+                "num_labels": len(scored["labels"])}
+    settings = cfg.task_config
+    if cfg.task == "embed" and getattr(settings, "loss", None) in ("cosent", "cosine"):
+        from .sts import sts_cosines
+
+        records = select_records(read_records(data.validation), data.limit_eval, data.shuffle_seed)
+        cosines = sts_cosines(cfg.output_dir, records, settings.sentence1_field, settings.sentence2_field)
+        return {"kind": "scored", "cosine": [float(c) for c in cosines],
+                "gold": [float(r[settings.score_field]) for r in records]}
+    return None
 
 
 def _features_row(entry: MethodEntry, log) -> dict:
@@ -75,9 +102,11 @@ def _features_row(entry: MethodEntry, log) -> dict:
     from ..train.tasks.classify import classification_metrics, labelled_texts
 
     cfg = entry.run_config
+    if cfg.task == "image_classify":
+        return _image_features_row(entry)
     if cfg.task != "classify":
-        raise ConfigError(f"method {type(cfg.method).method!r} fits a classifier; it needs task classify",
-                          key="task")
+        raise ConfigError(f"method {type(cfg.method).method!r} fits a classifier; it needs task classify or "
+                          "image_classify", key="task")
     settings = cfg.method
     if "max_length" in getattr(settings, "__dataclass_fields__", {}):  # same truncation as the trained methods
         settings = settings.replace(max_length=cfg.data.max_length)
@@ -97,7 +126,45 @@ def _features_row(entry: MethodEntry, log) -> dict:
     total = sum(p.numel() for p in model.parameters()) + trainable
     return {"trainable": trainable, "total": total, "wall_time_s": wall,
             "metrics": classification_metrics(eval_y, predicted, len(labels)),
-            "adapter_bytes": _dir_bytes(out / "adapter")}
+            "adapter_bytes": _dir_bytes(out / "adapter"),
+            "examples": {"kind": "classify", "gold": list(eval_y), "predicted": [int(p) for p in predicted],
+                         "num_labels": len(labels)}}
+
+
+def _image_features_row(entry: MethodEntry) -> dict:
+    """feature_based on images: the frozen model's head inputs for the training images (never augmented), the
+    classifier fitted on them, the validation images scored."""
+    from ..methods import method_for
+    from ..models import load_model_for
+    from ..train.tasks.classify import classification_metrics
+    from ..train.tasks.image_classify import ImageClassifyTask
+
+    cfg = copy.deepcopy(entry.run_config)
+    method, out = method_for(cfg.method), Path(cfg.output_dir)
+    started = time.perf_counter()
+    m = cfg.model
+    model = load_model_for(m)
+    task = ImageClassifyTask()
+    train_examples, eval_examples = task.prepare(cfg, task.load_preprocessor(cfg))
+    if not eval_examples:
+        raise ConfigError("this path needs validation data", key="data.validation")
+
+    def batches(examples):
+        size = cfg.train.micro_batch_size
+        return (torch.stack([ex["pixel_values"] for ex in examples[i:i + size]]) for i in range(0, len(examples), size))
+
+    classifier = method.fit_images(model, batches(train_examples), [ex["label"] for ex in train_examples], cfg.method)
+    predicted = method.predict_images(model, batches(eval_examples), classifier)
+    wall = time.perf_counter() - started
+    write_adapter_files(out / "adapter", *classifier.to_files(m.name))
+    trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
+    total = sum(p.numel() for p in model.parameters()) + trainable
+    gold = [ex["label"] for ex in eval_examples]
+    return {"trainable": trainable, "total": total, "wall_time_s": wall,
+            "metrics": classification_metrics(gold, predicted, len(task.labels)),
+            "adapter_bytes": _dir_bytes(out / "adapter"),
+            "examples": {"kind": "classify", "gold": gold, "predicted": [int(p) for p in predicted],
+                         "num_labels": len(task.labels)}}
 
 
 def _fingerprint(entry: MethodEntry) -> str:
@@ -167,10 +234,36 @@ def _run_parallel(entries, metric: str, reuse: bool, jobs: int, finished, failed
                 raise failed(entry, err) from err
 
 
+def compare_seeds(config_path, seeds, overrides=(), only: list[str] | None = None, reuse: bool = True,
+                  echo=print, jobs: int | None = None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
+    """Run the whole comparison once per seed (`train.seed`, output folders OUTPUT_DIR/seed-<seed>) and write
+    OUTPUT_DIR/seeds.md / seeds.json: each method's metric as mean +- std over the seeds, per seed, the bootstrap
+    interval of the seed-mean and the paired interval of its difference to the best method (seed-means on the
+    same validation examples). Returns {"methods": [...], "per_seed": {seed: compare() result}, "paths"}."""
+    from ..train.seeds import parse_seeds, seed_dir
+    from .compare_report import write_seed_reports
+
+    seeds = parse_seeds(seeds)
+    base = load_compare_config(config_path, overrides)
+    per_seed = {}
+    for seed in seeds:
+        echo(f"== seed {seed}")
+        per_seed[seed] = compare(config_path, [*overrides, f"train.seed={seed}",
+                                               f"output_dir={seed_dir(base.output_dir, seed)}"],
+                                 only=only, reuse=reuse, echo=echo, jobs=jobs, resamples=resamples,
+                                 bootstrap_seed=bootstrap_seed)
+    methods, paths = write_seed_reports({s: r["rows"] for s, r in per_seed.items()}, base, resamples,
+                                        bootstrap_seed)
+    for kind, path in paths.items():
+        echo(f"{kind:9s} {path}")
+    return {"methods": methods, "per_seed": per_seed, "paths": paths}
+
+
 def compare(config_or_path, overrides=(), only: list[str] | None = None, reuse: bool = True,
-            echo=print, jobs: int | None = None) -> dict:
+            echo=print, jobs: int | None = None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
     """Run every method of a compare config (or those labelled in `only`), `jobs` at a time (default: the config's
-    `jobs`), write the reports,
+    `jobs`), write the reports (each metric with a bootstrap 95% interval over the validation examples and the
+    paired interval of its difference to the best method, `resamples` draws), and
     return {"rows": [...], "csv", "markdown", "plot"} paths and rows (in config order)."""
     cc: CompareConfig = (config_or_path if isinstance(config_or_path, CompareConfig)
                          else load_compare_config(config_or_path, overrides))
@@ -184,7 +277,7 @@ def compare(config_or_path, overrides=(), only: list[str] | None = None, reuse: 
     jobs = cc.jobs if jobs is None else jobs
     if jobs < 1:
         raise ConfigError("jobs must be at least 1", key="jobs")
-    cc = dataclasses.replace(cc, jobs=jobs)
+    cc = dataclasses.replace(cc, jobs=jobs, resamples=resamples, bootstrap_seed=bootstrap_seed)
     cached_before = {row["label"] for row in _finished_rows(cc)} if reuse else set()
     started = time.perf_counter()
     rows, paths = [], {}

@@ -10,9 +10,11 @@
       - head_only                                   # a registered method with its defaults
       - {name: last_k, k: 2}                        # method settings
       - {name: lora, label: lora-r8, r: 8, train: {learning_rate: 1.0e-3}}   # a row label, per-method train keys
+      - {name: full, label: scratch, model: {name: models/random-init}}    # another starting model
 
 A method may change how it is optimised (learning rate, warmup, batch size), never the budget: `epochs`,
 `max_steps` and `seed` under a method's `train` are errors, as is any unknown key (file and line named).
+A method's `model` keys replace the shared ones: a from-scratch baseline next to the pretrained start.
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ class CompareConfig:
     """Methods trained at once, each in its own process (see tuneforge.eval.compare); the CLI's --jobs wins."""
     total_wall_s: float | None = None
     """Set by a finished `compare` run that trained every method: its whole wall time, for the report."""
+    resamples: int = 1000
+    """Bootstrap resamples of the intervals in the report (set by `compare`, not read from YAML)."""
+    bootstrap_seed: int = 0
+    """Seed of the bootstrap draw (set by `compare`)."""
     """The shared run-config sections as plain data (what every method was given)."""
 
 
@@ -80,7 +86,8 @@ def _entry_source(source: Source, i: int) -> Source:
     for path, line in source.lines.items():
         if path[:2] == item and len(path) > 2:
             rest = path[2:]
-            lines[("train",) + rest[1:] if rest[0] == "train" else ("method",) + rest] = line
+            section = rest[0] if rest[0] in ("train", "model") else None
+            lines[(section,) + rest[1:] if section else ("method",) + rest] = line
     return Source(file=source.file, lines={k: v for k, v in lines.items() if v is not None}, overrides=source.overrides)
 
 
@@ -100,7 +107,10 @@ def _entry_fields(raw, i: int, source: Source) -> tuple[str, dict, dict]:
         if key in BUDGET_KEYS:
             raise source.error(f"'{key}' is part of the shared budget and cannot change per method; set it in the "
                                "top-level train section", ("methods", str(i), "train", key))
-    return label, fields, train
+    model = fields.pop("model", None) or {}
+    if not isinstance(model, dict):
+        raise source.error("a method's model section must be a mapping", ("methods", str(i), "model"))
+    return label, fields, train, model
 
 
 def compare_config_from_dict(data: dict, source: Source | None = None) -> CompareConfig:
@@ -123,13 +133,15 @@ def compare_config_from_dict(data: dict, source: Source | None = None) -> Compar
     shared = {k: v for k, v in data.items() if k not in OWN_KEYS}
     entries, labels = [], set()
     for i, raw in enumerate(methods):
-        label, method, train = _entry_fields(raw, i, source)
+        label, method, train, model = _entry_fields(raw, i, source)
         if label in labels:
             raise source.error(f"two methods share the label {label!r}; give one a `label`", ("methods", str(i)))
         labels.add(label)
         run = copy.deepcopy(shared)
         run["method"] = method
         run["train"] = {**(run.get("train") or {}), **train}
+        if model:
+            run["model"] = {**(run.get("model") or {}), **model}
         run["output_dir"] = str(Path(str(shared.get("output_dir", "runs/compare"))) / "runs" / label)
         entries.append(MethodEntry(label, config_from_dict(copy.deepcopy(run), _entry_source(source, i)), run))
     return CompareConfig(metric=metric, jobs=jobs, output_dir=Path(str(shared.get("output_dir", "runs/compare"))),

@@ -9,8 +9,62 @@ from pathlib import Path
 
 import torch
 
-COLUMNS = ("label", "method", "metric", "trainable", "trainable_pct", "total", "wall_time_s", "peak_mib",
-           "adapter_bytes")
+COLUMNS = ("label", "method", "metric", "metric_low", "metric_high", "vs_best", "vs_best_low", "vs_best_high",
+           "trainable", "trainable_pct", "total", "wall_time_s", "peak_mib", "adapter_bytes")
+HIGHER_IS_BETTER_NOT = {"eval_loss", "loss"}
+
+
+def example_statistic(examples: dict | None, metric: str):
+    """The bootstrap statistic of `metric` from a row's per-example outputs (see compare._example_scores)."""
+    from . import bootstrap
+
+    if not examples:
+        return None
+    if examples["kind"] == "classify" and metric in ("accuracy", "macro_f1"):
+        from .classification import classification_statistics
+
+        return classification_statistics(examples["gold"], examples["predicted"], examples["num_labels"])[metric]
+    if examples["kind"] == "scored" and metric in ("spearman", "pearson"):
+        from .sts import sts_statistics
+
+        return sts_statistics(examples["cosine"], examples["gold"])[metric]
+    return None
+
+
+def _best(values: dict[str, float], metric: str) -> str | None:
+    if not values:
+        return None
+    pick = min if metric in HIGHER_IS_BETTER_NOT else max
+    return pick(values, key=values.get)
+
+
+def intervals(rows_per_run: list[list[dict]], metric: str, resamples: int, seed: int) -> dict[str, dict]:
+    """label -> {"low", "high", "vs_best": {"label", "value", "low", "high"}} for the labels whose rows carry
+    per-example outputs in every run (several runs = seeds: their mean is the statistic)."""
+    from . import bootstrap
+
+    labels = [r["label"] for r in rows_per_run[0]]
+    stats, sizes = {}, {}
+    for label in labels:
+        examples = [next((r.get("examples") for r in rows if r["label"] == label), None) for rows in rows_per_run]
+        parts = [example_statistic(e, metric) for e in examples]
+        lengths = {len(e["gold"]) for e in examples if e}
+        if all(p is not None for p in parts) and len(lengths) == 1:
+            stats[label] = bootstrap.mean_over(parts) if len(parts) > 1 else parts[0]
+            sizes[label] = lengths.pop()
+    if len(set(sizes.values())) > 1:
+        return {}
+    out = {}
+    points = {label: bootstrap.point(s, sizes[label]) for label, s in stats.items()}
+    best = _best(points, metric)
+    for label, statistic in stats.items():
+        n = sizes[label]
+        low, high = bootstrap.interval(statistic, n, resamples, seed)
+        out[label] = {"low": low, "high": high}
+        if best is not None and label != best:
+            out[label]["vs_best"] = {"label": best, **bootstrap.paired_summary(statistic, stats[best], n, resamples,
+                                                                              seed)}
+    return out
 
 
 def _human_bytes(n: int) -> str:
@@ -21,23 +75,33 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _count_records(path) -> int:
+    """Records of a data file, or images of an image folder."""
+    from ..data import read_records
+    from ..data.images import folder_records, is_image_folder
+
+    return len(folder_records(path)) if is_image_folder(path) else len(read_records(path))
+
+
 def budget_lines(cc, labels=None) -> list[str]:
     """What every method was given, so a reader knows the table's conditions (subsample, epochs, seed)."""
-    from ..data import read_records
-
     first = cc.entries[0].run_config
     data, train = first.data, first.train
     lines = [f"- model: `{first.model.name}` ({first.model.kind}); task: `{first.task}`"]
     if data.train:
-        total = len(read_records(data.train))
+        total = _count_records(data.train)
         used = min(total, data.limit_train or total)
         sub = f"{used:,} of {total:,} records (seeded subsample, shuffle_seed {data.shuffle_seed})" \
             if used < total else f"all {total:,} records"
         lines.append(f"- train: `{data.train}`: {sub}")
     if data.validation:
-        total = len(read_records(data.validation))
+        total = _count_records(data.validation)
         used = min(total, data.limit_eval or total)
         lines.append(f"- evaluated on `{data.validation}`: {used:,} of {total:,} records")
+    for entry in cc.entries:
+        model = entry.run_config.model.name
+        if model != first.model.name and (labels is None or entry.label in labels):
+            lines.append(f"- {entry.label} starts from `{model}`")
     steps = f"max_steps {train.max_steps}" if train.max_steps else f"{train.epochs} epoch(s)"
     jobs = getattr(cc, "jobs", 1)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
@@ -57,22 +121,48 @@ def budget_lines(cc, labels=None) -> list[str]:
     return lines
 
 
-def table_rows(rows: list[dict]) -> list[dict]:
-    return [{"label": r["label"], "method": r["method"], "metric": r["metric"], "trainable": r["trainable"],
-             "trainable_pct": 100.0 * r["trainable"] / max(1, r["total"]), "total": r["total"],
-             "wall_time_s": r["wall_time_s"], "peak_mib": r["peak_mib"], "adapter_bytes": r["adapter_bytes"]}
-            for r in rows]
+def table_rows(rows: list[dict], cc=None) -> list[dict]:
+    """Report rows; with cc (its metric, resamples, bootstrap_seed), the bootstrap interval of each metric and the
+    paired interval of its difference to the best method, where rows carry per-example outputs."""
+    found = intervals([rows], cc.metric, getattr(cc, "resamples", 1000), getattr(cc, "bootstrap_seed", 0)) \
+        if cc is not None and rows and getattr(cc, "resamples", 1000) else {}
+    out = []
+    for r in rows:
+        iv = found.get(r["label"], {})
+        vs = iv.get("vs_best", {})
+        out.append({"label": r["label"], "method": r["method"], "metric": r["metric"],
+                    "metric_low": iv.get("low"), "metric_high": iv.get("high"), "vs_best": vs.get("value"),
+                    "vs_best_low": vs.get("low"), "vs_best_high": vs.get("high"), "trainable": r["trainable"],
+                    "trainable_pct": 100.0 * r["trainable"] / max(1, r["total"]), "total": r["total"],
+                    "wall_time_s": r["wall_time_s"], "peak_mib": r["peak_mib"], "adapter_bytes": r["adapter_bytes"]})
+    return out
+
+
+def _interval_cell(value: float, low, high) -> str:
+    return f"{value:.4f}" if low is None else f"{value:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _vs_best_cell(r: dict) -> str:
+    if r.get("vs_best") is None:
+        return "best" if r.get("metric_low") is not None else "-"
+    return f"{r['vs_best']:+.4f} [{r['vs_best_low']:+.4f}, {r['vs_best_high']:+.4f}]"
 
 
 def markdown(rows: list[dict], cc) -> str:
     head = [f"# {cc.metric} against training cost", "", *budget_lines(cc, {r["label"] for r in rows}), "",
-            f"| method | {cc.metric} | trainable params | % of total | wall time (s) | peak memory (MiB) | adapter size |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in table_rows(rows):
+            f"| method | {cc.metric} [95% CI] | vs best [paired 95% CI] | trainable params | % of total | "
+            "wall time (s) | peak memory (MiB) | adapter size |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table_rows(rows, cc):
         peak = f"{r['peak_mib']:,.0f}" if r["peak_mib"] is not None else "n/a"
-        head.append(f"| {r['label']} | {r['metric']:.4f} | {r['trainable']:,} | {r['trainable_pct']:.3f} | "
+        head.append(f"| {r['label']} | {_interval_cell(r['metric'], r['metric_low'], r['metric_high'])} | "
+                    f"{_vs_best_cell(r)} | {r['trainable']:,} | {r['trainable_pct']:.3f} | "
                     f"{r['wall_time_s']:.1f} | {peak} | {_human_bytes(r['adapter_bytes'])} |")
-    head += ["", "Wall time covers training plus the final evaluation (for a classifier on frozen embeddings: "
+    head += ["", "Intervals: percentile bootstrap over the validation examples "
+             f"({getattr(cc, 'resamples', 1000)} resamples, seed {getattr(cc, 'bootstrap_seed', 0)}); the difference "
+             "to the best method is paired (the same resampled examples for both), so an interval that holds 0 means "
+             "the two are not told apart by this validation set.",
+             "", "Wall time covers training plus the final evaluation (for a classifier on frozen embeddings: "
              "embedding both splits and fitting). Peak memory is the process's resident high-water mark during "
              "that method. Trainable parameters include a new task head."]
     return "\n".join(head) + "\n"
@@ -114,7 +204,9 @@ def write_reports(rows: list[dict], cc) -> dict:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for r in table_rows(rows):
+    for r in table_rows(rows, cc):
+        r = {k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) and k.startswith(("metric_", "vs_best"))
+                 else v) for k, v in r.items()}
         writer.writerow({**r, "metric": f"{r['metric']:.6f}", "trainable_pct": f"{r['trainable_pct']:.6f}",
                          "wall_time_s": f"{r['wall_time_s']:.3f}",
                          "peak_mib": "" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"})
@@ -122,3 +214,45 @@ def write_reports(rows: list[dict], cc) -> dict:
     _write(out / "results.md", markdown(rows, cc))
     return {"csv": out / "results.csv", "markdown": out / "results.md",
             "plot": plot(rows, cc, out / "metric_vs_params.png")}
+
+
+def write_seed_reports(rows_per_seed: dict[int, list[dict]], cc, resamples: int = 1000,
+                       bootstrap_seed: int = 0) -> tuple[list[dict], dict]:
+    """OUTPUT_DIR/seeds.md and seeds.json of `compare --seeds`: per method the metric's mean +- std over seeds,
+    each seed's value, the bootstrap interval of the seed-mean and the paired interval of its difference to the
+    best method's seed-mean. Returns (method summaries, paths)."""
+    import json
+    import statistics
+
+    seeds = list(rows_per_seed)
+    runs = [rows_per_seed[s] for s in seeds]
+    labels = [r["label"] for r in runs[0] if all(any(x["label"] == r["label"] for x in rows) for rows in runs)]
+    found = intervals([[r for r in rows if r["label"] in labels] for rows in runs], cc.metric, resamples,
+                      bootstrap_seed)
+    methods = []
+    for label in labels:
+        values = [next(r["metric"] for r in rows if r["label"] == label) for rows in runs]
+        iv = found.get(label, {})
+        methods.append({"label": label, "mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "per_seed": dict(zip(seeds, values)), "low": iv.get("low"), "high": iv.get("high"),
+                        "vs_best": iv.get("vs_best")})
+    lines = [f"# {cc.metric} over seeds {', '.join(map(str, seeds))}", "", *budget_lines(cc), "",
+             f"| method | mean ± std | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | 95% CI of the mean | vs best [paired 95% CI] |",
+             "|---|---:|" + "---:|" * len(seeds) + "---:|---:|"]
+    for m in methods:
+        ci = "-" if m["low"] is None else f"[{m['low']:.4f}, {m['high']:.4f}]"
+        vs = m["vs_best"]
+        vs_cell = ("best" if m["low"] is not None else "-") if vs is None else \
+            f"{vs['value']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"
+        lines.append(f"| {m['label']} | {m['mean']:.4f} ± {m['std']:.4f} | "
+                     + " | ".join(f"{m['per_seed'][s]:.4f}" for s in seeds) + f" | {ci} | {vs_cell} |")
+    lines += ["", "std: sample standard deviation over the seeds (n - 1). Intervals: percentile bootstrap over the "
+              f"validation examples ({resamples} resamples, seed {bootstrap_seed}) of the mean over seeds; the "
+              "difference to the best method is paired over the same examples."]
+    out = Path(cc.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "seeds.md", "\n".join(lines) + "\n")
+    _write(out / "seeds.json", json.dumps({"metric": cc.metric, "seeds": seeds, "methods": methods}, indent=2))
+    return methods, {"markdown": out / "seeds.md", "json": out / "seeds.json"}

@@ -16,13 +16,17 @@ import json
 from pathlib import Path
 
 from ..config import resolve_config
+from .bootstrap import settings as bootstrap_settings
 from .forgetting import probe_changes
 from .report import results_markdown, write_text
 from .systems import EncoderCache, default_systems, default_tasks, load_base, score_systems
 
 
-def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print) -> dict:
-    """Score eval.tasks x eval.systems of a run config and write the results (see the module docstring).
+def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print,
+             resamples: int = 1000, bootstrap_seed: int = 0) -> dict:
+    """Score eval.tasks x eval.systems of a run config and write the results (see the module docstring), each
+    metric with a bootstrap 95% interval (`resamples` draws of the examples, seeded; 0 turns them off) and each
+    system after the first with the paired interval of its difference to the first.
 
     Returns {"rows", "markdown", "forgetting" (with forgetting=True), "paths"}."""
     cfg = resolve_config(config_or_path, overrides)
@@ -35,13 +39,15 @@ def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: boo
     def write_results(rows: list[dict]) -> dict:
         return {"markdown": str(write_text(out / "results.md", results_markdown(rows))),
                 "json": str(write_text(out / "results.json", json.dumps(
-                    {"model": cfg.model.name, "settings": settings, "rows": rows}, indent=2))),
+                    {"model": cfg.model.name, "settings": settings, "bootstrap": bootstrap_settings(resamples,
+                                                                                                bootstrap_seed),
+                 "rows": rows}, indent=2))),
                 "predictions": str(out / "predictions")}
 
     model, tokenizer = load_base(cfg)
     encoder = EncoderCache(cfg.eval.encoder, out / "cache")
     rows = score_systems(model, tokenizer, cfg.eval, tasks, systems, out / "predictions", encoder, log,
-                         on_row=write_results)
+                         on_row=write_results, resamples=resamples, bootstrap_seed=bootstrap_seed)
     result = {"rows": rows, "markdown": results_markdown(rows), "paths": write_results(rows)}
     if forgetting:
         result["forgetting"] = probe_changes(model, tokenizer, cfg, systems, out, log=log)

@@ -26,8 +26,24 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
+def _cell(row: dict, column: str) -> str:
+    value = row["metrics"].get(column)
+    low, high = row.get("intervals", {}).get(column, (None, None))
+    if value is None or low is None or low != low:  # no interval (or NaN)
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _difference_cell(difference: dict | None) -> str:
+    if not difference:
+        return "-"
+    return f"{difference['value']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
+
+
 def results_markdown(rows: list[dict]) -> str:
-    """One table per task: | system | n | metric ... |, with the direction of each metric in the header."""
+    """One table per task: | system | n | metric ... |, with the direction of each metric in the header and a
+    bootstrap 95% interval in brackets; then, when systems were compared, the paired interval of each system's
+    difference to the task's first system."""
     out = []
     for task in dict.fromkeys(row["task"] for row in rows):
         task_rows = [row for row in rows if row["task"] == task]
@@ -37,9 +53,19 @@ def results_markdown(rows: list[dict]) -> str:
         out.append("| system | n | " + " | ".join(arrows) + " |")
         out.append("|---|---:|" + "---:|" * len(columns))
         for row in task_rows:
-            cells = [_fmt(row["metrics"].get(c)) for c in columns]
+            cells = [_cell(row, c) for c in columns]
             out.append(f"| {row['system']} | {row['n']} | " + " | ".join(cells) + " |")
         out.append("")
+        compared = [row for row in task_rows if row.get("vs_first")]
+        if compared:
+            out.append(f"Difference to {compared[0]['vs_first']['system']} on the same examples (paired bootstrap "
+                       "95% interval):\n")
+            out.append("| system | " + " | ".join(columns) + " |")
+            out.append("|---|" + "---:|" * len(columns))
+            for row in compared:
+                out.append(f"| {row['system']} | " + " | ".join(_difference_cell(row["vs_first"].get(c))
+                                                              for c in columns) + " |")
+            out.append("")
     return "\n".join(out)
 
 

@@ -13,25 +13,28 @@ The ranking goes through the same persisted faiss index as `tuneforge search` (s
 from __future__ import annotations
 
 from ..data.beir import load_beir
+from . import bootstrap
 
 DEPTH = 100
 
 
-def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
-    """nDCG@10, MRR@10, Recall@100 (means over the queries in qrels; a query missing from run scores 0)."""
+def per_query_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, list[float]]:
+    """nDCG@10, MRR@10, Recall@100 of each query in qrels, in qrels order (a query missing from run scores 0)."""
     import pytrec_eval
 
     run = {q: {d: float(s) for d, s in run.get(q, {}).items()} for q in qrels}
     top10 = {q: dict(sorted(docs.items(), key=lambda kv: -kv[1])[:10]) for q, docs in run.items()}
     full = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
     short = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    return {"ndcg@10": [full.get(q, {}).get("ndcg_cut_10", 0.0) for q in qrels],
+            "mrr@10": [short.get(q, {}).get("recip_rank", 0.0) for q in qrels],
+            "recall@100": [full.get(q, {}).get("recall_100", 0.0) for q in qrels]}
+
+
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10, Recall@100 (means over the queries in qrels; a query missing from run scores 0)."""
     n = len(qrels)
-
-    def mean(scores: dict, key: str) -> float:
-        return sum(scores.get(q, {}).get(key, 0.0) for q in qrels) / n if n else 0.0
-
-    return {"ndcg@10": mean(full, "ndcg_cut_10"), "mrr@10": mean(short, "recip_rank"),
-            "recall@100": mean(full, "recall_100")}
+    return {k: sum(v) / n if n else 0.0 for k, v in per_query_metrics(qrels, run).items()}
 
 
 def sample_corpus(corpus: dict[str, str], qrels: dict[str, dict[str, int]], max_docs: int | None,
@@ -49,22 +52,39 @@ def sample_corpus(corpus: dict[str, str], qrels: dict[str, dict[str, int]], max_
     return {d: t for d, t in corpus.items() if d in keep}
 
 
+def _ranked(model_dir, data, query_ids, corpus, index_dir, batch_size) -> dict[str, dict[str, float]]:
+    from ..index import SentenceEncoder, corpus_index
+
+    encoder = SentenceEncoder.load(model_dir)
+    index = corpus_index(encoder, corpus, index_dir, batch_size)
+    hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
+    return {q: dict(row) for q, row in zip(query_ids, hits)}
+
+
 def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir=None, batch_size: int = 64,
-                       max_queries: int | None = None, max_docs: int | None = None) -> dict:
+                       max_queries: int | None = None, max_docs: int | None = None, baseline=None,
+                       resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED) -> dict:
     """Score `model_dir` (alias, model / adapter / run directory) on a BEIR split of `data_dir`.
 
     The corpus is encoded once into a faiss index at `index_dir` (kept for `tuneforge search`), or into a
     temporary one; an existing `index_dir` built with the same model is reused, so a second evaluation only
     encodes the queries. max_queries / max_docs evaluate a seeded subset (see sample_corpus). Returns the metrics
-    plus num_queries and num_docs."""
-    from ..index import SentenceEncoder, corpus_index
-
+    with bootstrap 95% intervals over queries, plus num_queries and num_docs. `model_dir` may be a list (seeds
+    of one recipe: mean, std, per-model values); `baseline` (a model or list) adds the paired interval of the
+    difference. With several models `index_dir` serves the first only."""
     data = load_beir(data_dir, split)
     query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     qrels = {q: data.qrels[q] for q in query_ids}
     corpus = sample_corpus(data.corpus, qrels, max_docs)
-    encoder = SentenceEncoder.load(model_dir)
-    index = corpus_index(encoder, corpus, index_dir, batch_size)
-    hits = index.search(encoder.encode([data.queries[q] for q in query_ids], batch_size=batch_size), DEPTH)
-    run = {q: dict(row) for q, row in zip(query_ids, hits)}
-    return {**retrieval_metrics(qrels, run), "num_queries": len(query_ids), "num_docs": len(corpus)}
+
+    def runs(models, index_for_first=None) -> list[dict]:
+        models = bootstrap.as_list(models)
+        out = []
+        for i, model in enumerate(models):
+            ranked = _ranked(model, data, query_ids, corpus, index_for_first if i == 0 else None, batch_size)
+            out.append({k: bootstrap.mean_of(v) for k, v in per_query_metrics(qrels, ranked).items()})
+        return out
+
+    report = bootstrap.report_runs(runs(model_dir, index_dir), len(query_ids), runs(baseline) if baseline else (),
+                                   resamples, seed)
+    return {**report, "num_queries": len(query_ids), "num_docs": len(corpus)}

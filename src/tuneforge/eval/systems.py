@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..io import load_adapter
 from ..methods import disable_adapters, list_adapters, set_active_adapters
 from ..models import load_model_for, load_tokenizer
+from .example_stats import row_difference, row_intervals, row_statistics
 from .generation import generate_with
 from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
 from .metrics import classification, text_metrics
@@ -99,7 +100,7 @@ def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, enc
         losses = sequence_nll(model, pairs, pad, settings.batch_size)
         metrics.update(mean_loss(losses))
         for row, (s, n) in zip(rows, losses):
-            row["loss"] = s / max(1, n)
+            row["loss"], row["tokens"] = s / max(1, n), n
     return metrics, rows
 
 
@@ -111,10 +112,13 @@ def adapter_name_for(path) -> str:
 
 
 def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
-                  predictions_dir: Path | None, encoder=None, log=print, on_row=None) -> list[dict]:
-    """Rows {task, system, n, shots, selection, adapter, metrics, seconds} for every (system, task) pair.
-    `on_row(rows_so_far)` runs after each row (evaluate writes the results so far: a crash loses nothing done)."""
-    rows = []
+                  predictions_dir: Path | None, encoder=None, log=print, on_row=None,
+                  resamples: int = 1000, bootstrap_seed: int = 0) -> list[dict]:
+    """Rows {task, system, n, shots, selection, adapter, metrics, intervals, vs_first, seconds} for every
+    (system, task) pair: `intervals` are bootstrap 95% intervals of the metrics over the task's examples,
+    `vs_first` the paired interval of this system minus the first system scored on the task (resamples=0: no
+    intervals). `on_row(rows_so_far)` runs after each row (evaluate writes the results so far)."""
+    rows, first = [], {}  # first: task name -> (system name, example lines, statistics)
     for system in systems:
         if system.adapter is not None:
             name = adapter_name_for(system.adapter)
@@ -131,6 +135,15 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
                 row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
                        "selection": system.selection if system.shots else None, "adapter": system.adapter,
                        "metrics": metrics, "seconds": round(seconds, 1)}
+                if resamples and predictions:
+                    statistics = row_statistics(task, metrics, predictions)
+                    lines = [p.get("line") for p in predictions]
+                    row["intervals"] = row_intervals(statistics, len(predictions), resamples, bootstrap_seed)
+                    if task.name not in first:
+                        first[task.name] = (system.name, lines, statistics)
+                    elif first[task.name][1] == lines:
+                        row["vs_first"] = {"system": first[task.name][0], **row_difference(
+                            statistics, first[task.name][2], len(predictions), resamples, bootstrap_seed)}
                 rows.append(row)
                 shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
                 log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")

@@ -52,8 +52,11 @@ def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
     """The dtype an adapter's own parameters take on a layer with this weight: fp32, or fp64 on an fp64 base.
     Never a half precision: bf16 keeps 8 bits, so an AdamW step of 1e-3 on an IA3 scale of 1.0 (bf16 spacing
     there: 2^-7) or on a LoRA factor rounds to nothing. Quantised (integer) bases get fp32 too. peft does the
-    same (autocast_adapter_dtype); each layer casts its input up and its output back to the activations' dtype."""
-    return torch.float64 if base_weight.dtype == torch.float64 else torch.float32
+    same (autocast_adapter_dtype); each layer casts its input up and its output back to the activations' dtype.
+    A 4-bit base dequantised into float64 (numerical checks, quant/layers.py) counts as an fp64 base."""
+    state = getattr(base_weight, "quant_state", None)
+    dtype = state.dtype if state is not None else base_weight.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check(cond: bool, key: str, message: str) -> None:
@@ -155,6 +158,14 @@ class Method:
 
     def predict(self, model: nn.Module, tokenizer, texts: list[str], classifier, cache_dir=None) -> list:
         """Labels a `fitted` method's classifier gives `texts`."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
+
+    def fit_images(self, model: nn.Module, batches, labels: list, cfg: MethodConfig | None = None):
+        """A `fitted` method's classifier on an image model's features of `batches` (pixel tensors)."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
+
+    def predict_images(self, model: nn.Module, batches, classifier) -> list:
+        """Labels a `fitted` method's classifier gives the images of `batches`."""
         raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
 
     def peft_config(self, cfg: MethodConfig) -> dict[str, Any]:

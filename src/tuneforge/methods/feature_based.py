@@ -168,7 +168,16 @@ def fit(model, tokenizer, texts: list[str], labels: list, cache_dir=None,
         raise DataError(f"{len(texts)} texts but {len(labels)} labels", key="labels")
     if len(set(labels)) < 2:
         raise DataError("a classifier needs at least two distinct labels", key="labels")
-    features = embed(model, tokenizer, texts, cfg, cache_dir).numpy()
+    return fit_classifier(embed(model, tokenizer, texts, cfg, cache_dir), labels, cfg)
+
+
+def fit_classifier(features: torch.Tensor, labels: list, cfg: FeatureBasedConfig) -> FeatureClassifier:
+    """The classifier of `cfg` fitted on (feature row, label) pairs."""
+    if len(features) != len(labels):
+        raise DataError(f"{len(features)} feature rows but {len(labels)} labels", key="labels")
+    if len(set(labels)) < 2:
+        raise DataError("a classifier needs at least two distinct labels", key="labels")
+    features = features.numpy()
     if cfg.classifier == "logistic":
         from sklearn.linear_model import LogisticRegression
 
@@ -194,6 +203,45 @@ def predict(model, tokenizer, texts: list[str], classifier: FeatureClassifier, c
     return classifier.predict_features(embed(model, tokenizer, texts, classifier.cfg, cache_dir))
 
 
+@torch.no_grad()
+def embed_images(model, pixel_batches, cfg: FeatureBasedConfig | None = None) -> torch.Tensor:
+    """For an image classifier: what its head reads (the model's own pooling: ViT's normalised [CLS] vector, a
+    CNN's globally averaged last feature map), flattened and optionally L2-normalised; (images, d) on the CPU.
+    `pixel_batches` are (batch, C, H, W) tensors; `cfg.pooling` does not apply (images have no padding)."""
+    from ..models.vision import head_module
+
+    cfg = cfg or FeatureBasedConfig()
+    found = head_module(model)
+    if found is None:
+        raise ConfigError(f"{type(model).__name__} has no classifier head whose input to use as features",
+                          key="method")
+    captured = []
+    handle = found[1].register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1).float()))
+    was_training = model.training
+    model.eval()
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    try:
+        for pixels in pixel_batches:
+            model(pixels.to(device=device, dtype=dtype))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    features = torch.cat([c.cpu() for c in captured])
+    return F.normalize(features, dim=-1) if cfg.normalize else features
+
+
+def fit_images(model, pixel_batches, labels: list, cfg: FeatureBasedConfig | None = None) -> FeatureClassifier:
+    """fit() for images: the classifier on the frozen model's head inputs (embed_images)."""
+    cfg = cfg or FeatureBasedConfig()
+    cfg.validate()
+    return fit_classifier(embed_images(model, pixel_batches, cfg), labels, cfg)
+
+
+def predict_images(model, pixel_batches, classifier: FeatureClassifier) -> list:
+    """The most probable label of each image."""
+    return classifier.predict_features(embed_images(model, pixel_batches, classifier.cfg))
+
+
 @METHODS.register("feature_based")
 class FeatureBased(Method):
     name = "feature_based"
@@ -207,6 +255,8 @@ class FeatureBased(Method):
     predict = staticmethod(predict)
     predict_proba = staticmethod(predict_proba)
     from_files = staticmethod(FeatureClassifier.from_files)
+    fit_images = staticmethod(fit_images)
+    predict_images = staticmethod(predict_images)
 
     def apply(self, model, cfg, adapter_name) -> None:
         raise ConfigError(

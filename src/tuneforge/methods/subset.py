@@ -103,6 +103,26 @@ def head_parameter_names(model: nn.Module, params: dict, lm_head: bool = True) -
     return [n for n, (p, _) in params.items() if id(p) in ids]
 
 
+def norm_statistics(model: nn.Module, trained: list[str]) -> dict[str, torch.Tensor]:
+    """Name -> buffer of the running statistics (running_mean, running_var, num_batches_tracked) of every
+    BatchNorm whose weight or bias is among the `trained` parameter names. A BatchNorm that trains updates its
+    statistics from the training batches, so they are part of what the adapter saves (a frozen one runs in eval
+    mode and keeps its checkpoint's statistics; see the image_classify task). They are the model's own buffers,
+    not per-adapter copies: switching between two such adapters does not switch the statistics."""
+    names = set(trained)
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.track_running_stats:
+            continue
+        dot = f"{prefix}." if prefix else ""
+        if f"{dot}weight" in names or f"{dot}bias" in names:
+            for attr in ("running_mean", "running_var", "num_batches_tracked"):
+                buffer = getattr(module, attr, None)
+                if buffer is not None:
+                    out[dot + attr] = buffer
+    return out
+
+
 def name_shapes(names, limit: int = 12) -> str:
     """A short list of the parameter names that exist, block indices folded (for error messages)."""
     folded = list(dict.fromkeys(re.sub(r"\.\d+\.", ".N.", n) for n in names))
@@ -170,10 +190,15 @@ class SubsetMethod(Method):
         return [(n, s.trained[adapter_name]) for n, s in store.slots.items() if adapter_name in s.trained]
 
     def state_dict(self, model, adapter_name, cfg=None) -> dict[str, torch.Tensor]:
-        return {PEFT_PREFIX + n: p.detach() for n, p in self.trainable_parameters(model, adapter_name)}
+        trained = self.trainable_parameters(model, adapter_name)
+        state = {PEFT_PREFIX + n: p.detach() for n, p in trained}
+        state.update({PEFT_PREFIX + n: b.detach() for n, b in norm_statistics(model, [n for n, _ in trained]).items()})
+        return state
 
     def load_state_dict(self, model, state, adapter_name, cfg=None) -> None:
-        own = {PEFT_PREFIX + n: p for n, p in self.trainable_parameters(model, adapter_name)}
+        trained = self.trainable_parameters(model, adapter_name)
+        own = {PEFT_PREFIX + n: p for n, p in trained}
+        own.update({PEFT_PREFIX + n: b for n, b in norm_statistics(model, [n for n, _ in trained]).items()})
         unknown = [k for k in state if k not in own]
         missing = [k for k in own if k not in state]
         if unknown or missing:

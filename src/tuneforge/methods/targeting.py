@@ -29,8 +29,13 @@ DEFAULT_TARGETS = {
     "roberta": ["query", "value"],
     "distilbert": ["q_lin", "v_lin"],
     "t5": ["q", "v"],
+    "vit": ["q_proj", "v_proj"],  # attention as in LoRA's paper (peft has no ViT default; transformers 5 names)
+    "deit": ["q_proj", "v_proj"],
 }
 LAYER_PATTERN = re.compile(r".*\.(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
+# A CNN's (ResNet, ConvNeXt) blocks sit inside stages: the stage is the unit that layer indices count, so that
+# "the last k" means the last k stages (resnet.encoder.stages.2.layers.0.layer.1 is in stage 2).
+STAGE_PATTERN = re.compile(r"(?:.*\.)?stages\.(\d+)(?:\.|$)")
 
 
 def linear_types() -> tuple[type, ...]:
@@ -76,7 +81,7 @@ def layer_index(name: str, layers_pattern: str | None = None) -> int | None:
     if layers_pattern:
         m = re.match(rf".*\.{re.escape(layers_pattern)}\.(\d+)(?:\.|$)", name)
     else:
-        m = LAYER_PATTERN.match(name)
+        m = STAGE_PATTERN.match(name) or LAYER_PATTERN.match(name)
     return int(m.group(1)) if m else None
 
 

@@ -16,8 +16,9 @@ from ..config.model_options import DTYPES, resolve_device, resolve_dtype  # noqa
 from ..errors import ConfigError, ModelNotFound
 from .packaged import ModelSource, aliases_hint, converted_gguf, resolve_model
 
-ModelKind = Literal["causal-lm", "encoder", "sequence-classification"]
-MODEL_KINDS = ("causal-lm", "encoder", "sequence-classification")
+ModelKind = Literal["causal-lm", "encoder", "sequence-classification", "image-classification"]
+MODEL_KINDS = ("causal-lm", "encoder", "sequence-classification", "image-classification")
+HEAD_KINDS = ("sequence-classification", "image-classification")  # kinds whose head has num_labels outputs
 
 
 def _local_dir(source: ModelSource) -> str:
@@ -64,6 +65,7 @@ def _auto_class(kind: str):
         "causal-lm": transformers.AutoModelForCausalLM,
         "encoder": transformers.AutoModel,
         "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "image-classification": transformers.AutoModelForImageClassification,
     }[kind]
 
 
@@ -89,7 +91,9 @@ def load_model(
 
     name_or_path: packaged alias (`smollm2-135m-instruct`, `all-minilm-l6-v2`), local dir, `.gguf` file, or
     hub id (at `revision`). kind: `causal-lm`, `encoder` (bare AutoModel, e.g. for embeddings) or
-    `sequence-classification` (with `num_labels`; its head is new and randomly initialised). A missing pad token
+    `sequence-classification` (with `num_labels`; its head is new and randomly initialised) or
+    `image-classification` (ViT, ResNet, ConvNeXt...; a stored head of another size than `num_labels` is replaced
+    by a new random one). A missing pad token
     id is filled from the tokenizer so sequence classifiers can find the last real token of padded rows.
     quantization (nf4, fp4, int8) stores the Linear weights through bitsandbytes, quantised tensor by tensor
     while a safetensors checkpoint is read (models/lean_load.py), so the dense model is never whole in memory.
@@ -101,8 +105,9 @@ def load_model(
     from ..config.model_options import check_model_options
 
     auto_class = _auto_class(kind)
-    if num_labels is not None and kind != "sequence-classification":
-        raise ConfigError(f"num_labels only applies to kind 'sequence-classification', not {kind!r}", key="num_labels")
+    if num_labels is not None and kind not in HEAD_KINDS:
+        raise ConfigError(f"num_labels only applies to kinds {' and '.join(HEAD_KINDS)}, not {kind!r}",
+                          key="num_labels")
     check_model_options(device=device, device_map=device_map, max_memory=max_memory,
                         attn_implementation=attn_implementation, quantization=quantization, dtype=dtype,
                         rope_scaling=rope_scaling)
@@ -114,7 +119,12 @@ def load_model(
     hub = {**_hub_kwargs(source), "trust_remote_code": trust_remote_code}
     if revision is not None and source.is_hub:
         hub["revision"] = revision
+    stored_labels = None
+    if kind == "image-classification" and num_labels is not None:  # a pretrained head of another size is replaced
+        stored_labels = getattr(_load_config(source, location, hub, None, None), "num_labels", None)
     config = _load_config(source, location, hub, num_labels, rope_scaling)
+    if stored_labels is not None and stored_labels != num_labels:
+        hub["ignore_mismatched_sizes"] = True
     attn = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     if not allow_pickle:
         refuse_pickle_only(source, location)
@@ -136,7 +146,7 @@ def load_model(
 
             quantize_model(model, quantization, double_quant=double_quant, compute_dtype=compute_dtype,
                            device=target_device)
-    if model.config.pad_token_id is None:
+    if kind != "image-classification" and model.config.pad_token_id is None:
         _fill_pad_token_id(model, source, location)
     model.config._name_or_path = source.canonical
     model.name_or_path = source.canonical

@@ -98,3 +98,27 @@ def tiny_bert(seed: int = 0, num_labels: int | None = None, **overrides):
         model = BertModel(cfg)
     model.config._name_or_path = "tiny-bert"
     return model.eval()
+
+
+def tiny_vit(seed: int = 0, num_labels: int = 3, **overrides):
+    """A 2-layer ViT image classifier on 16x16 RGB images (patch 4, width 32), in eval mode, fp32."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    kw = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, num_labels=num_labels)
+    model = ViTForImageClassification(ViTConfig(**{**kw, **overrides}))
+    model.config._name_or_path = "tiny-vit"
+    return model.eval()
+
+
+def tiny_resnet(seed: int = 0, num_labels: int = 3, **overrides):
+    """A 2-stage ResNet image classifier (basic blocks, 8 and 16 channels), in eval mode, fp32."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    kw = dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+              num_labels=num_labels)
+    model = ResNetForImageClassification(ResNetConfig(**{**kw, **overrides}))
+    model.config._name_or_path = "tiny-resnet"
+    return model.eval()

@@ -14,6 +14,7 @@ live on a GPU and its CPU path otherwise; this module never quantises by itself.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -23,7 +24,11 @@ from torch import nn
 from ..errors import ConfigError, NotMergeable
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
-COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                  "float64": torch.float64}
+"""float64 is for numerical checks (a one-process run against a sharded one): bitsandbytes quantises and
+dequantises 16/32-bit floats only, so a float64 weight is quantised from its float32 rounding, dequantised to float32
+(every value exact in float64) and widened; the matmul then runs in float64 (`_float64_linear4bit`)."""
 _ATTR = "_tuneforge_quantization"
 
 
@@ -36,7 +41,8 @@ class QuantSpec:
     double_quant: bool = True
     """4-bit only: quantise the per-block absmax constants too."""
     compute_dtype: str = "float32"
-    """dtype the weights are dequantised into for each matmul: float32, bfloat16 or float16."""
+    """dtype the weights are dequantised into for each matmul: float32, bfloat16, float16 (or float64, for
+    numerical checks)."""
     blocksize: int = 64
     """Values per absmax block (4-bit)."""
 
@@ -90,7 +96,8 @@ def quantized_layer(in_features: int, out_features: int, weight: torch.Tensor, b
                                     has_fp16_weights=False, threshold=6.0, device="meta")
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=has_bias,
+        cls = _float64_linear4bit() if spec.compute_dtype == "float64" else bnb.nn.Linear4bit
+        layer = cls(in_features, out_features, bias=has_bias,
                                   compute_dtype=COMPUTE_DTYPES[spec.compute_dtype],
                                   compress_statistics=spec.double_quant, quant_type=spec.quantization, device="meta")
         if device.type == "cpu" and weight.device.type == "cpu":
@@ -99,7 +106,8 @@ def quantized_layer(in_features: int, out_features: int, weight: torch.Tensor, b
                                              quant_type=spec.quantization, compress_statistics=spec.double_quant,
                                              blocksize=spec.blocksize, bnb_quantized=True)
         else:
-            layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=spec.quantization,
+            layer.weight = bnb.nn.Params4bit(weight.float() if weight.dtype == torch.float64 else weight,
+                                             requires_grad=False, quant_type=spec.quantization,
                                              compress_statistics=spec.double_quant, blocksize=spec.blocksize)
     if bias is not None:
         layer.bias = nn.Parameter(bias.data, requires_grad=False)
@@ -124,6 +132,7 @@ def quantize_4bit_in_chunks(weight: torch.Tensor, spec: QuantSpec, chunk: int = 
     import bitsandbytes.functional as bnbf
 
     flat = weight.contiguous().reshape(-1)
+    flat = flat.float() if flat.dtype == torch.float64 else flat  # bitsandbytes takes 16/32-bit floats
     step = max(spec.blocksize, chunk // spec.blocksize * spec.blocksize)
     packed, absmax = [], []
     for start in range(0, flat.numel(), step):
@@ -133,7 +142,8 @@ def quantize_4bit_in_chunks(weight: torch.Tensor, spec: QuantSpec, chunk: int = 
         packed.append(codes)
         absmax.append(state.absmax)
     codes, absmax = torch.cat(packed), torch.cat(absmax)
-    common = dict(shape=weight.shape, dtype=weight.dtype, blocksize=spec.blocksize,
+    dtype = torch.float64 if spec.compute_dtype == "float64" else flat.dtype  # see COMPUTE_DTYPES
+    common = dict(shape=weight.shape, dtype=dtype, blocksize=spec.blocksize,
                   code=bnbf.get_4bit_type(spec.quantization, device=weight.device), quant_type=spec.quantization)
     if not spec.double_quant:
         return codes, bnbf.QuantState(absmax=absmax, **common)
@@ -189,9 +199,11 @@ def quantization_of(model: nn.Module) -> QuantSpec | None:
 
 
 def is_quantized(module: nn.Module) -> bool:
-    """A bitsandbytes 4-bit or 8-bit linear layer."""
+    """A bitsandbytes 4-bit or 8-bit linear layer (4-bit codes may be stored in a float dtype: see
+    `shard_ready_4bit`)."""
     weight = getattr(module, "weight", None)
-    return isinstance(module, nn.Linear) and weight is not None and not weight.dtype.is_floating_point
+    return isinstance(module, nn.Linear) and weight is not None and (
+        not weight.dtype.is_floating_point or getattr(weight, "quant_state", None) is not None)
 
 
 def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None,
@@ -205,7 +217,12 @@ def dequantized(weight: torch.Tensor, dtype: torch.dtype | None = None,
     if state is not None:
         import bitsandbytes.functional as bnbf
 
-        dense = bnbf.dequantize_4bit(weight.data, state).to(state.dtype)
+        if state.dtype == torch.float64:  # quantised from float32 (see COMPUTE_DTYPES): widen exactly
+            narrow = copy.copy(state)
+            narrow.dtype = torch.float32
+            dense = bnbf.dequantize_4bit(weight.data, narrow).to(torch.float64)
+        else:
+            dense = bnbf.dequantize_4bit(weight.data, state).to(state.dtype)
     elif scb is not None:
         dense = weight.data.float() * (scb.float()[:, None] / 127.0)
     elif not weight.dtype.is_floating_point:
@@ -262,3 +279,72 @@ def _state_tensors(state) -> list[torch.Tensor]:
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+_FLOAT64_LINEAR4BIT = []
+
+
+def _float64_linear4bit():
+    """bitsandbytes' Linear4bit multiplying in float64 (numerical checks): its own 4-bit GEMM takes 16/32-bit
+    floats only, so the weight is dequantised (`dequantized`: float32 values, widened exactly) and multiplied by
+    torch. Made on first use, so importing this module never imports bitsandbytes."""
+    if not _FLOAT64_LINEAR4BIT:
+        bnb = require_bitsandbytes()
+
+        class Linear4bitFloat64(bnb.nn.Linear4bit):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if getattr(self.weight, "quant_state", None) is None:  # gathered by FSDP: see shard_ready_4bit
+                    self.weight.quant_state = self.quant_state
+                bias = None if self.bias is None else self.bias.to(torch.float64)
+                out = nn.functional.linear(x.to(torch.float64), dequantized(self.weight, torch.float64), bias)
+                return out.to(x.dtype)
+
+        _FLOAT64_LINEAR4BIT.append(Linear4bitFloat64)
+    return _FLOAT64_LINEAR4BIT[0]
+
+
+def shard_ready_4bit(model: nn.Module, storage: torch.dtype) -> list[nn.Module]:
+    """Make the 4-bit layers shardable by FSDP (FSDP-QLoRA, as Answer.AI and bitsandbytes' `quant_storage` do it):
+    each layer's packed codes are viewed, without a copy, as a flat column of `storage` floats (the dtype of the
+    model's other weights, so FSDP shards them like any frozen weight and mixed precision never casts them), and
+    the quantisation state (absmax constants, code book, shape: a few KB a layer) is kept on the layer, whole on
+    every process. Returns the layers, for `reattach_quant_states` and `unshard_ready_4bit`."""
+    spec = quantization_of(model)
+    if spec is not None and spec.quantization == "int8":
+        raise ConfigError("an int8 (LLM.int8()) base cannot be sharded: its row scales live beside the weight "
+                          "and change at the first forward; use quantization: nf4 (QLoRA), or train.shard: false",
+                          key="train.shard")
+    layers = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is None or not isinstance(module, nn.Linear):
+            continue
+        packed = weight.data.reshape(-1)
+        if packed.numel() * packed.element_size() % storage.itemsize:
+            raise ConfigError(f"a 4-bit layer of {packed.numel()} bytes cannot be stored as {storage} to be "
+                              "sharded; its weight count must be a multiple of 8", key="train.shard")
+        weight.data = packed.view(storage).view(-1, 1)
+        weight.quant_storage = module.quant_storage = storage
+        module.quant_state = state
+        layers.append(module)
+    return layers
+
+
+def reattach_quant_states(layers: list[nn.Module]) -> None:
+    """FSDP gathers a sharded weight into a plain Parameter, without bitsandbytes' `quant_state`: put the layer's
+    own copy back on it (bitsandbytes' forward does the same, fix_4bit_weight_quant_state_from_module), so the
+    fused LoRA kernel and `dequantized` see a 4-bit weight. Shards (DTensors) are left alone."""
+    for layer in layers:
+        weight = layer.weight
+        if getattr(weight, "quant_state", None) is None and type(weight.data).__name__ != "DTensor":
+            weight.quant_state = layer.quant_state
+
+
+def unshard_ready_4bit(layers: list[nn.Module]) -> None:
+    """Undo `shard_ready_4bit` on whole weights: the packed codes as uint8 again, the state on the weight."""
+    for layer in layers:
+        weight = layer.weight
+        weight.data = weight.data.reshape(-1).view(torch.uint8).view(-1, 1)
+        weight.quant_storage = layer.quant_storage = torch.uint8
+        weight.quant_state = layer.quant_state

@@ -169,6 +169,8 @@ def _adapter_in(folder: Path) -> Path | None:
 
 def create_app(config: ServeConfig) -> FastAPI:
     """The app; the model loads and the job workers start when the app's lifespan begins."""
+    from .routes_console import router as console
+    from .routes_details import router as details
     from .routes_files_jobs import router as files_jobs
     from .routes_inference import router as inference
 
@@ -194,8 +196,10 @@ def create_app(config: ServeConfig) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
+    app.include_router(details, prefix="/v1")  # first: /models/{id}/card before /models/{id:path}
     app.include_router(files_jobs, prefix="/v1")
     app.include_router(inference, prefix="/v1")
+    app.include_router(console)  # the web console's static page at / (no data in it; its calls go to /v1)
 
     @app.get("/health")
     async def health() -> dict:

@@ -188,7 +188,8 @@ def model_object(model_id: str, created: int, owned_by: str) -> dict:
 def file_object(row: dict) -> dict:
     return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
             "filename": row["filename"], "purpose": row["purpose"], "status": "processed",
-            "status_details": None, "expires_at": None}
+            "status_details": None, "expires_at": None,
+            "records": row["records"]}  # an extension: the file's JSON lines, counted when it was checked
 
 
 def job_object(job: dict) -> dict:

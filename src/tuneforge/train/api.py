@@ -91,7 +91,6 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
 def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     from ..io import save_adapter
     from ..methods import add_adapter, mark_trainable
-    from ..models import load_tokenizer
     from ..registry import TASKS
     from .precision import fp32_master_weights, restore_dtypes
 
@@ -100,6 +99,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
     torch.manual_seed(cfg.train.seed)  # a new head (classifier, reward value) is initialised while loading
     model = _load_model(cfg)
+    task.configure_model(model, cfg)  # check / name the head's outputs
     cfg.method = task.configure_method(cfg.method, model)  # e.g. a new classifier head to save
     if dry_run:
         info = dry_run_report(cfg, model)
@@ -120,7 +120,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         from ..models.norm_recompute import use_norm_recompute
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
-    tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = task.load_preprocessor(cfg)  # the tokenizer, or an image model's preprocessor
     own_run = task.run  # a task whose training is not one loss per batch (PPO) runs itself (None: the loop)
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")

@@ -185,18 +185,21 @@ def save_checkpoint(
     *,
     rank_rngs: list[dict] = (),
     prepared: Path | None = None,
+    whole: tuple[dict, dict] | None = None,
 ) -> Path:
     """Write step-N atomically, then delete all but the newest keep_last checkpoints (keep_last < 1 keeps all).
     `rng` overrides the current generator states (the loop passes the states of the last finished step);
     `rank_rngs` are those of processes 1.. of a multi-process run; `prepared` is a `temp_dir` that already holds
-    the sharded weights and optimizer state."""
+    the sharded weights and optimizer state; `whole` is (trainable tensors, optimizer state dict) gathered from a
+    model sharded over several processes, written instead of the model's and optimizer's own (the same files)."""
     root = Path(root)
     final = root / f"step-{step}"
     tmp = prepared or temp_dir(root, step)
     try:
         if prepared is None:
-            save_file(trainable_state(model), str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            weights, optim = whole or (trainable_state(model), optimizer.state_dict())
+            save_file(weights, str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
+            torch.save(optim, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
         for rank, rank_rng in enumerate(rank_rngs, start=1):
@@ -235,43 +238,42 @@ def clear(root: str | os.PathLike) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and generators from step-N; returns its state.json dict.
-    In a multi-process run, process R takes its own generator states (keeping its seed's when the run that saved
-    had fewer processes)."""
-    from .distributed import load_sharded
-    from .launcher import process_rank
-
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and generators from a checkpoint of whole tensors (step-N); returns
+    its state.json dict. A multi-process run loads through `Parallel.load_checkpoint` (distributed.py), which
+    also reads sharded checkpoints and fills sharded models; this is the one-process path, used by it too."""
     path = Path(path)
     if (path / SHARDED).is_dir():
-        load_sharded(path / SHARDED, model, optimizer)
-    else:
-        _load_whole(path, model, optimizer)
+        raise TuneforgeError(f"checkpoint {path} is sharded (written by several processes); it loads through "
+                             "tuneforge.train.distributed.Parallel.load_checkpoint, which `tuneforge train` uses")
+    tensors, optim = read_whole(path, model)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(optim)
+    return load_rest(path, scheduler, rank)
+
+
+def load_rest(path: Path, scheduler, rank: int = 0) -> dict:
+    """Everything but the weights and optimizer state: the schedule, process `rank`'s generator states (a process
+    the saving run did not have keeps its seed's) and state.json."""
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rank = process_rank()
     rng_file = path / ("rng.pt" if rank == 0 else f"rng-rank{rank}.pt")
     if rank == 0 or rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
     return json.loads((path / "state.json").read_text())
 
 
-def _load_whole(path: Path, model: nn.Module, optimizer) -> None:
+def read_whole(path: Path, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """(trainable.safetensors, optimizer.pt) of a checkpoint of whole tensors, checked against the model's
+    trainable parameter names."""
     tensors = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    wanted = {n for n, p in params.items() if p.requires_grad}
+    wanted = {n for n, p in model.named_parameters() if p.requires_grad}
     if wanted != set(tensors):
         missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
         raise TuneforgeError(
             f"checkpoint {path} does not match the model's trainable parameters "
             f"(missing: {missing[:5]}, unexpected: {extra[:5]}); start fresh with resume disabled (--no-resume)"
         )
-    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    if any(type(p).__name__ == "DTensor" for p in params.values()):  # saved unsharded, resumed sharded
-        from .distributed import load_whole_sharded
-
-        load_whole_sharded(tensors, optim, model, optimizer)
-        return
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(optim)
+    return tensors, torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)

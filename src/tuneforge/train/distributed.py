@@ -111,7 +111,10 @@ class Parallel:
     def __init__(self, rank: int = 0, world_size: int = 1):
         self.rank, self.world_size = rank, world_size
         self.sharded = False
+        self.adapters = True  # at most SHARD_ABOVE of the parameters train: checkpoints of whole tensors
         self._originals: dict[str, nn.Parameter] = {}
+        self._quantized: list[nn.Module] = []  # 4-bit layers made shardable (FSDP-QLoRA)
+        self._hooks: list = []
 
     @classmethod
     def current(cls) -> "Parallel":
@@ -168,7 +171,9 @@ class Parallel:
             return
         params = {id(p): p for p in model.parameters()}.values()
         trained = sum(p.numel() for p in params if p.requires_grad)
-        self.sharded = trained > SHARD_ABOVE * sum(p.numel() for p in params)
+        self.adapters = trained <= SHARD_ABOVE * sum(p.numel() for p in params)
+        shard = getattr(cfg, "shard", "auto")
+        self.sharded = shard is True or (shard == "auto" and (not self.adapters or getattr(cfg, "cpu_offload", False)))
         if self.sharded:
             self._shard(model, optimizer, cfg)
             return
@@ -177,20 +182,33 @@ class Parallel:
                 dist.broadcast(p.data, src=0)
 
     def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
-        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+        from ..quant.layers import reattach_quant_states, shard_ready_4bit
 
         device = next(model.parameters()).device
         bf16 = bool(getattr(cfg, "bf16", False)) and device.type == "cuda"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
             else MixedPrecisionPolicy()
+        offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if getattr(cfg, "cpu_offload", False) \
+            else OffloadPolicy()
+        # 4-bit codes stored as the frozen weights' float dtype (bf16 under mixed precision: never cast)
+        frozen = next((p.dtype for p in model.parameters() if p.is_floating_point() and not p.requires_grad),
+                      torch.float32)
+        self._quantized = shard_ready_4bit(model, torch.bfloat16 if bf16 else frozen)
         self._originals = dict(model.named_parameters(remove_duplicate=False))
-        for block in _blocks(model):
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+        units = [*_blocks(model), model]
+        for unit in units:
+            fully_shard(unit, mp_policy=policy, offload_policy=offload)
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # the loss is already normalised over all processes
                 module.set_force_sum_reduction_for_comms(True)
+        for unit in units:  # runs after FSDP's own pre-forward hook, which gathers the unit's weights
+            ids = {id(m) for m in unit.modules()}
+            layers = [layer for layer in self._quantized if id(layer) in ids]
+            if layers:
+                self._hooks.append(unit.register_forward_pre_hook(lambda *_, q=layers: reattach_quant_states(q)))
         # The model is the root even when a task never calls its forward (see _RankTask).
         model._get_fsdp_state()._lazy_init()
         sharded = dict(model.named_parameters(remove_duplicate=False))
@@ -234,15 +252,31 @@ class Parallel:
             return ckpt.save_checkpoint(root, step, model, optimizer, scheduler, state, rng, keep_last)
         rngs = [None] * self.world_size
         dist.all_gather_object(rngs, rng)
-        prepared = None
-        if self.sharded:
+        prepared = whole = None
+        if self.sharded and not self.adapters:
             prepared = self.agree(ckpt.temp_dir(root, step) if self.is_main else None)
             save_sharded(prepared / ckpt.SHARDED, model, optimizer)
+        elif self.sharded:  # adapters on a sharded base: a few MB, gathered into the one-process files
+            whole = gather_trainable(model, optimizer, self.is_main)
         path = None
         if self.is_main:
             path = ckpt.save_checkpoint(root, step, model, optimizer, scheduler, state, rngs[0], keep_last,
-                                        rank_rngs=rngs[1:], prepared=prepared)
+                                        rank_rngs=rngs[1:], prepared=prepared, whole=whole)
         return self.agree(path)
+
+    def load_checkpoint(self, path, model: nn.Module, optimizer, scheduler) -> dict:
+        """Resume from what `save_checkpoint` wrote, on any number of processes: a sharded checkpoint (every
+        process reads its part), or whole tensors into a replicated, sharded or one-process model. Returns the
+        checkpoint's state.json; each process takes its own generator states (checkpoint.load_rest)."""
+        path = Path(path)
+        if (path / ckpt.SHARDED).is_dir():
+            load_sharded(path / ckpt.SHARDED, model, optimizer)
+        elif self.sharded:
+            weights, optim = ckpt.read_whole(path, model)
+            load_whole_sharded(weights, optim, model, optimizer)
+        else:
+            return ckpt.load_checkpoint(path, model, optimizer, scheduler, self.rank)
+        return ckpt.load_rest(path, scheduler, self.rank)
 
     def finish(self, model: nn.Module) -> None:
         """After training a sharded model: gather its full weights into process 0's model and make that a plain
@@ -253,7 +287,11 @@ class Parallel:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         from torch.distributed.fsdp import FSDPModule
 
+        from ..quant.layers import unshard_ready_4bit
+
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for hook in self._hooks:
+            hook.remove()
         if not self.is_main:
             return
         for name, tensor in full.items():
@@ -270,6 +308,7 @@ class Parallel:
                 state._pre_forward_hook_handle.remove()
                 state._post_forward_hook_handle.remove()
                 module.__class__ = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+        unshard_ready_4bit(self._quantized)
         self.sharded = False
 
 
@@ -321,6 +360,26 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
                              "resume disabled (--no-resume)") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=options)
+
+
+def gather_trainable(model: nn.Module, optimizer, main: bool) -> tuple[dict, dict] | None:
+    """The trainable weights and optimizer state of a sharded model as whole tensors on process 0, in the layout
+    of a one-process checkpoint (optimizer state keyed by position in the param groups): (weights, state) there,
+    None elsewhere. Every process must call it (it all-gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    weights, optim = get_state_dict(model, optimizer, options=options)
+    if not main:
+        return None
+    names = {id(p): n for n, p in model.named_parameters()}
+    index = {names[id(p)]: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
+    by_position = {
+        "state": {index[name]: state for name, state in optim["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim["param_groups"]],
+    }
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}  # not a tied frozen head's second name
+    return {n: t.contiguous() for n, t in weights.items() if n in trained}, by_position
 
 
 def load_whole_sharded(weights: dict, optim: dict, model: nn.Module, optimizer) -> None:

@@ -41,6 +41,7 @@ from .compile import attention_for_compile, compile_blocks
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .selective_checkpoint import checkpoint_kwargs
+from .step_stats import StepStats
 from .tasks.base import batch_context
 
 
@@ -267,21 +268,54 @@ def limit_checkpointed_blocks(model: nn.Module, layers: int) -> int:
     return sum(bool(b.gradient_checkpointing) for b in flagged)
 
 
-def run_training(
-    model: nn.Module,
-    task,
-    train_examples: list,
-    eval_examples: list,
-    cfg,
-    output_dir,
-    resume: bool = True,
-    progress: bool = True,
-) -> TrainResult:
-    """Train `model` in place on `task` as `cfg` (a TrainConfig) says, resuming from output_dir/checkpoints
-    when resume is set; writes metrics.jsonl, loss.png and checkpoints under output_dir."""
-    output_dir = Path(output_dir)
+@dataclass
+class _Run:
+    """What one run_training call holds between steps. `state` is what a checkpoint keeps of the position:
+    global_step, epoch, index, tokens, elapsed_s and the log window (a StepStats)."""
+
+    model: nn.Module
+    task: object
+    train_examples: list
+    eval_examples: list
+    cfg: object
+    output_dir: Path
+    device: torch.device
+    amp: object
+    par: Parallel
+    order: DataOrder
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    state: dict
+    latest: Path | None
+    reporter: object = None
+    hooks: RunHooks | None = None
+    session: StepStats = field(default_factory=StepStats)  # the steps this process ran, for tokens/s
+    last_loss: float | None = None
+    saved_step: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self):
+        self.root = self.output_dir / "checkpoints"
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.elapsed_before = self.state["elapsed_s"]
+        self.saved_step = self.state["global_step"] if self.latest is not None else None
+        self.rng: dict = {}
+
+    @property
+    def step(self) -> int:
+        return self.state["global_step"]
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def epoch_float(self) -> float:
+        return self.state["epoch"] + self.state["index"] / self.order.n
+
+
+def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, resume: bool, progress: bool) -> _Run:
+    """Set up one run: seeds, data order, optimizer and schedule, the processes, and the checkpoint to resume."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
     if getattr(cfg, "release_memory", False):
@@ -297,136 +331,148 @@ def run_training(
         attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
-    state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": [0.0, 0, 0, 0.0]}
-    history: list[dict] = []
+    state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": StepStats()}
+    root = output_dir / "checkpoints"
     latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
+    loaded = {}
     if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
+        loaded = par.load_checkpoint(latest, model, optimizer, scheduler)
         if loaded.get("examples", order.n) != order.n:  # the data order is a permutation of this many examples
             raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
                               f"{order.n}: the data changed, so it cannot resume exactly; start over with "
                               f"--no-resume", key="data.train")
-        state.update({k: loaded[k] for k in state})
-        history = loaded.get("history", [])
+        state.update({k: loaded[k] for k in state}, window=StepStats.from_list(loaded["window"]))
         sync_lr(scheduler)
     elif par.is_main:
         ckpt.clear(root)
-    reporter = par.reporter(output_dir, history, total_steps, min(state["global_step"], total_steps), progress)
+    run = _Run(model, task, train_examples, eval_examples, cfg, output_dir, device, amp, par, order, total_steps,
+               optimizer, scheduler, state, latest)
+    reporter = par.reporter(output_dir, loaded.get("history", []), total_steps, min(run.step, total_steps), progress)
     # user hooks, trackers, save_best, early stopping, NEFTune: see callbacks.py
-    hooks = RunHooks(cfg, model, output_dir, par, *((loaded.get("hooks"), state["global_step"]) if latest else ()))
-    reporter = hooks.wrap(reporter)
+    run.hooks = RunHooks(cfg, model, output_dir, par, *((loaded.get("hooks"), run.step) if latest else ()))
+    run.reporter = run.hooks.wrap(reporter)
     if latest is not None:
-        reporter.message(f"resuming from {latest} (step {state['global_step']} of {total_steps})")
+        run.reporter.message(f"resuming from {latest} (step {run.step} of {total_steps})")
+    run.rng = ckpt.rng_state()  # what a checkpoint of the step already done holds
+    return run
 
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    max_norm = cfg.max_grad_norm or math.inf
-    was_training = model.training
-    started, elapsed_before = time.perf_counter(), state["elapsed_s"]
-    session_tokens, session_time, last_loss = 0, 0.0, None
+
+def _run_eval(run: _Run) -> dict:
+    metrics = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp)
+    if metrics:
+        run.reporter.record({"step": run.step, "epoch": run.epoch_float(), **metrics, "elapsed_s": run.elapsed()})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        run.reporter.message(f"step {run.step}: {shown}")
+    run.hooks.on_eval(run.step, metrics)
+    return metrics
+
+
+def _save(run: _Run) -> Path:
+    """A checkpoint of the last finished step, with the RNG states taken right after its update."""
+    check_weights(run.params, run.step, run.root, run.par)
+    run.state["elapsed_s"] = run.elapsed()
+    extra = {"history": run.reporter.history, "total_steps": run.total_steps, "hooks": run.hooks.state(),
+             "world_size": run.par.world_size, "sharded": run.par.sharded, "examples": run.order.n,
+             "window": run.state["window"].to_list()}
+    path = run.par.save_checkpoint(run.root, run.step, run.model, run.optimizer, run.scheduler,
+                                   {**run.state, **extra}, run.rng, run.cfg.keep_last)
+    run.hooks.on_save(run.step, path)
+    return path
+
+
+def _log_step(run: _Run, stats: StepStats, lr: float, grad_norm) -> None:
+    """The progress bar every step; a metrics.jsonl line (averaged over the window) every log_every steps."""
+    run.session, run.last_loss = run.session + stats, stats.loss
+    window = run.state["window"] = run.state["window"] + stats
+    run.reporter.step(stats.loss, lr, stats.tokens_per_s)
+    if run.step % max(1, run.cfg.log_every or 1) == 0 or run.step == run.total_steps:
+        run.reporter.record({
+            "step": run.step, "epoch": run.epoch_float(), "loss": window.loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": run.state["tokens"], "tokens_per_s": window.tokens_per_s, "elapsed_s": run.elapsed(),
+        })
+        run.state["window"] = StepStats()
+
+
+def _optimizer_step(run: _Run, guard: _Interrupts) -> dict:
+    """One optimizer step (see the module docstring); returns what the on_step hooks get."""
+    t0 = time.perf_counter()
+    state, par = run.state, run.par
+    chunks, next_epoch, next_index = run.order.step(state["epoch"], state["index"])
+    batches = [_to_device(b, run.device) for b in par.collate(run.task, run.train_examples, chunks)]
+    tokens = par.all_sum(sum(_num_tokens(run.task, b) for b in batches))
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_sum, targets = accumulate(run.model, run.task, batches, run.amp, par)
+    par.reduce_gradients(run.params)
+    with guard.critical():
+        grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(run.params, run.cfg.max_grad_norm or math.inf))
+        check_finite(run.step + 1, loss_sum, targets, grad_norm, run.root)
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.optimizer.step()
+        run.scheduler.step()
+        on_optimizer_step(run.model)
+        state.update(global_step=run.step + 1, epoch=next_epoch, index=next_index, tokens=state["tokens"] + tokens)
+        run.rng = ckpt.rng_state()
+        # the step's log line belongs to the update: a checkpoint taken on Ctrl-C must hold it
+        stats = StepStats(loss_sum, targets, tokens, time.perf_counter() - t0)
+        _log_step(run, stats, lr, grad_norm)
+    return {"loss": run.last_loss, "lr": lr, "grad_norm": grad_norm, "epoch": run.epoch_float(),
+            "tokens_per_s": stats.tokens_per_s}
+
+
+def _on_interrupt(run: _Run, guard: _Interrupts) -> None:
+    """Ctrl-C: save the last finished step when that is safe, and say what was kept."""
+    if guard.torn:
+        run.reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
+    elif run.par.world_size > 1:  # saving needs every process, and each was interrupted somewhere else
+        run.reporter.message("interrupted: a multi-process run keeps its last saved checkpoint")
+    elif run.step > 0 and run.saved_step != run.step:
+        run.reporter.message(f"interrupted: saved {_save(run)}; run again to resume")
+
+
+def run_training(
+    model: nn.Module,
+    task,
+    train_examples: list,
+    eval_examples: list,
+    cfg,
+    output_dir,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place on `task` as `cfg` (a TrainConfig) says, resuming from output_dir/checkpoints
+    when resume is set; writes metrics.jsonl, loss.png and checkpoints under output_dir."""
+    run = _start(model, task, train_examples, eval_examples, cfg, Path(output_dir), resume, progress)
+    was_training, guard = model.training, _Interrupts()
     eval_metrics: dict = {}
-    saved_step = state["global_step"] if latest is not None else None
-    rng = ckpt.rng_state()
-    guard = _Interrupts()
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - started
-
-    def epoch_float() -> float:
-        return state["epoch"] + state["index"] / order.n
-
-    def run_eval() -> dict:
-        metrics = evaluate(model, task, eval_examples, cfg, amp)
-        if metrics:
-            step = state["global_step"]
-            reporter.record({"step": step, "epoch": epoch_float(), **metrics, "elapsed_s": elapsed()})
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            reporter.message(f"step {step}: {shown}")
-        hooks.on_eval(state["global_step"], metrics)
-        return metrics
-
-    def save(rng_snapshot: dict) -> Path:
-        check_weights(params, state["global_step"], root, par)
-        state["elapsed_s"] = elapsed()
-        extra = {"history": reporter.history, "total_steps": total_steps, "hooks": hooks.state(),
-                 "world_size": par.world_size, "examples": order.n}
-        path = par.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
-                                   {**state, **extra}, rng_snapshot, cfg.keep_last)
-        hooks.on_save(state["global_step"], path)
-        return path
-
     try:
         with guard, _checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
-            while state["global_step"] < total_steps and not hooks.stopped:
-                t0 = time.perf_counter()
-                chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
-                batches = [_to_device(b, device) for b in par.collate(task, train_examples, chunks)]
-                tokens = par.all_sum(sum(_num_tokens(task, b) for b in batches))
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum, targets = accumulate(model, task, batches, amp, par)
-                par.reduce_gradients(params)
-                with guard.critical():
-                    grad_norm = par.grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
-                    check_finite(state["global_step"] + 1, loss_sum, targets, grad_norm, root)
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
-                    scheduler.step()
-                    on_optimizer_step(model)
-                    state.update(global_step=state["global_step"] + 1, epoch=next_epoch, index=next_index,
-                                 tokens=state["tokens"] + tokens)
-                    rng = ckpt.rng_state()
-                    # the step's log line belongs to the update: a checkpoint taken on Ctrl-C must hold it
-                    dt = time.perf_counter() - t0
-                    session_tokens, session_time = session_tokens + tokens, session_time + dt
-                    last_loss = loss_sum / targets if targets else math.nan
-                    window = state["window"] = [a + b for a, b in zip(state["window"], (loss_sum, targets, tokens, dt))]
-                    step = state["global_step"]
-                    reporter.step(last_loss, lr, tokens / dt if dt > 0 else 0.0)
-                    if step % max(1, cfg.log_every or 1) == 0 or step == total_steps:
-                        reporter.record({
-                            "step": step, "epoch": epoch_float(),
-                            "loss": window[0] / window[1] if window[1] else math.nan,
-                            "lr": lr, "grad_norm": grad_norm, "tokens": state["tokens"],
-                            "tokens_per_s": window[2] / window[3] if window[3] > 0 else 0.0, "elapsed_s": elapsed(),
-                        })
-                        state["window"] = [0.0, 0, 0, 0.0]
-                hooks.on_step(step, {"loss": last_loss, "lr": lr, "grad_norm": grad_norm, "epoch": epoch_float(),
-                                     "tokens_per_s": tokens / dt if dt > 0 else 0.0})
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-                    eval_metrics = run_eval()
-                if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                    save(rng)
-                    saved_step = step
-            finished_before = (latest is not None and session_time == 0.0) or hooks.stopped
-            eval_metrics = (finished_before and _logged_eval(reporter.history, state["global_step"])) or run_eval()
-            final = save(rng) if saved_step != state["global_step"] else ckpt.latest_checkpoint(root)
-            par.finish(model)
-            eval_metrics = hooks.finish(model, eval_metrics)
+            while run.step < run.total_steps and not run.hooks.stopped:
+                info = _optimizer_step(run, guard)
+                run.hooks.on_step(run.step, info)
+                if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < run.total_steps:
+                    eval_metrics = _run_eval(run)
+                if cfg.save_every and run.step % cfg.save_every == 0 and run.step < run.total_steps:
+                    _save(run)
+                    run.saved_step = run.step
+            finished_before = (run.latest is not None and run.session.seconds == 0.0) or run.hooks.stopped
+            eval_metrics = (finished_before and _logged_eval(run.reporter.history, run.step)) or _run_eval(run)
+            final = _save(run) if run.saved_step != run.step else ckpt.latest_checkpoint(run.root)
+            run.par.finish(model)
+            eval_metrics = run.hooks.finish(model, eval_metrics)
     except KeyboardInterrupt:
-        if guard.torn:
-            reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
-        elif par.world_size > 1:  # saving needs every process, and each was interrupted somewhere else
-            reporter.message("interrupted: a multi-process run keeps its last saved checkpoint")
-        elif state["global_step"] > 0 and saved_step != state["global_step"]:
-            path = save(rng)
-            reporter.message(f"interrupted: saved {path}; run again to resume")
+        _on_interrupt(run, guard)
         raise
     finally:
         model.train(was_training)
-        reporter.close()
-        hooks.close()
-
-    if last_loss is None:
-        last_loss = next((r["loss"] for r in reversed(reporter.history) if "loss" in r), None)
+        run.reporter.close()
+        run.hooks.close()
+    if run.last_loss is None:
+        run.last_loss = next((r["loss"] for r in reversed(run.reporter.history) if "loss" in r), None)
     return TrainResult(
-        steps=state["global_step"],
-        train_loss=last_loss,
-        eval_metrics=eval_metrics,
-        output_dir=output_dir,
-        metrics_path=reporter.metrics_path,
-        plot_path=plot_losses(reporter.history, reporter.plot_path) if par.is_main else None,
-        checkpoint_dir=final,
-        wall_time_s=elapsed(),
-        tokens_per_s=session_tokens / session_time if session_time > 0 else 0.0,
-        history=list(reporter.history),
+        steps=run.step, train_loss=run.last_loss, eval_metrics=eval_metrics, output_dir=run.output_dir,
+        metrics_path=run.reporter.metrics_path,
+        plot_path=plot_losses(run.reporter.history, run.reporter.plot_path) if run.par.is_main else None,
+        checkpoint_dir=final, wall_time_s=run.elapsed(), tokens_per_s=run.session.tokens_per_s,
+        history=list(run.reporter.history),
     )

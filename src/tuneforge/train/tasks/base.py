@@ -13,6 +13,8 @@ settings declares a `config_class`; the config loader puts the validated setting
 
 Hooks `train()` calls on every task, declared on BaseTask with a default that does nothing (a task overrides
 those it needs):
+    load_preprocessor(run_cfg) -> object                what `prepare` gets: the tokenizer, or an image processor
+    configure_model(model, run_cfg) -> None              check the loaded model against the task (head size)
     configure_method(method_cfg, model) -> method_cfg   e.g. add a new classifier head to modules_to_save
     run(model, tokenizer, run_cfg, output_dir, resume, progress) -> TrainResult   a task that is not one loss
                                                          per batch (PPO) runs its own loop instead of the shared one
@@ -28,7 +30,7 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ... import methods
+from ... import methods, models
 
 
 @runtime_checkable
@@ -62,6 +64,13 @@ class BaseTask:
     name = ""
     config_class = None  # a task with settings names its dataclass (validated from the task section)
     run = None  # a task that is not one loss per batch (PPO, GRPO) defines run(...) and trains in it instead
+
+    def load_preprocessor(self, run_cfg):
+        """What `prepare` gets: the base model's tokenizer (an image task returns its image processor)."""
+        return models.load_tokenizer(run_cfg.model.name)  # looked up on the package: tests replace it there
+
+    def configure_model(self, model: nn.Module, run_cfg) -> None:
+        """Check the loaded model against the task (an image head's size); nothing by default."""
 
     def configure_method(self, method_cfg, model):
         """The method config to train with (a new classifier head added to modules_to_save); as given by default."""

@@ -2,9 +2,12 @@
 
     loss_sum = sum_i -log softmax(W pool(h(x_i)) + b)[y_i]
 
-The pooling is the model's own: an encoder (BERT, MiniLM) classifies its [CLS] pooler output, a decoder LM
-(Llama, SmolLM2) its last non-padding token (transformers' *ForSequenceClassification; load the model with
-`kind: sequence-classification`). The head is new and random, so whatever method adapts the backbone, the head
+The pooling (`task.pooling`) is by default the one the checkpoint was trained with: a sentence-transformers
+encoder (all-MiniLM-L6-v2) the mean of its last hidden states over real tokens, as its Pooling module does;
+any other model its own (transformers' *ForSequenceClassification: an encoder's [CLS] pooler output, a decoder
+LM's last non-padding token; load the model with `kind: sequence-classification`). The head (dropout + linear
+`classifier`) is the model's own either way. MiniLM's [CLS] pooler was never trained for sentence meaning, so
+pooling it costs accuracy (#24). The head is new and random, so whatever method adapts the backbone, the head
 must train and be saved with the adapter: `configure_method` puts it in the method's `modules_to_save` (as peft
 does for SEQ_CLS) when the method has that setting and the user left it empty.
 
@@ -27,6 +30,34 @@ from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 
 HEAD_MODULES = ("classifier", "score")
+POOLINGS = ("auto", "model", "mean", "cls")
+
+
+def resolve_pooling(pooling: str, model_name, model_kind: str) -> str:
+    """`auto` -> `mean` / `cls` when model_name is a sentence-transformers checkpoint, else `model`."""
+    if pooling != "auto":
+        return pooling
+    if model_kind != "sequence-classification":
+        return "model"
+    from ...models.sentence_pooling import sentence_pooling
+
+    return sentence_pooling(model_name) or "model"
+
+
+def pooled_logits(model: nn.Module, inputs: dict, pooling: str) -> torch.Tensor:
+    """Logits of a *ForSequenceClassification encoder over its own backbone's states pooled by `pooling`
+    (mean over real tokens, or the first token), through the model's dropout and `classifier`. Virtual tokens
+    (prompt tuning) are stripped from the backbone's output by their hook, so the mask still lines up."""
+    from .embed_losses import pool
+
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Module) or not hasattr(model, "base_model"):
+        raise ConfigError(f"pooling {pooling!r} needs a model whose head is one `classifier` on a vector (BERT-style "
+                          f"encoders); {type(model).__name__} has none: use pooling: model", key="task.pooling")
+    hidden = model.base_model(**inputs).last_hidden_state
+    pooled = pool(hidden, inputs["attention_mask"], pooling)
+    dropout = getattr(model, "dropout", None)
+    return head(dropout(pooled) if isinstance(dropout, nn.Module) else pooled)
 
 
 @dataclasses.dataclass
@@ -44,11 +75,19 @@ class ClassifyConfig:
     """The declared label set, in head-output order. None: the distinct values of the training labels, sorted.
     A record whose label is outside the set is an error naming its file and line."""
 
+    pooling: str = "auto"
+    """How the token states become the vector the head classifies. auto: `mean` for a sentence-transformers
+    checkpoint trained with mean pooling (all-MiniLM-L6-v2), else `model`; model: the model's own
+    (encoder [CLS] pooler, decoder last token); mean: mean over real tokens of the last hidden states; cls: the
+    first token's last hidden state. A trained run records the resolved choice in its config.yaml."""
+
     self_training: Union[SelfTrainingConfig, None] = None
     """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
     max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
 
     def validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}", key="pooling")
         if self.labels is not None:
             if not isinstance(self.labels, list) or len(self.labels) < 2:
                 raise ConfigError("labels must be a list of at least two label names", key="labels")
@@ -126,6 +165,9 @@ class ClassifyTask(BaseTask):
         self.labels: list[str] = []
         self.pad_token_id = 0
         self.report: dict = {}
+        self.pooling = "model"
+        self.last_predictions: tuple[list[int], list[int]] = ([], [])
+        """(gold, predicted) label indices of the latest evaluate(), for per-example intervals."""
 
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
@@ -197,6 +239,9 @@ class ClassifyTask(BaseTask):
         data = run_cfg.data
         if data.train is None:
             raise ConfigError("classification needs training data", key="data.train")
+        self.cfg = dataclasses.replace(self.cfg, pooling=resolve_pooling(self.cfg.pooling, run_cfg.model.name,
+                                                                         run_cfg.model.kind))
+        self.pooling = self.cfg.pooling
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         train_records, train_source = load_records(data, "train")
         self.labels = [str(x) for x in self.cfg.labels] if self.cfg.labels else infer_labels(
@@ -234,6 +279,8 @@ class ClassifyTask(BaseTask):
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if self.pooling in ("mean", "cls"):
+            return pooled_logits(model, inputs, self.pooling).float()
         return model(**inputs).logits.float()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -247,6 +294,7 @@ class ClassifyTask(BaseTask):
             total += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             labels += batch["labels"].tolist()
             preds += logits.argmax(-1).tolist()
+        self.last_predictions = (labels, preds)
         if not labels:
             return {}
         num = max(len(self.labels), int(logits.shape[-1]))
