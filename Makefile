@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneforge-installed
 
-.PHONY: setup demo test clean browser
+.PHONY: setup demo test lint clean browser
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(VENV)/bin/tuneforge demo
+
+# ruff (installed with the test extra; rules in pyproject.toml's [tool.ruff]) over src, tests and benchmarks: a second.
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # The numeric tests run twice: with this CPU's own kernels, then with another kernel family (avx2 where the CPU has
 # AVX-512, else the plain "default" one), so a tolerance tuned to one kind of CPU fails here, not on someone else's.

@@ -15,6 +15,7 @@
 #   OUT=/tmp/out BUDGET_S=520 bash benchmarks/gpu_check.sh
 #   ONLY="tests lora_fp32" bash benchmarks/gpu_check.sh      # some steps only
 #   ONLY="tests scale" BUDGET_S=480 bash benchmarks/gpu_check.sh   # issue #18's check: fits 8 minutes
+#   ONLY="fsdp_qlora fsdp_qlora_offload" bash benchmarks/gpu_check.sh   # FSDP-QLoRA on 2 GPUs (skips on one)
 # Without a GPU it says so and stops (exit 0).
 set -u
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
@@ -61,6 +62,17 @@ export TUNEFORGE_BENCH_MODEL=/tmp/smollm2-random
 step tests 60 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/quant tests/methods/test_half_precision.py
 # issue #18: 1B and 8B shapes, LoRA bf16 and QLoRA nf4, packed 4 x 2048, ours vs peft (sdpa / flash-attn)
 step scale 330 python3 benchmarks/gpu_scale.py --steps 4 --warmup 2
+# issue #18 item 3: FSDP-QLoRA, the NF4 base sharded over 2 GPUs (NCCL), then with its shards in host memory
+# (cpu_offload); a machine with one GPU skips it (two processes cannot share one GPU under NCCL)
+if (( $(nvidia-smi -L | wc -l) >= 2 )); then
+  fsdp=(python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m tuneforge train
+        configs/distributed_smollm2_alpaca_qlora_fsdp.yaml --set "model.name=$TUNEFORGE_BENCH_MODEL"
+        --set train.max_steps=6 --set train.bf16=true --set train.eval_batches=2 --no-resume --quiet)
+  step fsdp_qlora 90 "${fsdp[@]}" --set "output_dir=$OUT/fsdp_qlora"
+  step fsdp_qlora_offload 90 "${fsdp[@]}" --set "output_dir=$OUT/fsdp_qlora_offload" --set train.cpu_offload=true
+else
+  [[ -z "${ONLY:-}" || " $ONLY " == *" fsdp_qlora "* ]] && echo "== fsdp_qlora: skipped, it needs 2 GPUs"
+fi
 step lora_fp32 140 python3 benchmarks/lora_sft.py --variants eager,qlora,checkpointing --steps 10 --warmup 3
 step lora_bf16 80 python3 benchmarks/lora_sft.py --dtype bfloat16 --variants eager,qlora --steps 10 --warmup 3
 step sft_epoch 100 python3 benchmarks/sft_epoch.py --runs ours,trl

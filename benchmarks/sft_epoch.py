@@ -76,7 +76,7 @@ def run_ours(n: int, n_eval: int, out: Path, device: str = "cpu", rows_per_step:
         "output_dir": str(out),
     }
     start, cpu = time.perf_counter(), time.process_time()
-    result = train(config, progress=False, resume=False)
+    train(config, progress=False, resume=False)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     from tuneforge.io import load_adapter
     from tuneforge.models import load_model

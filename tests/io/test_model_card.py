@@ -5,7 +5,6 @@ import socket
 import time
 
 import pytest
-import torch
 from huggingface_hub import ModelCard
 
 import tuneforge.models as models

@@ -68,8 +68,8 @@ def test_cache_is_reused_and_keyed_by_the_weights(tmp_path, monkeypatch):
     assert (changed - first).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("classifier,labels", [("logistic", LABELS), ("logistic", [l == "pos" for l in LABELS]),
-                                               ("mlp", LABELS), ("mlp", [int(l == "pos") for l in LABELS])])
+@pytest.mark.parametrize("classifier,labels", [("logistic", LABELS), ("logistic", [y == "pos" for y in LABELS]),
+                                               ("mlp", LABELS), ("mlp", [int(y == "pos") for y in LABELS])])
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fit_equals_scikit_learn_and_the_saved_files_predict_the_same(tmp_path, classifier, labels):
     from sklearn.linear_model import LogisticRegression

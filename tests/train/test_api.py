@@ -2,7 +2,6 @@
 rule that the training package never names a specific method."""
 import ast
 import json
-import re
 from pathlib import Path
 
 import pytest

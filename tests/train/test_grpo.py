@@ -260,3 +260,76 @@ def test_train_end_to_end(tmp_path, monkeypatch, capsys):
     config["output_dir"] = str(tmp_path / "too-long")
     with pytest.raises(ConfigError, match="exceeds the model's context"):
         api.train(config, progress=False)
+
+
+def test_uniform_groups_are_dropped_and_a_step_without_any_moves_nothing():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert grpo.informative_rows(rewards, 4).tolist() == [4, 5, 6, 7]
+    assert grpo.informative_rows(torch.zeros(8), 4).numel() == 0
+    tok = tiny_tokenizer()
+    cfg = tiny_cfg(drop_uniform_groups=True, beta=0.0)
+    model = policy()
+    batch = grpo.make_samples(model, tok, prompts(tok)[:2], [("same", lambda p, c: [0.5] * len(c))], cfg, 8)
+    assert batch["train_rows"].numel() == 0 and float(batch["advantages"].abs().sum()) == 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    for p in params:  # a moment estimate from an earlier step, which AdamW would keep applying
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    moved = [p.detach().clone() for p in params]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    stats = grpo.grpo_update(model, optimizer, scheduler, params, batch, cfg, TrainConfig(micro_batch_size=8))
+    assert stats["skipped"] == 1 and scheduler.last_epoch == 1
+    assert all(torch.equal(a, b) for a, b in zip(moved, params))
+    assert not all(torch.equal(a, b) for a, b in zip(before, moved))
+
+
+def test_dropping_uniform_groups_keeps_the_gradient_of_the_informative_ones():
+    """The uniform groups add exactly nothing to the summed loss (every advantage 0, beta 0), so with a per-step
+    normaliser over the kept rows the gradient is the full batch's times rows / kept rows (loss grpo)."""
+    tok = tiny_tokenizer()
+    reward = [("alternating", lambda p, c: [float(i < 4 and i % 2 == 0) for i in range(len(c))])]  # 2nd group: all 0
+    grads, kept = [], []
+    for drop in (False, True):
+        model = policy()
+        torch.manual_seed(3)
+        cfg = tiny_cfg(drop_uniform_groups=drop, beta=0.0)
+        batch = grpo.make_samples(model, tok, prompts(tok)[:2], reward, cfg, 8)
+        kept.append(batch["train_rows"].numel())
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        grpo.grpo_update(model, optimizer, scheduler, params, batch, cfg, TrainConfig(micro_batch_size=8))
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert kept == [8, 4] and grads[1].abs().sum() > 0
+    # fp32 sums over at most 8 rows: reassociation differences only
+    assert torch.allclose(grads[1], grads[0] * kept[0] / kept[1], rtol=1e-4, atol=1e-6)
+
+
+def test_save_best_returns_the_best_validation_step_and_test_prompts_are_scored_on_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "_load_model", lambda cfg: tiny_llama(seed=0, initializer_range=0.2))
+    monkeypatch.setattr(models, "load_tokenizer", lambda name: tiny_tokenizer())
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": w}) + "\n" for w in WORDS))
+    config = {
+        "model": {"name": "tiny-llama"},
+        "method": {"name": "lora", "r": 4, "target_modules": ["o_proj", "down_proj"]},
+        "task": {"name": "grpo", "rewards": [f"{__name__}:lowercase_share"], "template": "raw", "num_generations": 3,
+                 "prompts_per_step": 2, "max_new_tokens": 4, "max_prompt_length": 16, "beta": 0.0,
+                 "drop_uniform_groups": True, "test_prompts": str(data)},
+        "data": {"train": str(data), "validation": str(data), "limit_eval": 4},
+        "train": {"max_steps": 4, "micro_batch_size": 4, "learning_rate": 5e-2, "eval_every": 1,
+                  "save_best": "eval_lowercase_share", "save_best_mode": "max"},  # auto reads "wer" in it
+        "output_dir": str(tmp_path / "run"),
+    }
+    result = api.train(config, progress=False)
+    evals = [r for r in result.history if "eval_reward" in r]
+    tests = [r for r in result.history if "test_reward" in r]
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert len(evals) == 5 and len(tests) == 2
+    assert best["value"] == max(r["eval_lowercase_share"] for r in evals)
+    assert result.eval_metrics["eval_lowercase_share"] == best["value"]
+    assert result.eval_metrics["test_reward"] == tests[-1]["test_reward"]
+    if best["step"] == 0:  # the untouched adapter was best: the returned weights are the starting ones
+        assert tests[-1]["test_reward"] == tests[0]["test_reward"]

@@ -2,7 +2,6 @@
 raised malloc's adaptive mmap threshold (the case that fragments a training step's heap)."""
 import sys
 import pytest
-import torch
 
 from tuneforge.train.memory import release_freed_memory
 

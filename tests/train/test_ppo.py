@@ -13,7 +13,7 @@ from tuneforge.config.schema import TrainConfig
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.models.tiny import tiny_llama, tiny_tokenizer
 from tuneforge.train import api
-from tuneforge.train import ppo
+from tuneforge.train import ppo, rollout
 from tuneforge.train.tasks.ppo import PPOConfig, load_prompts
 
 WORDS = ["hello", "the", "a cat", "we", "go to", "x", "it is", "no"]
@@ -68,14 +68,14 @@ def test_rollout_logps_values_and_reference_are_exact():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))  # a policy that differs from the base
-    model.add_module(ppo.VALUE_HEAD, torch.nn.Linear(64, 1))
+    model.add_module(rollout.VALUE_HEAD, torch.nn.Linear(64, 1))
     torch.manual_seed(3)
-    batch = ppo.sample(model, tok, prompts(tok), max_new_tokens=6, temperature=0.7, greedy=False)
+    batch = rollout.sample(model, tok, prompts(tok), max_new_tokens=6, temperature=0.7, greedy=False)
     rows = torch.arange(len(WORDS))
     with torch.no_grad():
-        logps, entropy, values = ppo.policy_outputs(model, batch, rows, temperature=0.7)
+        logps, entropy, values = rollout.policy_outputs(model, batch, rows, temperature=0.7)
         with disable_adapters(model):
-            ref, _, _ = ppo.policy_outputs(model, batch, rows, temperature=0.7, values=False)
+            ref, _, _ = rollout.policy_outputs(model, batch, rows, temperature=0.7, values=False)
         width = batch["prompt_width"]
         for i, word in enumerate(WORDS):
             resp = batch["response_mask"][i]
@@ -111,7 +111,7 @@ def test_reward_adapter_on_the_shared_base_scores_like_its_classifier(tmp_path):
     assert set(list_adapters(model)) == {"default", "reward"} and active_adapters(model) == ["default"]
     assert all("reward" not in n for n, p in model.named_parameters() if p.requires_grad)
     torch.manual_seed(0)
-    batch = ppo.sample(model, tok, prompts(tok), max_new_tokens=5, temperature=1.0, greedy=False)
+    batch = rollout.sample(model, tok, prompts(tok), max_new_tokens=5, temperature=1.0, greedy=False)
     scores = reward(model, batch)
     with torch.no_grad():
         for i in range(len(WORDS)):
@@ -230,7 +230,7 @@ def test_smollm2_policy_and_reward_adapter_share_one_base(tmp_path):
     prompt_rows = [{"text": t, "ids": tok.encode(t)} for t in texts]
     reward = ppo.AdapterReward(model, tmp_path / "rm")
     torch.manual_seed(0)
-    batch = ppo.sample(model, tok, prompt_rows, max_new_tokens=4, temperature=1.0, greedy=False)
+    batch = rollout.sample(model, tok, prompt_rows, max_new_tokens=4, temperature=1.0, greedy=False)
     scores = reward(model, batch)
     with torch.no_grad():
         for i in range(2):

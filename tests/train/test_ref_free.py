@@ -186,3 +186,14 @@ def test_kto_reads_unpaired_rows_and_needs_both_labels(pair_config, tmp_path, ca
     with pytest.raises(Exception, match="set task.label"):
         KTOConfig(label_field="x").validate()
     assert KTOTask().name == "kto"
+
+
+def test_pair_metrics_score_the_policys_own_preference_next_to_the_implicit_reward():
+    from tuneforge.train.tasks.preference import pair_metrics
+
+    sums = torch.tensor([-5.0, -9.0, -4.0, -8.0])  # chosen -5, -9; rejected -4, -8 (summed log-probs)
+    counts = torch.tensor([5, 3, 2, 8])  # per token: chosen -1, -3; rejected -2, -1
+    out = pair_metrics(torch.tensor([0.5, 1.5]), torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), sums, counts)
+    assert out["logp_accuracy"] == 0.0 and out["avg_logp_accuracy"] == 0.5
+    assert out["reward_accuracy"] == 0.5 and out["eval_pairs"] == 2  # the tie (0 vs 0) counts as wrong
+    assert out["eval_loss"] == 1.0 and out["reward_margin"] == 0.5

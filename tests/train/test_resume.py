@@ -101,7 +101,6 @@ def test_finished_run_is_not_repeated(tmp_path):
 
 
 def test_ctrl_c_inside_an_update_waits_for_its_end():
-    import os
     import signal
 
     from tuneforge.train.loop import _Interrupts

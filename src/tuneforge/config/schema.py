@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from ..errors import ConfigError
 from .data import DataConfig
 from .eval import EvalSystem, EvalTask
-from ..errors import ConfigError
 from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 
 

@@ -16,8 +16,6 @@ HIGHER_IS_BETTER_NOT = {"eval_loss", "loss"}
 
 def example_statistic(examples: dict | None, metric: str):
     """The bootstrap statistic of `metric` from a row's per-example outputs (see compare._example_scores)."""
-    from . import bootstrap
-
     if not examples:
         return None
     if examples["kind"] == "classify" and metric in ("accuracy", "macro_f1"):
@@ -238,7 +236,7 @@ def write_seed_reports(rows_per_seed: dict[int, list[dict]], cc, resamples: int 
                         "per_seed": dict(zip(seeds, values)), "low": iv.get("low"), "high": iv.get("high"),
                         "vs_best": iv.get("vs_best")})
     lines = [f"# {cc.metric} over seeds {', '.join(map(str, seeds))}", "", *budget_lines(cc), "",
-             f"| method | mean ± std | " + " | ".join(f"seed {s}" for s in seeds)
+             "| method | mean ± std | " + " | ".join(f"seed {s}" for s in seeds)
              + " | 95% CI of the mean | vs best [paired 95% CI] |",
              "|---|---:|" + "---:|" * len(seeds) + "---:|---:|"]
     for m in methods:

@@ -39,7 +39,7 @@ class WeightInterpolation:
     def __init__(self, model, pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor]):
         self.model = model
         self.pairs = {}
-        for name, param in model.named_parameters():
+        for name in dict(model.named_parameters()):
             if name in finetuned and not torch.equal(pretrained[name], finetuned[name]):
                 self.pairs[name] = (pretrained[name], finetuned[name])
         if not self.pairs:

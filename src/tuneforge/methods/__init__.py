@@ -22,7 +22,6 @@ from .api import (  # noqa: F401
     optimizer_groups,
     select_targets,
     set_active_adapters,
-    split_saved_modules,
     trainable_parameters,
     unload,
     unmerge_adapters,

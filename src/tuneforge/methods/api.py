@@ -96,23 +96,6 @@ def _wrappers(model):
     return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave)]
 
 
-def split_saved_modules(cfg: MethodConfig, state: dict[str, torch.Tensor]
-                        ) -> tuple[MethodConfig, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
-    """An adapter file's config and state without its modules_to_save copies, and those copies by module name
-    ({"score": {"weight": ...}}): for a caller that applies a saved head itself (PPO's reward head on a causal LM,
-    which has no such module). File keys are peft's: `base_model.model.<module>.<param>`."""
-    names = cfg.saved_modules()
-    prefixes = {name: f"{PEFT_PREFIX}{name}." for name in names}
-    rest, heads = {}, {name: {} for name in names}
-    for key, value in state.items():
-        owner = next((n for n, prefix in prefixes.items() if key.startswith(prefix)), None)
-        if owner is None:
-            rest[key] = value
-        else:
-            heads[owner][key[len(prefixes[owner]):]] = value
-    return (cfg.replace(modules_to_save=None) if names else cfg), rest, heads
-
-
 def delete_adapter(model: nn.Module, name: str) -> None:
     cfg = _require(model, name)
     method_for(cfg).remove(model, name)
@@ -236,6 +219,18 @@ def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[
         for k, v in w.modules_to_save[adapter_name].state_dict().items():
             state[PEFT_PREFIX + f"{mname}.{k}"] = v.detach()
     return state
+
+
+def pop_saved_module_states(cfg: MethodConfig, state: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Take the modules_to_save copies (e.g. a reward model's `score` head) out of an adapter file's tensors
+    (peft keys), as {module name: its state_dict}; what stays in `state` is the method's own tensors."""
+    out = {}
+    for module in cfg.saved_modules():
+        prefix = f"{PEFT_PREFIX}{module}."
+        own = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+        if own:
+            out[module] = own
+    return out
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str = "default") -> None:

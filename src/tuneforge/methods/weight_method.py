@@ -109,7 +109,7 @@ class WeightMethod(Method):
             )
         for key, tensor in state.items():
             copy_checked(expected[key], tensor, key)
-        for mname, layer in self.layers(model, adapter_name):
+        for _, layer in self.layers(model, adapter_name):
             layer.after_load(adapter_name)
 
     def merge(self, model, adapter_name) -> None:

@@ -78,10 +78,10 @@ def _attend(query, key, value, scaling: float, spans) -> tuple[torch.Tensor, tor
     out = query.new_empty((rows, length, heads, dim))
     lse = query.new_empty((rows, heads, length), dtype=torch.float32)  # padding's entries are never read
     for b, s, n in spans:
-        o, l = _flash(query[b : b + 1, :, s : s + n], key[b : b + 1, :, s : s + n],
-                      value[b : b + 1, :, s : s + n], 0.0, True, scale=scaling)
+        o, o_lse = _flash(query[b : b + 1, :, s : s + n], key[b : b + 1, :, s : s + n],
+                          value[b : b + 1, :, s : s + n], 0.0, True, scale=scaling)
         out[b, s : s + n].copy_(o[0].transpose(0, 1))
-        lse[b, :, s : s + n] = l[0]
+        lse[b, :, s : s + n] = o_lse[0]
     for b, end in enumerate(_row_ends(spans, rows)):
         out[b, end:] = 0  # only the padding: the examples' slots were all written above
     return out, lse

@@ -75,7 +75,7 @@ def error_result(err: Exception, run: dict) -> dict:
     message = str(err)
     data = run.get("data", {})
     names = {data.get("train"): "training_file", data.get("validation"): "validation_file"}
-    for path, param in names.items():
+    for path in names:
         if path:
             message = message.replace(path, Path(path).stem)
     if isinstance(err, DataError):

@@ -22,6 +22,7 @@ from ..config import dump_config, resolve_config
 from ..errors import ConfigError
 from ..models.from_config import load_model_for
 from . import data_report, launcher, self_training
+from .distributed import load_options
 from .loop import TrainResult, run_training
 from .resume_check import check_resume
 from .run_lock import output_dir_lock
@@ -59,8 +60,9 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
 
 
 def _load_model(cfg):
-    """The run's base model (the seam tests replace with a tiny one)."""
-    return load_model_for(cfg.model)
+    """The run's base model (the seam tests replace with a tiny one); a base to be sharded over GPUs is loaded
+    into host memory first (distributed.load_options)."""
+    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size()))
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -127,7 +129,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     if own_run is not None:
         from .callbacks import check_own_loop
 
-        check_own_loop(cfg.train, cfg.task)  # hooks live in the shared loop: refuse them, never drop them
+        check_own_loop(cfg.train, cfg.task)  # NEFTune is refused there, never silently dropped
     main = launcher.process_rank() == 0
     report: dict = {}
     if own_run is None:

@@ -44,6 +44,7 @@ from torch import nn
 from ..errors import TuneforgeError
 from ..io.tempdirs import apply_umask
 from ..io.tempdirs import temp_dir as user_temp_dir
+from ..models.state_copy import copy_checked
 
 FORMAT = 1
 SHARDED = "sharded"
@@ -247,10 +248,10 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer, schedu
         raise TuneforgeError(f"checkpoint {path} is sharded (written by several processes); it loads through "
                              "tuneforge.train.distributed.Parallel.load_checkpoint, which `tuneforge train` uses")
     tensors, optim = read_whole(path, model)
-    with torch.no_grad():
-        params = dict(model.named_parameters())
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
+    params = dict(model.named_parameters())
+    for name, tensor in tensors.items():
+        copy_checked(params[name], tensor, name, error=TuneforgeError,
+                     hint=f"checkpoint {path} is of another model; start fresh with resume disabled (--no-resume)")
     optimizer.load_state_dict(optim)
     return load_rest(path, scheduler, rank)
 

@@ -33,6 +33,9 @@ Two ways to spread the model, chosen from how much of it trains:
   (divide factor 1, sum-only collectives, which gloo also runs). On CUDA with `train.bf16`, parameters are
   gathered in bf16 and gradients reduced in fp32 (`MixedPrecisionPolicy`). Checkpoints are written by every
   process with torch.distributed.checkpoint and load on any number of processes, one included.
+  `train.shard: true` shards adapters' frozen base the same way (a 4-bit base too: its codes viewed as floats,
+  quant/layers.py `shard_ready_4bit`), and `train.cpu_offload` keeps the shards in host memory
+  (`CPUOffloadPolicy`); an adapter's checkpoints are then gathered on process 0 into the one-process files.
 
 Only process 0 writes the metrics file, shows the progress bar, saves checkpoints' small files and the adapter.
 """
@@ -81,7 +84,7 @@ class _RankTask:
     model's top-level parameters (embeddings, final norm, head) are gathered before the task computes, since tasks
     may call submodules directly instead of the model's forward (where FSDP would gather them itself)."""
 
-    def __init__(self, task, par: "Parallel"):
+    def __init__(self, task, par: Parallel):
         self._task, self._par = task, par
 
     def __getattr__(self, name):
@@ -115,9 +118,10 @@ class Parallel:
         self._originals: dict[str, nn.Parameter] = {}
         self._quantized: list[nn.Module] = []  # 4-bit layers made shardable (FSDP-QLoRA)
         self._hooks: list = []
+        self.device: torch.device | None = None  # where a sharded model computes
 
     @classmethod
-    def current(cls) -> "Parallel":
+    def current(cls) -> Parallel:
         """This process's part in the process group, if one is initialised, else a one-process run."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size())
@@ -182,11 +186,20 @@ class Parallel:
                 dist.broadcast(p.data, src=0)
 
     def _shard(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
-        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import (
+            CPUOffloadPolicy,
+            FSDPModule,
+            MixedPrecisionPolicy,
+            OffloadPolicy,
+            fully_shard,
+        )
 
         from ..quant.layers import reattach_quant_states, shard_ready_4bit
 
-        device = next(model.parameters()).device
+        device = self._comm_device()  # a base loaded into host memory (load_options) moves to the GPU shard by shard
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        self.device = device
         bf16 = bool(getattr(cfg, "bf16", False)) and device.type == "cuda"
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
             else MixedPrecisionPolicy()
@@ -197,9 +210,14 @@ class Parallel:
                       torch.float32)
         self._quantized = shard_ready_4bit(model, torch.bfloat16 if bf16 else frozen)
         self._originals = dict(model.named_parameters(remove_duplicate=False))
+        whole = dict(self._originals)
         units = [*_blocks(model), model]
         for unit in units:
-            fully_shard(unit, mp_policy=policy, offload_policy=offload)
+            fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=offload)
+            for name, p in list(whole.items()):  # free each unit's whole tensors at once: never all at the same time
+                if model.get_parameter(name) is not p:
+                    p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back
+                    del whole[name]
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # the loss is already normalised over all processes
@@ -215,8 +233,6 @@ class Parallel:
         swap = {id(p): sharded[name] for name, p in self._originals.items()}
         for group in optimizer.param_groups:  # no step taken yet: the groups may still change their tensors
             group["params"] = [swap.get(id(p), p) for p in group["params"]]
-        for p in {id(p): p for p in self._originals.values()}.values():
-            p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back on process 0
 
     def gather_top(self, model: nn.Module) -> None:
         """Unshard the sharded model's own (top-level) parameters; FSDP reshards them after the backward pass."""
@@ -284,7 +300,10 @@ class Parallel:
         in one process. The other processes keep their shards and save nothing."""
         if not self.sharded:
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
         from torch.distributed.fsdp import FSDPModule
 
         from ..quant.layers import unshard_ready_4bit
@@ -310,6 +329,21 @@ class Parallel:
                 module.__class__ = next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
         unshard_ready_4bit(self._quantized)
         self.sharded = False
+
+
+def load_options(cfg, world_size: int) -> dict:
+    """`load_model` overrides for a base that will be sharded over GPUs (train.shard: true or cpu_offload): load
+    it into host memory, in the dtype the GPU would have given it, so that no GPU ever holds the whole base;
+    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time."""
+    from ..config.model_options import resolve_device, resolve_dtype
+
+    train, model = cfg.train, cfg.model
+    if world_size < 2 or not (train.shard is True or train.cpu_offload) or model.device_map is not None:
+        return {}
+    target = resolve_device(model.device)
+    if target.type != "cuda":
+        return {}
+    return {"device": "cpu", "dtype": str(resolve_dtype(model.dtype, target)).removeprefix("torch.")}
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -346,7 +380,11 @@ def load_sharded(directory: Path, model: nn.Module, optimizer) -> None:
     """Load what `save_sharded` wrote into this model, sharded over any number of processes or whole in one."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_state_dict,
+    )
 
     options = StateDictOptions(ignore_frozen_params=True)
     weights, optim = get_state_dict(model, optimizer, options=options)

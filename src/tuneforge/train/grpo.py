@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 
@@ -32,9 +31,11 @@ import torch
 
 from ..errors import ConfigError
 from . import checkpoint as ckpt
-from .loop import DataOrder, TrainResult, check_finite, check_weights
-from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
-from .report import Reporter
+from .loop import DataOrder, TrainResult, check_finite
+from .optim import on_optimizer_step
+from .own_loop import OwnLoop, seed_all
+from .report import figure, save_figure
+from .rollout import policy_outputs, sample, token_logps
 
 
 def group_advantages(rewards: torch.Tensor, group: int, scale: bool = True) -> torch.Tensor:
@@ -109,27 +110,20 @@ def score_completions(rewards, weights, batch: dict, prompts: list[dict], group:
     return total, means
 
 
-def token_logps(model, batch: dict, rows, temperature: float, micro: int, grad: bool = False):
-    """log pi(o_t) of the given rows, in micro-batches, without grad (old policy / reference passes)."""
-    from .ppo import policy_outputs
-
-    parts = []
-    with torch.set_grad_enabled(grad):
-        for chunk in rows.split(micro):
-            parts.append(policy_outputs(model, batch, chunk, temperature, values=False)[0])
-    return torch.cat(parts)
-
-
 def grpo_update(model, optimizer, scheduler, params, batch: dict, cfg, train_cfg, step: int = 0,
                 root: Path | None = None) -> dict:
     """num_iterations optimizer steps over one batch of scored completions; returns the step's diagnostics.
-    Stops before an update whose loss or gradient norm is not finite (loop.check_finite)."""
-    from .ppo import policy_outputs
-
+    Stops before an update whose loss or gradient norm is not finite (loop.check_finite). Only the rows in
+    batch["train_rows"] train (drop_uniform_groups); with none, no optimizer step is taken (the schedule still
+    advances) and the diagnostics say `skipped`."""
+    rows = batch["train_rows"]
     mask = batch["response_mask"]
-    rows = torch.arange(mask.shape[0])
+    if len(rows) == 0:
+        for _ in range(cfg.num_iterations):
+            scheduler.step()
+        return {"loss": 0.0, "grad_norm": 0.0, "skipped": 1}
     micro = train_cfg.micro_batch_size
-    norm = normaliser(mask, cfg.loss_type, cfg.max_new_tokens)
+    norm = normaliser(mask[rows], cfg.loss_type, cfg.max_new_tokens)
     sums = dict.fromkeys(("loss", "clip_ratio", "kl", "entropy"), 0.0)
     norms = []
     for _ in range(cfg.num_iterations):
@@ -153,18 +147,18 @@ def grpo_update(model, optimizer, scheduler, params, batch: dict, cfg, train_cfg
         optimizer.step()
         scheduler.step()
         on_optimizer_step(model)
-    tokens = max(float(mask.sum()) * cfg.num_iterations, 1.0)
+    tokens = max(float(mask[rows].sum()) * cfg.num_iterations, 1.0)
     out = {"loss": sums["loss"] / cfg.num_iterations, "grad_norm": sum(norms) / len(norms),
-           "clip_ratio": sums["clip_ratio"] / tokens, "entropy": sums["entropy"] / tokens}
+           "clip_ratio": sums["clip_ratio"] / tokens, "entropy": sums["entropy"] / tokens, "skipped": 0}
     if cfg.beta != 0.0:
         out["kl"] = sums["kl"] / tokens
     return out
 
 
 def make_samples(model, tokenizer, prompts: list[dict], rewards, cfg, micro: int) -> dict:
-    """Sample G completions per prompt, score them, and add advantages, old and reference log-probs."""
+    """Sample G completions per prompt, score them, and add advantages, the rows that train (train_rows: all, or
+    with drop_uniform_groups those of groups whose rewards differ), old and reference log-probs of those rows."""
     from ..methods import disable_adapters
-    from .ppo import sample
 
     group = cfg.num_generations
     expanded = [p for p in prompts for _ in range(group)]
@@ -172,21 +166,36 @@ def make_samples(model, tokenizer, prompts: list[dict], rewards, cfg, micro: int
     total, means = score_completions(rewards, cfg.weights, batch, prompts, group)
     batch["rewards"], batch["reward_means"] = total, means
     batch["advantages"] = group_advantages(total, group, cfg.scale_rewards).to(batch["input_ids"].device)
-    rows = torch.arange(len(expanded))
-    if cfg.num_iterations > 1:  # with one iteration pi_old is the current policy: its detached log-probs
-        batch["old_logps"] = token_logps(model, batch, rows, cfg.temperature, micro)
-    if cfg.beta != 0.0:
+    batch["train_rows"] = informative_rows(total, group) if cfg.drop_uniform_groups else torch.arange(len(expanded))
+    rows = batch["train_rows"]
+    if len(rows) and cfg.num_iterations > 1:  # with one iteration pi_old is the current policy, detached
+        batch["old_logps"] = scatter_rows(token_logps(model, batch, rows, cfg.temperature, micro), rows, len(expanded))
+    if len(rows) and cfg.beta != 0.0:
         with disable_adapters(model):
-            batch["ref_logps"] = token_logps(model, batch, rows, cfg.temperature, micro)
+            ref = token_logps(model, batch, rows, cfg.temperature, micro)
+        batch["ref_logps"] = scatter_rows(ref, rows, len(expanded))
     return batch
 
 
-@torch.no_grad()
-def evaluate_rewards(model, tokenizer, prompts: list[dict], rewards, cfg) -> dict:
-    """Greedy completions of held-out prompts: eval_reward (weighted total) and each reward's mean
-    (eval_<name>: for a 0/1 checker, the accuracy), comparable across steps (no sampling noise)."""
-    from .ppo import sample
+def informative_rows(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """Row indices of the groups whose rewards are not all equal: the others have every advantage 0, so no
+    policy gradient (DAPO's dynamic-sampling filter, Yu et al. 2025, without its resampling)."""
+    grouped = rewards.view(-1, group)
+    keep = (grouped != grouped[:, :1]).any(dim=1)
+    return torch.arange(rewards.numel()).view(-1, group)[keep].reshape(-1)
 
+
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """values of `rows` placed in a zero tensor of `total` rows (indexed like the whole batch)."""
+    out = values.new_zeros((total,) + tuple(values.shape[1:]))
+    out[rows.to(values.device)] = values
+    return out
+
+
+@torch.no_grad()
+def evaluate_rewards(model, tokenizer, prompts: list[dict], rewards, cfg, prefix: str = "eval") -> dict:
+    """Greedy completions of held-out prompts: <prefix>_reward (weighted total) and each reward's mean
+    (<prefix>_<name>: for a 0/1 checker, the accuracy), comparable across steps (no sampling noise)."""
     totals, per, lengths = [], {}, []
     size = cfg.prompts_per_step * cfg.num_generations
     for start in range(0, len(prompts), size):
@@ -197,9 +206,9 @@ def evaluate_rewards(model, tokenizer, prompts: list[dict], rewards, cfg) -> dic
         for name, value in means.items():
             per.setdefault(name, []).append((value, len(chunk)))
         lengths += batch["response_mask"].sum(-1).tolist()
-    out = {"eval_reward": float(np.mean(totals)), "eval_completion_length": float(np.mean(lengths))}
+    out = {f"{prefix}_reward": float(np.mean(totals)), f"{prefix}_completion_length": float(np.mean(lengths))}
     for name, parts in per.items():
-        out[f"eval_{metric_name(name)}"] = sum(v * n for v, n in parts) / sum(n for _, n in parts)
+        out[f"{prefix}_{metric_name(name)}"] = sum(v * n for v, n in parts) / sum(n for _, n in parts)
     return out
 
 
@@ -209,72 +218,64 @@ def metric_name(reward_name: str) -> str:
 
 
 def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts: list[dict], output_dir, *,
-             rewards, resume: bool = True, progress: bool = True) -> TrainResult:
+             rewards, test_prompts: list[dict] = (), resume: bool = True, progress: bool = True) -> TrainResult:
     """Train the model's active adapter with GRPO (cfg: the task's GRPOConfig; train_cfg: the run's TrainConfig;
-    rewards: [(name, fn)] from `grpo_rewards.build_rewards`)."""
+    rewards: [(name, fn)] from `grpo_rewards.build_rewards`). eval_prompts are scored every eval_every steps (what
+    train.save_best chooses on); test_prompts only before training and at the end, on the weights the run returns
+    (the best ones with save_best): test_reward, test_<name> in the result and the metrics file."""
     from ..methods import active_adapters
 
-    output_dir, started = Path(output_dir), time.perf_counter()
-    root = output_dir / "checkpoints"
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir)
     if cfg.num_generations < 2:
         raise ConfigError("num_generations must be at least 2", key="task.num_generations")
     if not active_adapters(model):
         raise ConfigError("GRPO trains an adapter and uses the base as its reference; the model has none", key="method")
     if len(cfg.weights) != len(rewards):
         raise ConfigError(f"{len(cfg.weights)} reward weights for {len(rewards)} rewards", key="task.reward_weights")
-    for i, p in enumerate(prompts):
-        p.setdefault("index", i)
-    for i, p in enumerate(eval_prompts):
-        p.setdefault("index", i)
-    random.seed(train_cfg.seed)
-    np.random.seed(train_cfg.seed % 2**32)
-    torch.manual_seed(train_cfg.seed)
+    for group in (prompts, eval_prompts, test_prompts):
+        for i, p in enumerate(group):
+            p.setdefault("index", i)
+    seed_all(train_cfg.seed)
     order = DataOrder(len(prompts), cfg.prompts_per_step, 1, train_cfg.seed)
     total = train_cfg.max_steps or train_cfg.epochs * order.steps_per_epoch
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg, total * cfg.num_iterations)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0}
-    history, latest = [], ckpt.latest_checkpoint(root) if resume else None
-    if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
-        state.update({k: loaded[k] for k in state})
-        history = loaded.get("history", [])
-        sync_lr(scheduler)
-    else:
-        ckpt.clear(root)
-    reporter = Reporter(output_dir, history, total, min(state["global_step"], total), progress)
-    elapsed_before, session_tokens = state["elapsed_s"], 0
-    was_training, final, eval_metrics, stats = model.training, latest, {}, {}
+    run, session_tokens, eval_metrics, test_metrics, stats = None, 0, {}, {}, {}
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - started
+    def scored(group: list[dict], prefix: str) -> dict:
+        if not group:
+            return {}
+        metrics = evaluate_rewards(model, tokenizer, group, rewards, cfg, prefix)
+        run.reporter.record({"step": state["global_step"], **metrics, "elapsed_s": run.elapsed()})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("_completion_length"))
+        run.reporter.message(f"step {state['global_step']}: {shown}")
+        return metrics
 
     def run_eval() -> dict:
-        if not eval_prompts:
-            return {}
-        metrics = evaluate_rewards(model, tokenizer, eval_prompts, rewards, cfg)
-        reporter.record({"step": state["global_step"], **metrics, "elapsed_s": elapsed()})
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "eval_completion_length")
-        reporter.message(f"step {state['global_step']}: {shown}")
+        metrics = scored(eval_prompts, "eval")
+        run.hooks.on_eval(state["global_step"], metrics)
         return metrics
 
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if train_cfg.bf16 else contextlib.nullcontext()
     try:
+        run = OwnLoop.start(model, train_cfg, output_dir, total, total * cfg.num_iterations, state, resume=resume,
+                            progress=progress)
+        final, reporter = run.latest, run.reporter
         amp.__enter__()
-        if latest is None:
+        if run.latest is None:
+            test_metrics = scored(test_prompts, "test")
             eval_metrics = run_eval()
         rng = ckpt.rng_state()
-        while state["global_step"] < total:
+        while state["global_step"] < total and not run.hooks.stopped:
             t0 = time.perf_counter()
             chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
             batch = make_samples(model, tokenizer, [prompts[i] for i in chunks[0]], rewards, cfg,
                                  train_cfg.micro_batch_size)
-            lr = optimizer.param_groups[0]["lr"]
-            stats = grpo_update(model, optimizer, scheduler, params, batch, cfg, train_cfg, state["global_step"] + 1, root)
+            lr = run.optimizer.param_groups[0]["lr"]
+            stats = grpo_update(model, run.optimizer, run.scheduler, run.params, batch, cfg, train_cfg,
+                                state["global_step"] + 1, run.root)
             mask = batch["response_mask"]
             generated = int(mask.sum())
             state.update(global_step=state["global_step"] + 1, epoch=next_epoch, index=next_index,
@@ -282,41 +283,34 @@ def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts
             rng, dt = ckpt.rng_state(), time.perf_counter() - t0
             session_tokens += generated
             step, grouped = state["global_step"], batch["rewards"].view(-1, cfg.num_generations)
-            reporter.record({"step": step, "epoch": state["epoch"] + state["index"] / order.n, **stats,
-                             "reward": float(batch["rewards"].mean()),
-                             "reward_std": float(grouped.std(dim=1).mean()),
-                             **{f"reward/{metric_name(k)}": v for k, v in batch["reward_means"].items()},
-                             "completion_length": float(mask.sum(-1).float().mean()), "lr": lr,
-                             "tokens": state["tokens"], "tokens_per_s": generated / dt, "elapsed_s": elapsed()})
+            logs = {"step": step, "epoch": state["epoch"] + state["index"] / order.n, **stats,
+                    "reward": float(batch["rewards"].mean()), "reward_std": float(grouped.std(dim=1).mean()),
+                    "groups_trained": len(batch["train_rows"]) // cfg.num_generations,
+                    **{f"reward/{metric_name(k)}": v for k, v in batch["reward_means"].items()},
+                    "completion_length": float(mask.sum(-1).float().mean()), "lr": lr,
+                    "tokens": state["tokens"], "tokens_per_s": generated / dt, "elapsed_s": run.elapsed()}
+            reporter.record(logs)
+            run.hooks.on_step(step, logs)
             reporter.bar.update(1)
             reporter.bar.set_postfix(reward=f"{float(batch['rewards'].mean()):.3f}", refresh=False)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
                 eval_metrics = run_eval()
             if train_cfg.save_every and step % train_cfg.save_every == 0 and step < total:
-                check_weights(params, step, root)
-                state["elapsed_s"] = elapsed()
-                final = ckpt.save_checkpoint(root, step, model, optimizer, scheduler,
-                                             {**state, "history": reporter.history, "total_steps": total}, rng,
-                                             train_cfg.keep_last)
-        if latest is None or session_tokens:
-            eval_metrics = run_eval()
-        else:  # a finished run started again: its last evaluation stands
-            eval_metrics = next(({k: v for k, v in r.items() if k.startswith("eval_")}
-                                 for r in reversed(reporter.history) if "eval_reward" in r), {})
+                final = run.save(rng)
+        eval_metrics = run_eval() if run.latest is None or session_tokens else run.last_eval()
         if session_tokens:
-            check_weights(params, state["global_step"], root)
-            state["elapsed_s"] = elapsed()
-            final = ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
-                                         {**state, "history": reporter.history, "total_steps": total}, rng,
-                                         train_cfg.keep_last)
+            final = run.save(rng)
+        eval_metrics = run.finish(eval_metrics)
+        test_metrics = scored(test_prompts, "test")  # on the weights returned (after the last checkpoint)
     finally:
         amp.__exit__(None, None, None)
         model.train(was_training)
-        reporter.close()
-    wall = elapsed()
-    last = {k: stats[k] for k in ("loss",) if k in stats}
-    return TrainResult(steps=state["global_step"], train_loss=last.get("loss") if session_tokens else None,
-                       eval_metrics=dict(eval_metrics), output_dir=output_dir, metrics_path=reporter.metrics_path,
+        if run is not None:
+            run.close()
+    wall = run.elapsed()
+    return TrainResult(steps=state["global_step"], train_loss=stats.get("loss") if session_tokens else None,
+                       eval_metrics={**eval_metrics, **test_metrics}, output_dir=output_dir,
+                       metrics_path=reporter.metrics_path,
                        plot_path=plot_rewards(reporter.history, output_dir / "reward.png"), checkpoint_dir=final,
                        wall_time_s=wall, tokens_per_s=session_tokens / wall if wall > 0 else 0.0,
                        history=list(reporter.history))
@@ -324,16 +318,11 @@ def run_grpo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts
 
 def plot_rewards(history: list[dict], path) -> Path | None:
     """Mean sampled reward per step (and greedy held-out reward and accuracy-like reward means) against step."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     train = [r for r in history if "reward" in r and "lr" in r]
     evals = [r for r in history if "eval_reward" in r]
-    if not train and not evals:
+    if not train and not evals and not any("test_reward" in r for r in history):
         return None
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, (ax,) = figure()
     if train:
         steps = [r["step"] for r in train]
         values = [r["reward"] for r in train]
@@ -344,12 +333,11 @@ def plot_rewards(history: list[dict], path) -> Path | None:
             ax.plot(steps[k - 1:], smooth, label=f"sampled reward ({k}-step mean)")
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval_reward"] for r in evals], "o-", markersize=4,
-                label="held-out reward (greedy)")
+                label="validation reward (greedy)")
+    tests = [r for r in history if "test_reward" in r]
+    if tests:
+        ax.plot([r["step"] for r in tests], [r["test_reward"] for r in tests], "s", markersize=7,
+                label="test reward (greedy; start, and the weights returned)")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, [ax], path)

@@ -204,11 +204,11 @@ def _num_tokens(task, batch: dict) -> int:
     return int(task.num_tokens(batch))
 
 
-def evaluate(model: nn.Module, task, examples: list, cfg, amp=nullcontext) -> dict:
+def evaluate(model: nn.Module, task, examples: list, cfg, amp=nullcontext, device=None) -> dict:
     """task.evaluate over micro_batch_size batches of examples (at most eval_batches), in eval mode, no grad."""
     if not examples:
         return {}
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     size = cfg.micro_batch_size
     starts = range(0, len(examples), size)
     if cfg.eval_batches:
@@ -331,6 +331,9 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
         attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
+    if par.sharded:  # the shards' device (host memory with cpu_offload, or a base loaded there: load_options)
+        device = par.device  # is not where the model computes
+        amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
     state = {"global_step": 0, "epoch": 0, "index": 0, "tokens": 0, "elapsed_s": 0.0, "window": StepStats()}
     root = output_dir / "checkpoints"
     latest = par.agree(ckpt.latest_checkpoint(root, warn=par.is_main)) if resume else None
@@ -358,7 +361,7 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
 
 
 def _run_eval(run: _Run) -> dict:
-    metrics = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp)
+    metrics = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp, run.device)
     if metrics:
         run.reporter.record({"step": run.step, "epoch": run.epoch_float(), **metrics, "elapsed_s": run.elapsed()})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))

@@ -34,7 +34,7 @@ def release_freed_memory(device_type: str = "cpu") -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt is a stub
+        libc.gnu_get_libc_version  # noqa: B018  (glibc only: musl's mallopt is a stub; raises AttributeError there)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -25,72 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data.padding import pad as pad_rows
 from ..errors import ConfigError
-from ..models.stop_tokens import generation_pad_id, stop_token_ids
 from . import checkpoint as ckpt
-from .loop import DataOrder, TrainResult, check_finite, check_weights
-from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
+from .loop import DataOrder, TrainResult, check_finite
+from .optim import on_optimizer_step
+from .own_loop import OwnLoop, seed_all
+from .report import figure, save_figure
 from .ppo_rewards import REWARD_ADAPTER, AdapterReward, FunctionReward
-from .report import Reporter
-from .tasks.dpo import selected_outputs
-
-VALUE_HEAD = "tuneforge_value_head"
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, temperature: float, greedy: bool,
-           top_p: float = 1.0) -> dict:
-    """Left-padded prompts + generated responses, with masks: attention_mask (prompt + response up to and
-    including its first stop token), response_mask (B x T), score_mask (attention without stop tokens)."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)
-    pad = generation_pad_id(tokenizer, stops)
-    ids, mask = pad_rows([p["ids"] for p in prompts], pad, side="left")
-    width = ids.shape[1]
-    ids, mask = ids.to(device), mask.to(device)
-    options = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, **options)
-    response = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
-    is_stop = torch.isin(response, torch.tensor(stops, device=device))
-    response_mask = (is_stop.long().cumsum(-1) - is_stop.long()) == 0  # up to and including the first stop
-    full_mask = torch.cat([mask, response_mask.long()], dim=1)
-    texts = [tokenizer.decode(r[m & ~s], skip_special_tokens=True) for r, m, s in zip(response, response_mask, is_stop)]
-    return {"input_ids": torch.cat([ids, response], dim=1), "attention_mask": full_mask,
-            "position_ids": (full_mask.cumsum(-1) - 1).clamp(min=0), "response_mask": response_mask,
-            "score_mask": torch.cat([mask, (response_mask & ~is_stop).long()], dim=1), "prompt_width": width,
-            "prompts": [p["text"] for p in prompts], "responses": texts}
-
-
-def policy_outputs(model, batch: dict, rows, temperature: float, values: bool = True):
-    """(log pi(y_t), entropy_t, V_t), each B x T (zeros off the response), for the given rows of a rollout."""
-    resp = batch["response_mask"][rows]
-    width, steps = batch["prompt_width"], resp.shape[1]
-    select = torch.zeros_like(batch["attention_mask"][rows], dtype=torch.bool)
-    select[:, width - 1 : width - 1 + steps] = resp  # logits at t predict token t + 1
-    inputs = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "position_ids")}
-    hidden, logits = selected_outputs(model, inputs, select)
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
-    tokens = batch["input_ids"][rows][:, width:][resp]
-    out = torch.zeros((3,) + resp.shape, device=resp.device)
-    out[0][resp] = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    out[1][resp] = -(logprobs.exp() * logprobs).sum(-1)
-    if values:
-        with torch.autocast(hidden.device.type, enabled=False):  # values stay fp32 under train.bf16 too
-            out[2][resp] = getattr(model, VALUE_HEAD)(hidden.float()).squeeze(-1)
-    return out[0], out[1], out[2]
-
+from .rollout import VALUE_HEAD, policy_outputs, sample
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns); rewards and values are zero past each response's end, so nothing leaks back."""
@@ -207,14 +156,10 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
 
     from ..methods import active_adapters, delete_adapter
 
-    output_dir, started = Path(output_dir), time.perf_counter()
-    root = output_dir / "checkpoints"
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(output_dir)
     if not active_adapters(model):
         raise ConfigError("PPO trains an adapter and uses the base as its reference; the model has none", key="method")
-    random.seed(train_cfg.seed)
-    np.random.seed(train_cfg.seed % 2**32)
-    torch.manual_seed(train_cfg.seed)
+    seed_all(train_cfg.seed)
     if reward is None and reward_adapter is None:
         raise ConfigError("PPO needs a reward: a reward function or a reward adapter directory", key="task")
     scorer = FunctionReward(reward) if reward is not None else AdapterReward(model, reward_adapter)
@@ -226,56 +171,39 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
     model.add_module(VALUE_HEAD, head)  # a submodule, so optimizer groups and checkpoints include it
     order = DataOrder(len(prompts), cfg.rollout_batch_size, 1, train_cfg.seed)
     total = train_cfg.max_steps or train_cfg.epochs * order.steps_per_epoch
-    optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg, total)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = {"global_step": 0, "epoch": 0, "index": 0, "kl_coef": cfg.kl_coef, "tokens": 0, "elapsed_s": 0.0}
-    history, latest = [], ckpt.latest_checkpoint(root) if resume else None
-    if latest is not None:
-        loaded = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
-        state.update({k: loaded[k] for k in state})
-        history = loaded.get("history", [])
-        sync_lr(scheduler)
-    else:
-        ckpt.clear(root)
-    reporter = Reporter(output_dir, history, total, min(state["global_step"], total), progress)
-    elapsed_before, session_tokens = state["elapsed_s"], 0
-    was_training, final, eval_metrics, last = model.training, latest, {}, {}
+    run = None
+    was_training, session_tokens, eval_metrics, last = model.training, 0, {}, {}
     model.eval()
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - started
 
     def run_eval() -> dict:
         if not eval_prompts:
             return {}
         metrics = evaluate_reward(model, tokenizer, eval_prompts, scorer, cfg)
-        reporter.record({"step": state["global_step"], **metrics, "elapsed_s": elapsed()})
-        reporter.message(f"step {state['global_step']}: eval_reward={metrics['eval_reward']:.4g}")
+        run.reporter.record({"step": state["global_step"], **metrics, "elapsed_s": run.elapsed()})
+        run.reporter.message(f"step {state['global_step']}: eval_reward={metrics['eval_reward']:.4g}")
+        run.hooks.on_eval(state["global_step"], metrics)
         return metrics
-
-    def save(rng_snapshot: dict) -> Path:
-        check_weights(params, state["global_step"], root)
-        state["elapsed_s"] = elapsed()
-        return ckpt.save_checkpoint(root, state["global_step"], model, optimizer, scheduler,
-                                    {**state, "history": reporter.history, "total_steps": total}, rng_snapshot,
-                                    train_cfg.keep_last)
 
     # train.bf16: every forward, generation included, under bf16 autocast (what train() sets for fp32 master
     # weights of base weights trained on a bf16 model, as the one-loss-per-batch loop does)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if train_cfg.bf16 else contextlib.nullcontext()
     try:
+        run = OwnLoop.start(model, train_cfg, output_dir, total, total, state, resume=resume, progress=progress)
+        final, reporter = run.latest, run.reporter
         amp.__enter__()
-        if latest is None:
+        if run.latest is None:
             eval_metrics = run_eval()
-        while state["global_step"] < total:
+        rng = ckpt.rng_state()
+        while state["global_step"] < total and not run.hooks.stopped:
             t0 = time.perf_counter()
             chunks, next_epoch, next_index = order.step(state["epoch"], state["index"])
             batch = make_rollout(model, tokenizer, [prompts[i] for i in chunks[0]], scorer, cfg, state["kl_coef"])
             generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + state["global_step"])
-            stats = ppo_update(model, optimizer, params, batch, cfg, train_cfg, generator, state["global_step"] + 1, root)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            stats = ppo_update(model, run.optimizer, run.params, batch, cfg, train_cfg, generator,
+                               state["global_step"] + 1, run.root)
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.scheduler.step()
             resp = batch["response_mask"]
             kl = float(batch["kl"].mean())
             generated = int(resp.sum())
@@ -285,34 +213,34 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
             session_tokens += generated
             step = state["global_step"]
             last = {"reward": float(batch["scores"].mean()), "kl": kl}
-            reporter.record({"step": step, "epoch": state["epoch"] + state["index"] / order.n, **stats, **last,
-                             "reward_std": float(batch["scores"].std()) if len(resp) > 1 else 0.0,
-                             "kl_coef": state["kl_coef"], "entropy": float(batch["entropy"][resp].mean()),
-                             "response_length": float(resp.sum(-1).float().mean()), "lr": lr,
-                             "tokens": state["tokens"], "tokens_per_s": generated / dt, "elapsed_s": elapsed()})
+            logs = {"step": step, "epoch": state["epoch"] + state["index"] / order.n, **stats, **last,
+                    "reward_std": float(batch["scores"].std()) if len(resp) > 1 else 0.0,
+                    "kl_coef": state["kl_coef"], "entropy": float(batch["entropy"][resp].mean()),
+                    "response_length": float(resp.sum(-1).float().mean()), "lr": lr,
+                    "tokens": state["tokens"], "tokens_per_s": generated / dt, "elapsed_s": run.elapsed()}
+            reporter.record(logs)
+            run.hooks.on_step(step, logs)
             reporter.bar.update(1)
             reporter.bar.set_postfix(reward=f"{last['reward']:.3f}", kl=f"{kl:.3f}", refresh=False)
             if train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < total:
                 eval_metrics = run_eval()
             if train_cfg.save_every and step % train_cfg.save_every == 0 and step < total:
-                final = save(rng)
-        if latest is None or session_tokens:
-            eval_metrics = run_eval()
-        else:  # a finished run started again: its last evaluation stands
-            eval_metrics = next(({k: v for k, v in r.items() if k.startswith("eval_")}
-                                 for r in reversed(reporter.history) if "eval_reward" in r), {})
+                final = run.save(rng)
+        eval_metrics = run_eval() if run.latest is None or session_tokens else run.last_eval()
         if session_tokens:  # after the final evaluation, so a run resumed from here keeps it in its history
-            final = save(rng)
+            final = run.save(rng)
+        eval_metrics = run.finish(eval_metrics)
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(output_dir / "value_head.safetensors"))
     finally:
         amp.__exit__(None, None, None)
         model.train(was_training)
-        reporter.close()
+        if run is not None:
+            run.close()
         delattr(model, VALUE_HEAD)
         if isinstance(scorer, AdapterReward):
             delete_adapter(model, REWARD_ADAPTER)
-    wall = elapsed()
+    wall = run.elapsed()
     return TrainResult(steps=state["global_step"], train_loss=stats["loss"] if session_tokens else None,
                        eval_metrics={**eval_metrics, **last}, output_dir=output_dir,
                        metrics_path=reporter.metrics_path,
@@ -323,16 +251,11 @@ def run_ppo(model, tokenizer, cfg, train_cfg, prompts: list[dict], eval_prompts:
 
 def plot_reward_kl(history: list[dict], path) -> Path | None:
     """Mean rollout reward (and greedy eval reward) above, KL to the reference below, against PPO step."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     train = [r for r in history if "kl" in r and "lr" in r]
     evals = [(r["step"], r["eval_reward"]) for r in history if "eval_reward" in r]
     if not train and not evals:
         return None
-    fig = Figure(figsize=(7, 5.5), dpi=100)
-    FigureCanvasAgg(fig)
-    top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    fig, (top, bottom) = figure(2, (7, 5.5))
     if train:
         top.plot([r["step"] for r in train], [r["reward"] for r in train], label="rollout reward (sampled)")
         bottom.plot([r["step"] for r in train], [r["kl"] for r in train], color="tab:red", label="KL to reference")
@@ -341,10 +264,4 @@ def plot_reward_kl(history: list[dict], path) -> Path | None:
     top.set_ylabel("mean reward")
     bottom.set_ylabel("KL (nats / response)")
     bottom.set_xlabel("PPO step")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, [top, bottom], path)

@@ -6,10 +6,13 @@ adapter with its scalar head, it scores the policy's tokens as they are, with no
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 from torch import nn
 
-from ..errors import AdapterMismatch
+from ..errors import AdapterMismatch, TuneforgeError
 
 REWARD_ADAPTER = "reward"
 
@@ -19,16 +22,17 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
     scalar head. The head was saved as a modules_to_save copy of the classifier's `score`; a causal LM has no such
     module, so it becomes a Linear applied by `AdapterReward` to the last real token's hidden state."""
     from ..io.adapter_files import base_name_of, method_for_peft_config, read_adapter_config, read_adapter_weights
-    from ..methods import (active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters,
-                           split_saved_modules)
+    from ..methods import active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters
+    from ..methods.api import pop_saved_module_states
 
     body = read_adapter_config(adapter_dir)
     saved_for, base = body.get("base_model_name_or_path"), base_name_of(model)
     if saved_for and base and saved_for != base:
         raise AdapterMismatch(f"{adapter_dir}: reward adapter trained on {saved_for!r}, policy base is {base!r}")
     cfg = method_for_peft_config(body).config_from_peft(body)
-    cfg, state, heads = split_saved_modules(cfg, read_adapter_weights(adapter_dir))
-    head_state = {k.rsplit(".", 1)[-1]: v for head in heads.values() for k, v in head.items()}
+    state = read_adapter_weights(adapter_dir)
+    heads = pop_saved_module_states(cfg, state)
+    head_state = {k: v for module in heads.values() for k, v in module.items()}
     if "weight" not in head_state or head_state["weight"].shape[0] != 1:
         raise AdapterMismatch(f"{adapter_dir}: no scalar reward head saved with this adapter (train it with "
                               "task: reward and modules_to_save: [score])")
@@ -75,7 +79,17 @@ class FunctionReward:
         self.fn = fn
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        from .tasks.ppo import checked_rewards
-
         scores = checked_rewards(self.fn, batch["prompts"], batch["responses"])
         return torch.tensor(scores, dtype=torch.float32, device=batch["input_ids"].device)
+
+
+def checked_rewards(fn: Callable, prompts: list[str], responses: list[str]) -> list[float]:
+    """fn's scores, required to be one finite number per response."""
+    scores = list(fn(prompts, responses))
+    name = getattr(fn, "__name__", repr(fn))
+    if len(scores) != len(responses):
+        raise TuneforgeError(f"reward function {name} returned {len(scores)} scores for {len(responses)} responses")
+    out = [float(s) for s in scores]
+    if not all(math.isfinite(s) for s in out):
+        raise TuneforgeError(f"reward function {name} returned a score that is not a finite number: {out}")
+    return out

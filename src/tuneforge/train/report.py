@@ -53,17 +53,13 @@ class Reporter:
 def plot_losses(history: list[dict], path: str | os.PathLike) -> Path | None:
     """Train loss (line) and eval loss (markers) against step; None when there is nothing to plot.
     Uses the Agg canvas directly, so no global matplotlib backend is switched in the caller's process."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     train = [(r["step"], r["loss"]) for r in history if "loss" in r and _finite(r["loss"])]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r and _finite(r["eval_loss"])]
     if not train and not evals:
         return None
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, (ax,) = figure()
     if train:
         ax.plot(*zip(*train), label="train loss", linewidth=1.2)
     if evals:
@@ -71,8 +67,26 @@ def plot_losses(history: list[dict], path: str | os.PathLike) -> Path | None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (per target token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    return save_figure(fig, [ax], path, legend_size=None)
+
+
+def figure(rows: int = 1, size: tuple = (7, 4)):
+    """(figure, axes stacked in `rows`) on the Agg canvas directly, so no global matplotlib backend is switched
+    in the caller's process."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(rows, 1, i + 1) for i in range(rows)]
+
+
+def save_figure(fig, axes, path: str | os.PathLike, legend_size=8) -> Path:
+    """Grid and legend on each axis, tight layout, written to path through a temporary file (a reader never sees
+    half a PNG)."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name("." + path.name + ".tmp.png")

@@ -24,8 +24,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import TASKS
-from .base import batch_context
-from .preference import PreferenceConfig, PreferenceTask, load_preferences
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, load_preferences
 from .sft import fused_head_parts
 
 
@@ -42,12 +41,7 @@ class DPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing, self.loss_type)
 
 
 def selected_outputs(model: nn.Module, inputs: dict, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +98,7 @@ class DPOTask(PreferenceTask):
         return load_preferences(self, run_cfg, tokenizer, append_eos=True)
 
     def pair_terms(self, model: nn.Module, batch: dict):
-        """(per-pair losses, chosen rewards, rejected rewards) for one batch."""
+        """(per-pair losses, chosen rewards, rejected rewards, (policy log-prob sums, reply token counts))."""
         from ...methods import disable_adapters, list_adapters
 
         if not list_adapters(model):
@@ -114,29 +108,13 @@ class DPOTask(PreferenceTask):
         with torch.no_grad(), disable_adapters(model):
             ref_logps, _ = completion_logps(model, batch)
         (pc, pr), (rc, rr), (nc, nr) = logps.chunk(2), ref_logps.chunk(2), tokens.chunk(2)
-        return dpo_loss(pc, pr, rc, rr, beta=self.cfg.beta, loss_type=self.cfg.loss_type,
-                        label_smoothing=self.cfg.label_smoothing, chosen_tokens=nc, rejected_tokens=nr)
+        losses, c, r = dpo_loss(pc, pr, rc, rr, beta=self.cfg.beta, loss_type=self.cfg.loss_type,
+                                label_smoothing=self.cfg.label_smoothing, chosen_tokens=nc, rejected_tokens=nr)
+        return losses, c, r, (logps.detach(), tokens)
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        losses, _, _ = self.pair_terms(model, batch)
+        losses = self.pair_terms(model, batch)[0]
         return losses.sum()
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-        losses, chosen, rejected = [], [], []
-        for batch in batches:
-            with batch_context(model, batch):
-                loss, c, r = self.pair_terms(model, batch)
-            losses.append(loss)
-            chosen.append(c)
-            rejected.append(r)
-        if not losses:
-            return {}
-        loss, c, r = torch.cat(losses), torch.cat(chosen), torch.cat(rejected)
-        return {
-            "eval_loss": float(loss.mean()),
-            "reward_accuracy": float((c > r).float().mean()),
-            "chosen_reward": float(c.mean()),
-            "rejected_reward": float(r.mean()),
-            "reward_margin": float((c - r).mean()),
-            "eval_pairs": int(c.numel()),
-        }
+        return self.evaluate_pairs(model, batches)

@@ -1,7 +1,8 @@
 """GRPO with programmatic rewards, as a task: its settings, its prompts (with the fields the rewards check) and
 its rewards. The training (sample G completions per prompt, score, update) runs in `tuneforge.train.grpo`.
 
-Prompts: records of data.train (data.validation for the held-out accuracy and reward), field `prompt_field`,
+Prompts: records of data.train (data.validation for the accuracy and reward evaluated during training, which
+train.save_best chooses on; task.test_prompts for held-out figures that chose nothing), field `prompt_field`,
 rendered like the preference tasks (`template`). Every other field of the record (e.g. `answer`) is handed to
 the rewards. A prompt longer than max_prompt_length tokens is an error before training (a cut arithmetic question
 has a different answer), naming the file and line; an empty prompt is skipped and counted.
@@ -70,6 +71,16 @@ class GRPOConfig:
 
     num_iterations: int = 1
     """Optimizer steps on each batch of samples (mu in the GRPO paper); > 1 reuses them with the clipped ratio."""
+
+    drop_uniform_groups: bool = False
+    """Train only on the groups whose rewards differ (the others have every advantage 0: no policy gradient), and
+    take no optimizer step when none is left, so AdamW's momentum and weight decay do not move the weights on
+    steps without a gradient (DAPO's dynamic-sampling filter, without its resampling). With beta > 0 the dropped
+    groups' KL term is dropped too."""
+
+    test_prompts: Union[str, None] = None
+    """A prompt file scored (greedy) only before training and at the end, on the weights the run returns (the
+    best on data.validation with train.save_best): held-out figures that chose nothing (test_reward, test_<name>)."""
 
     def validate(self) -> None:
         from ..grpo_rewards import build_rewards
@@ -182,12 +193,15 @@ class GRPOTask(BaseTask):
             raise ConfigError("GRPO needs a file of prompts", key="data.train")
         train, note = load_grpo_prompts(data.train, cfg, tokenizer, data.limit_train, data.shuffle_seed)
         self.notes = [note]
-        evals = []
+        evals, tests = [], []
         if data.validation is not None:
             evals, note = load_grpo_prompts(data.validation, cfg, tokenizer, data.limit_eval, data.shuffle_seed)
             self.notes.append(note)
+        if cfg.test_prompts is not None:
+            tests, note = load_grpo_prompts(cfg.test_prompts, cfg, tokenizer, None, data.shuffle_seed)
+            self.notes.append(note)
         for line in self.notes:
             print(line)
-        check_context(cfg, model, train + evals)
-        return run_grpo(model, tokenizer, cfg, run_cfg.train, train, evals, output_dir, rewards=build_rewards(cfg.rewards),
-                        resume=resume, progress=progress)
+        check_context(cfg, model, train + evals + tests)
+        return run_grpo(model, tokenizer, cfg, run_cfg.train, train, evals, output_dir, test_prompts=tests,
+                        rewards=build_rewards(cfg.rewards), resume=resume, progress=progress)

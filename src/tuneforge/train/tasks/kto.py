@@ -25,7 +25,7 @@ from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import batch_context
 from .dpo import completion_logps
-from .preference import PreferenceConfig, PreferenceTask, check_prompt_budget
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, check_prompt_budget
 
 
 @dataclasses.dataclass
@@ -48,8 +48,7 @@ class KTOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
+        check_pair_loss(self.beta)
         if self.desirable_weight <= 0 or self.undesirable_weight <= 0:
             raise ConfigError("desirable_weight and undesirable_weight must be positive", key="desirable_weight")
         if self.label_field is not None:
@@ -154,11 +153,11 @@ class KTOTask(PreferenceTask):
 
     def pair_terms(self, model: nn.Module, batch: dict):
         """Validation pairs: (KTO losses of chosen as desirable and rejected as undesirable with z_ref = 0,
-        chosen rewards, rejected rewards)."""
+        chosen rewards, rejected rewards, (policy log-prob sums, reply token counts))."""
         from ...methods import disable_adapters
 
         self._check(model)
-        logps, _ = completion_logps(model, batch)
+        logps, counts = completion_logps(model, batch)
         with disable_adapters(model):
             ref_logps, _ = completion_logps(model, batch)
         half = logps.shape[0] // 2
@@ -166,7 +165,7 @@ class KTOTask(PreferenceTask):
         losses, rewards = kto_loss(logps, ref_logps, desirable, torch.zeros((), device=logps.device),
                                    beta=self.cfg.beta, desirable_weight=self.cfg.desirable_weight,
                                    undesirable_weight=self.cfg.undesirable_weight)
-        return losses, rewards[:half], rewards[half:]
+        return losses, rewards[:half], rewards[half:], (logps.detach(), counts)
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
         if "desirable" not in batch:
@@ -174,29 +173,22 @@ class KTOTask(PreferenceTask):
         return self.terms(model, batch)[0].sum()
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-        losses, chosen, rejected, good, bad, kls = [], [], [], [], [], []
-        for batch in batches:
-            with batch_context(model, batch):
-                if "desirable" in batch:
-                    loss, rewards, kl = self.terms(model, batch)
-                    good.append(rewards[batch["desirable"]])
-                    bad.append(rewards[~batch["desirable"]])
-                    kls.append(float(kl))
-                else:
-                    loss, c, r = self.pair_terms(model, batch)
-                    chosen.append(c)
-                    rejected.append(r)
+        """Pair batches (the validation split stays paired) as the other preference tasks; unpaired batches add
+        desirable_reward, undesirable_reward and kl, and their losses to eval_loss."""
+        batches = list(batches)
+        out = self.evaluate_pairs(model, [b for b in batches if "desirable" not in b])
+        losses, good, bad, kls = [], [], [], []
+        for batch in (b for b in batches if "desirable" in b):
+            with batch_context(model, batch), torch.no_grad():
+                loss, rewards, kl = self.terms(model, batch)
             losses.append(loss)
-        if not losses:
-            return {}
-        out = {"eval_loss": float(torch.cat(losses).mean())}
-        if chosen:
-            c, r = torch.cat(chosen), torch.cat(rejected)
-            out.update({"reward_accuracy": float((c > r).float().mean()), "chosen_reward": float(c.mean()),
-                        "rejected_reward": float(r.mean()), "reward_margin": float((c - r).mean()),
-                        "eval_pairs": int(c.numel())})
-        if good or bad:
-            g, b = torch.cat(good), torch.cat(bad)
+            good.append(rewards[batch["desirable"]])
+            bad.append(rewards[~batch["desirable"]])
+            kls.append(float(kl))
+        if losses:
+            loss, g, b = torch.cat(losses), torch.cat(good), torch.cat(bad)
+            paired = 2 * out.get("eval_pairs", 0)  # one KTO loss per reply of each pair
+            out["eval_loss"] = (out.get("eval_loss", 0.0) * paired + float(loss.sum())) / (paired + loss.numel())
             out.update({"desirable_reward": float(g.mean()) if g.numel() else float("nan"),
                         "undesirable_reward": float(b.mean()) if b.numel() else float("nan"),
                         "kl": sum(kls) / len(kls)})

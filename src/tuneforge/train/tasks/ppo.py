@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import math
 from pathlib import Path
 from typing import Callable, Literal, Union
 
-from ...errors import ConfigError, DataError, TuneforgeError
+from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import BaseTask
 
@@ -161,18 +160,6 @@ def load_reward_function(spec: str) -> Callable:
     if not callable(fn):
         raise ConfigError(f"reward_function {spec!r} is not callable", key="task.reward_function")
     return fn
-
-
-def checked_rewards(fn: Callable, prompts: list[str], responses: list[str]) -> list[float]:
-    """fn's scores, required to be one finite number per response."""
-    scores = list(fn(prompts, responses))
-    name = getattr(fn, "__name__", repr(fn))
-    if len(scores) != len(responses):
-        raise TuneforgeError(f"reward function {name} returned {len(scores)} scores for {len(responses)} responses")
-    out = [float(s) for s in scores]
-    if not all(math.isfinite(s) for s in out):
-        raise TuneforgeError(f"reward function {name} returned a score that is not a finite number: {out}")
-    return out
 
 
 @TASKS.register("ppo")

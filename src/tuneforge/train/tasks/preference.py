@@ -12,7 +12,7 @@ from typing import Literal, Union
 import torch
 
 from ...errors import ConfigError
-from .base import BaseTask
+from .base import BaseTask, batch_context
 
 
 @dataclasses.dataclass
@@ -42,6 +42,29 @@ class PreferenceConfig:
     def validate(self) -> None:
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ConfigError("max_prompt_length must be at least 1 (or null)", key="max_prompt_length")
+
+
+def pair_metrics(losses, chosen, rejected, sums, counts) -> dict[str, float]:
+    """Validation metrics of a pair-scored task (DPO, ORPO, SimPO, CPO, KTO); chosen rows first in sums/counts.
+    reward_accuracy: pairs whose implicit reward (the task's own: a log-ratio to the reference for DPO and KTO,
+    so 0 for every pair before training) ranks chosen first; logp_accuracy / avg_logp_accuracy: pairs where the
+    policy itself gives the chosen reply the higher summed / per-token log-probability, the same measure for every
+    task and for the untouched model. Ties count as wrong."""
+    (sc, sr), (nc, nr) = sums.chunk(2), counts.clamp(min=1).to(sums.dtype).chunk(2)
+    return {"eval_loss": float(losses.mean()), "reward_accuracy": float((chosen > rejected).float().mean()),
+            "chosen_reward": float(chosen.mean()), "rejected_reward": float(rejected.mean()),
+            "reward_margin": float((chosen - rejected).mean()), "logp_accuracy": float((sc > sr).float().mean()),
+            "avg_logp_accuracy": float((sc / nc > sr / nr).float().mean()), "eval_pairs": int(chosen.numel())}
+
+
+def check_pair_loss(beta: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid") -> None:
+    """The settings DPO, SimPO and CPO share: beta > 0, label smoothing in [0, 0.5) and only for sigmoid losses."""
+    if beta <= 0:
+        raise ConfigError("beta must be positive", key="beta")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
+    if label_smoothing and loss_type not in ("sigmoid", "simpo"):
+        raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
 
 
 def check_prompt_budget(cfg: PreferenceConfig, max_length: int) -> None:
@@ -91,3 +114,16 @@ class PreferenceTask(BaseTask):
 
     def num_targets(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0] // 2)
+
+    def evaluate_pairs(self, model, batches) -> dict[str, float]:
+        """`pair_metrics` over pair batches, from the task's pair_terms(model, batch) -> (per-pair losses, chosen
+        rewards, rejected rewards, (policy log-prob sums, reply token counts) of all rows)."""
+        parts = []
+        for batch in batches:
+            with batch_context(model, batch), torch.no_grad():
+                losses, c, r, (sums, counts) = self.pair_terms(model, batch)
+            parts.append((losses, c, r, *sums.chunk(2), *counts.chunk(2)))
+        if not parts:
+            return {}
+        losses, c, r, sc, sr, nc, nr = (torch.cat(column) for column in zip(*parts))
+        return pair_metrics(losses, c, r, torch.cat([sc, sr]), torch.cat([nc, nr]))

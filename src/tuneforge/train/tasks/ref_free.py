@@ -29,9 +29,8 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import TASKS
-from .base import batch_context
 from .dpo import completion_logps
-from .preference import PreferenceConfig, PreferenceTask, load_preferences
+from .preference import PreferenceConfig, PreferenceTask, check_pair_loss, load_preferences
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +67,7 @@ class ORPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
+        check_pair_loss(self.beta)
 
 
 @dataclasses.dataclass
@@ -88,10 +86,7 @@ class SimPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing)
         if self.sft_weight < 0:
             raise ConfigError("sft_weight must not be negative", key="sft_weight")
 
@@ -112,12 +107,7 @@ class CPOConfig(PreferenceConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.beta <= 0:
-            raise ConfigError("beta must be positive", key="beta")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("label_smoothing must be in [0, 0.5)", key="label_smoothing")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ConfigError("label_smoothing applies to loss_type sigmoid only", key="label_smoothing")
+        check_pair_loss(self.beta, self.label_smoothing, self.loss_type)
         if self.cpo_alpha < 0:
             raise ConfigError("cpo_alpha must not be negative", key="cpo_alpha")
 
@@ -135,25 +125,13 @@ class RefFreeTask(PreferenceTask):
 
     def pair_terms(self, model: nn.Module, batch: dict):
         sums, counts = completion_logps(model, batch)
-        return self.pair_losses(sums, counts.clamp(min=1).to(sums.dtype))
+        return (*self.pair_losses(sums, counts.clamp(min=1).to(sums.dtype)), (sums.detach(), counts))
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.pair_terms(model, batch)[0].sum()
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict[str, float]:
-        losses, chosen, rejected = [], [], []
-        for batch in batches:
-            with batch_context(model, batch):
-                loss, c, r = self.pair_terms(model, batch)
-            losses.append(loss)
-            chosen.append(c)
-            rejected.append(r)
-        if not losses:
-            return {}
-        loss, c, r = torch.cat(losses), torch.cat(chosen), torch.cat(rejected)
-        return {"eval_loss": float(loss.mean()), "reward_accuracy": float((c > r).float().mean()),
-                "chosen_reward": float(c.mean()), "rejected_reward": float(r.mean()),
-                "reward_margin": float((c - r).mean()), "eval_pairs": int(c.numel())}
+        return self.evaluate_pairs(model, batches)
 
 
 @TASKS.register("orpo")
