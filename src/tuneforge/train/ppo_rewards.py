@@ -37,6 +37,8 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
         raise AdapterMismatch(f"{adapter_dir}: no scalar reward head saved with this adapter (train it with "
                               "task: reward and modules_to_save: [score])")
     policy = active_adapters(model)
+    if heads:
+        cfg = cfg.replace(modules_to_save=None)
     add_adapter(model, cfg, name)
     load_adapter_state_dict(model, state, name)
     set_active_adapters(model, policy)
