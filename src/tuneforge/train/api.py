@@ -32,7 +32,6 @@ def write_config(cfg, path: Path) -> Path:
     """The resolved config as YAML, written atomically (JSON round trip turns tuples into plain lists)."""
     import yaml
 
-
     data = json.loads(json.dumps(dump_config(cfg), default=str))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False))
