@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from .compile import repeated_blocks
+from ..models.blocks import repeated_blocks
 from .selective_checkpoint import checkpoint_kwargs
 
 

@@ -164,8 +164,7 @@ def check_weights(params, step: int, root: Path | None, par: Parallel | None = N
 
 
 def _num_tokens(task, batch: dict) -> int:
-    fn = getattr(task, "num_tokens", None)
-    return int(fn(batch)) if fn is not None else 0
+    return int(task.num_tokens(batch))
 
 
 def evaluate(model: nn.Module, task, examples: list, cfg, amp=nullcontext, device=None) -> dict:
