@@ -11,7 +11,7 @@ import torch
 
 COLUMNS = ("label", "method", "metric", "metric_low", "metric_high", "vs_best", "vs_best_low", "vs_best_high",
            "trainable", "trainable_pct", "total", "wall_time_s", "peak_mib", "adapter_bytes")
-HIGHER_IS_BETTER_NOT = {"eval_loss", "loss"}
+LOWER_IS_BETTER = {"eval_loss", "loss"}
 
 
 def example_statistic(examples: dict | None, metric: str):
@@ -32,7 +32,7 @@ def example_statistic(examples: dict | None, metric: str):
 def _best(values: dict[str, float], metric: str) -> str | None:
     if not values:
         return None
-    pick = min if metric in HIGHER_IS_BETTER_NOT else max
+    pick = min if metric in LOWER_IS_BETTER else max
     return pick(values, key=values.get)
 
 
@@ -115,7 +115,7 @@ def budget_lines(cc, labels=None) -> list[str]:
 
     own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries
            if (labels is None or e.label in labels)
-           and getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
+           and not method_for(e.run_config.method).fitted]  # fitted, not trained: no learning rate
     if own:
         lines.append("- learning rates: " + "; ".join(own))
     return lines
