@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tuneforge-installed
 
-.PHONY: setup demo test lint clean browser
+.PHONY: setup demo test lint clean browser digits-transfer
 
 setup: $(STAMP)
 
@@ -41,6 +41,14 @@ test: setup
 
 clean:
 	rm -rf $(VENV) runs
+
+# The offline vision transfer demonstration (docs/vision.md): pretrain a small ResNet on the digits 0-4 of
+# scikit-learn's bundled digits (shipped in data/digits), then compare transfers to 5-9 with 10 labels per digit.
+digits-transfer: setup
+	$(VENV)/bin/tuneforge init-model runs/digits/resnet-init --arch resnet --labels 0,1,2,3,4 --image-size 32 --seed 0
+	$(VENV)/bin/tuneforge train configs/vision/digits_pretrain_resnet.yaml
+	$(VENV)/bin/tuneforge init-model runs/digits/resnet-scratch --arch resnet --labels 5,6,7,8,9 --image-size 32 --seed 1
+	$(VENV)/bin/tuneforge compare configs/compare/digits_transfer_resnet.yaml --seeds 0,1,2
 
 # The web console's browser tests (tests/serve/console) need Debian's chromium (root: `make browser`, which
 # .ci/run does too) and the playwright package (the test extra); without chromium they skip, unless CI is set.

@@ -1,8 +1,9 @@
 """Pairwise accuracy on the HH-RLHF validation pairs of DPO, ORPO, SimPO, CPO and KTO next to the untouched model.
 
 Each method is one real run of its shipped config (configs/<name>_smollm2_hh_rlhf.yaml: same adapter, learning rate
-and schedule), all shrunk by the same OVERRIDES to fit a loaded 2-core CPU: 64 training pairs (16 steps of 4),
-100 validation pairs, evaluated once at the end; `untouched` scores the same validation pairs with
+and schedule), all shrunk by the same OVERRIDES to fit the loaded 2-core CPU of this session (about a quarter of
+one core per job): 16 training pairs (4 steps of 4), 32 validation pairs, evaluated once at the end, the last 48
+prompt tokens and 128 tokens per row; `untouched` scores the same validation pairs with
 SmolLM2-135M-Instruct as shipped (a fresh LoRA adapter is exactly the base: B = 0). Runs go strictly one after
 another; each result is merged into benchmarks/results/preference_hh.json, so the runs can be split over several
 calls. Prints the markdown table.
@@ -26,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "preference_hh.json"
 METHODS = ("dpo", "orpo", "simpo", "cpo", "kto")
-OVERRIDES = ("data.limit_train=64", "data.limit_eval=100", "train.warmup_steps=2", "train.eval_every=null",
-             "train.save_every=8")
+OVERRIDES = ("data.limit_train=16", "data.limit_eval=32", "data.max_length=128", "task.max_prompt_length=48",
+             "train.warmup_steps=1", "train.eval_every=null", "train.save_every=4")
 
 
 def config(name: str) -> Path:

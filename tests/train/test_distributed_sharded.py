@@ -179,3 +179,5 @@ def test_a_base_sharded_over_gpus_loads_into_host_memory(monkeypatch):
     assert load_options(cfg(shard=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
     assert load_options(cfg(cpu_offload=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
     assert load_options(cfg(shard=True), 1) == {} and load_options(cfg(), 2) == {}
+    with pytest.raises(ConfigError, match="train.cpu_offload.*one process"):  # nothing to offload in one process
+        load_options(cfg(cpu_offload=True), 1)

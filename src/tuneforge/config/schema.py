@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..data.config import DataConfig
 from ..errors import ConfigError
-from ..eval.config import EvalSystem, EvalTask
+from .data import DataConfig
+from .eval import EvalSystem, EvalTask
 from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 
 
@@ -158,7 +158,7 @@ class TrainConfig:
     """Shard the model (with shard: auto too) and keep the shards, their gradients and the optimizer step in CPU
     memory and bring each block to the device only for its forward and backward (FSDP2's
     CPUOffloadPolicy): the device then holds about one gathered block, the adapters' working set and the
-    activations; slower, as every step moves the weights over PCIe."""
+    activations; slower, as every step moves the weights over PCIe. Several processes only (refused in one)."""
 
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     """adamw (torch), or bitsandbytes' AdamW with 8-bit states (adamw_8bit) or paged 8-bit states (paged_adamw_8bit,

@@ -243,7 +243,8 @@ def report_lines(report: dict, digits: int = 4) -> list[str]:
         system_lines(report["baseline"], "  ")
         lines.append("difference (system - baseline, paired bootstrap):")
         for m, d in report["difference"].items():
-            lines.append(f"  {m:16s} {d['value']:+.{digits}f}  95% CI {format_interval(d['low'], d['high'], digits, True)}")
+            shown = format_interval(d["low"], d["high"], digits, signed=True)
+            lines.append(f"  {m:16s} {d['value']:+.{digits}f}  95% CI {shown}")
     b = report["bootstrap"]
     lines.append(f"({b['method']}, {b['resamples']} resamples, seed {b['seed']})")
     return lines

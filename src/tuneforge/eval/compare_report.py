@@ -11,7 +11,7 @@ import torch
 
 COLUMNS = ("label", "method", "metric", "metric_low", "metric_high", "vs_best", "vs_best_low", "vs_best_high",
            "trainable", "trainable_pct", "total", "wall_time_s", "peak_mib", "adapter_bytes")
-HIGHER_IS_BETTER_NOT = {"eval_loss", "loss"}
+LOWER_IS_BETTER = {"eval_loss", "loss"}
 
 
 def example_statistic(examples: dict | None, metric: str):
@@ -32,7 +32,7 @@ def example_statistic(examples: dict | None, metric: str):
 def _best(values: dict[str, float], metric: str) -> str | None:
     if not values:
         return None
-    pick = min if metric in HIGHER_IS_BETTER_NOT else max
+    pick = min if metric in LOWER_IS_BETTER else max
     return pick(values, key=values.get)
 
 
@@ -85,7 +85,9 @@ def budget_lines(cc, labels=None) -> list[str]:
     """What every method was given, so a reader knows the table's conditions (subsample, epochs, seed)."""
     first = cc.entries[0].run_config
     data, train = first.data, first.train
-    lines = [f"- model: `{first.model.name}` ({first.model.kind}); task: `{first.task}`"]
+    shared_model = (getattr(cc, "shared", None) or {}).get("model") or {}
+    model_name = shared_model.get("name", first.model.name) if isinstance(shared_model, dict) else first.model.name
+    lines = [f"- model: `{model_name}` ({first.model.kind}); task: `{first.task}`"]
     if data.train:
         total = _count_records(data.train)
         used = min(total, data.limit_train or total)
@@ -98,7 +100,7 @@ def budget_lines(cc, labels=None) -> list[str]:
         lines.append(f"- evaluated on `{data.validation}`: {used:,} of {total:,} records")
     for entry in cc.entries:
         model = entry.run_config.model.name
-        if model != first.model.name and (labels is None or entry.label in labels):
+        if model != model_name and (labels is None or entry.label in labels):
             lines.append(f"- {entry.label} starts from `{model}`")
     steps = f"max_steps {train.max_steps}" if train.max_steps else f"{train.epochs} epoch(s)"
     jobs = getattr(cc, "jobs", 1)
@@ -113,7 +115,7 @@ def budget_lines(cc, labels=None) -> list[str]:
 
     own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries
            if (labels is None or e.label in labels)
-           and getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
+           and not method_for(e.run_config.method).fitted]  # fitted, not trained: no learning rate
     if own:
         lines.append("- learning rates: " + "; ".join(own))
     return lines

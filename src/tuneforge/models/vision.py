@@ -99,10 +99,17 @@ def _auto_processor(location: str, local: dict):
 
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """(name, module) of an image classifier's head: transformers' `classifier`, timm's `head` / `fc`."""
-    for name in ("classifier", "head", "fc"):
-        module = getattr(model, name, None)
-        if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+    """(name, module) of an image classifier's head: transformers' `classifier`, a timm model's
+    `get_classifier()` (bare, or inside transformers' TimmWrapper as `timm_model`), else `head` / `fc`."""
+    module = getattr(model, "classifier", None)
+    if isinstance(module, nn.Module) and any(True for _ in module.parameters()):
+        return "classifier", module
+    inner = getattr(model, "timm_model", model)
+    get = getattr(inner, "get_classifier", None)
+    head = get() if callable(get) else None
+    for name, module in model.named_modules():
+        wanted = module is head or (head is None and name in ("head", "fc"))
+        if name and wanted and any(True for _ in module.parameters()):
             return name, module
     return None
 
@@ -142,12 +149,12 @@ def vision_config(arch: str, num_labels: int, image_size: int, channels: int = 3
     from transformers import ResNetConfig, ViTConfig
 
     if arch == "resnet":
-        kw = dict(num_channels=channels, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
-                  layer_type="basic", num_labels=num_labels)
+        kw = {"num_channels": channels, "embedding_size": 16, "hidden_sizes": [16, 32, 64], "depths": [1, 1, 1],
+              "layer_type": "basic", "num_labels": num_labels}
         return ResNetConfig(**{**kw, **overrides})
     if arch == "vit":
-        kw = dict(image_size=image_size, patch_size=4, num_channels=channels, hidden_size=64, num_hidden_layers=4,
-                  num_attention_heads=4, intermediate_size=128, num_labels=num_labels)
+        kw = {"image_size": image_size, "patch_size": 4, "num_channels": channels, "hidden_size": 64,
+              "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128, "num_labels": num_labels}
         return ViTConfig(**{**kw, **overrides})
     raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}", key="arch")
 

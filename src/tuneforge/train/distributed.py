@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import TuneforgeError
+from ..errors import ConfigError, TuneforgeError
 from . import checkpoint as ckpt
 from .report import Reporter
 
@@ -334,10 +334,15 @@ class Parallel:
 def load_options(cfg, world_size: int) -> dict:
     """`load_model` overrides for a base that will be sharded over GPUs (train.shard: true or cpu_offload): load
     it into host memory, in the dtype the GPU would have given it, so that no GPU ever holds the whole base;
-    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time."""
+    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time.
+    Refuses cpu_offload in one process (before any weight is read): only a sharded model is offloaded."""
     from ..config.model_options import resolve_device, resolve_dtype
 
     train, model = cfg.train, cfg.model
+    if world_size < 2 and train.cpu_offload:
+        raise ConfigError("train.cpu_offload keeps the shards of a model sharded over several processes in host "
+                          "memory, and this run has one process: launch it on several (--nproc N, or torchrun), "
+                          "or set cpu_offload: false", key="train.cpu_offload")
     if world_size < 2 or not (train.shard is True or train.cpu_offload) or model.device_map is not None:
         return {}
     target = resolve_device(model.device)

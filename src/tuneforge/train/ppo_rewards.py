@@ -23,7 +23,7 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
     module, so it becomes a Linear applied by `AdapterReward` to the last real token's hidden state."""
     from ..io.adapter_files import base_name_of, method_for_peft_config, read_adapter_config, read_adapter_weights
     from ..methods import active_adapters, add_adapter, load_adapter_state_dict, mark_trainable, set_active_adapters
-    from ..methods.weight_method import PEFT_PREFIX
+    from ..methods.api import pop_saved_module_states
 
     body = read_adapter_config(adapter_dir)
     saved_for, base = body.get("base_model_name_or_path"), base_name_of(model)
@@ -31,8 +31,8 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
         raise AdapterMismatch(f"{adapter_dir}: reward adapter trained on {saved_for!r}, policy base is {base!r}")
     cfg = method_for_peft_config(body).config_from_peft(body)
     state = read_adapter_weights(adapter_dir)
-    heads = [f"{PEFT_PREFIX}{m}." for m in (getattr(cfg, "modules_to_save", None) or [])]
-    head_state = {k.rsplit(".", 1)[1]: state.pop(k) for k in list(state) if k.startswith(tuple(heads))}
+    heads = pop_saved_module_states(cfg, state)
+    head_state = {k: v for module in heads.values() for k, v in module.items()}
     if "weight" not in head_state or head_state["weight"].shape[0] != 1:
         raise AdapterMismatch(f"{adapter_dir}: no scalar reward head saved with this adapter (train it with "
                               "task: reward and modules_to_save: [score])")

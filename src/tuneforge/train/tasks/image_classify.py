@@ -105,15 +105,15 @@ def random_resized_crop(x: torch.Tensor, scale, ratio) -> torch.Tensor:
     for _ in range(10):
         target = area * (scale[0] + (scale[1] - scale[0]) * float(torch.rand(())))
         aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * float(torch.rand(())))
-        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = int(torch.randint(0, height - h + 1, ()))
             left = int(torch.randint(0, width - w + 1, ()))
             break
     else:
         in_ratio = width / height
-        w, h = ((width, int(round(width / ratio[1]))) if in_ratio > ratio[1] else
-                (int(round(height * ratio[0])), height) if in_ratio < ratio[0] else (width, height))
+        w, h = ((width, round(width / ratio[1])) if in_ratio > ratio[1] else
+                (round(height * ratio[0]), height) if in_ratio < ratio[0] else (width, height))
         top, left = (height - h) // 2, (width - w) // 2
     crop = x[:, top:top + h, left:left + w]
     return F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False)[0]
@@ -124,9 +124,9 @@ def freeze_norm_statistics(model: nn.Module) -> None:
     checkpoint's running statistics instead of updating them from the training batches, since only the
     statistics of a BatchNorm that trains are saved with an adapter (methods/subset.py: norm_statistics)."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.eval()
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+                and not any(p.requires_grad for p in module.parameters(recurse=False))):
+            module.eval()
 
 
 @TASKS.register("image_classify")
@@ -169,7 +169,7 @@ class ImageClassifyTask(BaseTask):
         from ...models.vision import head_module
 
         found = head_module(model)
-        if found is not None and getattr(method_cfg, "modules_to_save", "absent") is None:
+        if found is not None and method_cfg.can_save_modules() and method_cfg.modules_to_save is None:
             return method_cfg.replace(modules_to_save=[found[0]])
         return method_cfg
 
