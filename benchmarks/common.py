@@ -45,7 +45,7 @@ def model_dir() -> str:
 def alpaca_examples(tokenizer, split: str = "train", limit: int | None = None, max_length: int = 256) -> list[dict]:
     """Chat-formatted Alpaca examples with labels on the reply only (our SFT pipeline, used by both sides)."""
     from tuneforge.data import build_sft_examples, read_records
-    from tuneforge.data.config import DataConfig
+    from tuneforge.config.data import DataConfig
 
     records = read_records(ALPACA / f"{split}.jsonl")
     if limit is not None:

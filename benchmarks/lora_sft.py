@@ -212,7 +212,7 @@ def run_theirs(args) -> None:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     from tuneforge.models import load_tokenizer
-    from tuneforge.train.api import resolve_config
+    from tuneforge.config import resolve_config
     from tuneforge.train.loop import DataOrder
     from tuneforge.train.tasks.sft import SFTTask
 

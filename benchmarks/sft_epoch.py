@@ -44,7 +44,7 @@ def records(split: str, n: int) -> list[dict]:
 def eval_loss(model, tokenizer, val_records: list[dict], device: str = "cpu") -> float:
     """Token-weighted reply cross-entropy over the validation records (full logits; any causal LM)."""
     from tuneforge.data import build_sft_examples
-    from tuneforge.data.config import DataConfig
+    from tuneforge.config.data import DataConfig
     from tuneforge.train.tasks.sft import SFTTask
 
     examples = build_sft_examples(val_records, tokenizer, DataConfig(format="alpaca", max_length=MAX_LEN))

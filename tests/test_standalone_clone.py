@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data.sets import resolve_data_path
+from tuneforge.config.data_sets import resolve_data_path
 from tuneforge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def test_an_existing_path_is_used_as_given(tmp_path, monkeypatch):
 
 
 def test_full_data_comes_first_then_the_slice(tmp_path, monkeypatch, capsys):
-    from tuneforge.data import sets
+    from tuneforge.config import data_sets as sets
 
     monkeypatch.setattr(sets, "_announced", set())  # said once per process: other tests may have said it already
     full = tmp_path / "full"

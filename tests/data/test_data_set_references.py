@@ -1,7 +1,7 @@
 """`NAME:SPLIT` references: the resolution order and the message when a reference is mistyped."""
 import pytest
 
-from tuneforge.data.sets import resolve_data_path
+from tuneforge.config.data_sets import resolve_data_path
 from tuneforge.errors import ConfigError
 
 

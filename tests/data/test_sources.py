@@ -116,7 +116,7 @@ def test_sft_task_streams_a_budget(tmp_path, tok):
 
 
 def test_row_zero_and_record_lists_for_other_tasks(tmp_path, jsonl):
-    from tuneforge.data.formatting import load_records
+    from tuneforge.data.loading import load_records
 
     datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "q"}]}] + CHATS).save_to_disk(
         str(tmp_path / "d"))

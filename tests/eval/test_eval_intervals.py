@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tuneforge.eval import bootstrap
-from tuneforge.eval.config import EvalTask
+from tuneforge.config.eval import EvalTask
 from tuneforge.eval.example_stats import row_statistics
 from tuneforge.eval.harness import evaluate
 

@@ -9,8 +9,9 @@ import yaml
 from tuneforge.cli.main import main
 from tuneforge.config import config_from_dict, load_config
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.eval.config import EvalSystem, EvalTask
-from tuneforge.eval.harness import evaluate, run_task
+from tuneforge.config.eval import EvalSystem, EvalTask
+from tuneforge.eval.harness import evaluate
+from tuneforge.eval.systems import run_task
 from tuneforge.eval.generation import generate_with
 from tuneforge.models import load_model, load_tokenizer
 
@@ -38,7 +39,7 @@ def test_generate_task_scores_replies_and_reference_loss(base, data_files):
 
 
 def test_few_shot_prompts_carry_demonstrations(base, data_files, encoder_dir):
-    from tuneforge.eval.harness import EncoderCache
+    from tuneforge.eval.systems import EncoderCache
 
     model, tok = base
     task = EvalTask(**summary_task(data_files, metrics=["rougeL"]))

@@ -7,6 +7,7 @@ import torch
 import tuneforge.methods as M
 from tuneforge.errors import AdapterMismatch, ConfigError, DataError
 from tuneforge.io import load_adapter
+from tuneforge.io.adapter_files import read_adapter_files, write_adapter_files
 from tuneforge.methods.feature_based import (FeatureBasedConfig, FeatureClassifier, embed, fit, pool, predict,
                                              predict_proba)
 from tuneforge.models.tiny import tiny_bert, tiny_llama, tiny_tokenizer
@@ -87,11 +88,11 @@ def test_fit_equals_scikit_learn_and_the_saved_files_predict_the_same(tmp_path, 
     assert (proba - torch.tensor(ref.predict_proba(x), dtype=torch.float32)).abs().max() < 1e-5
     assert predict(model, tok, TEXTS, clf) == ref.predict(x).tolist()
 
-    clf.save(tmp_path / "clf", base_model_name="tiny-bert")
+    write_adapter_files(tmp_path / "clf", *clf.to_files("tiny-bert"))
     assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     body = json.loads((tmp_path / "clf" / "adapter_config.json").read_text())
     assert body["peft_type"] == "FEATURE_BASED" and body["labels"] == clf.labels and body["classifier"] == classifier
-    again = FeatureClassifier.load(tmp_path / "clf")
+    again = FeatureClassifier.from_files(*read_adapter_files(tmp_path / "clf"))
     assert again.cfg == clf.cfg and again.labels == clf.labels
     assert (predict_proba(model, tok, TEXTS, again) - proba).abs().max() < 1e-6
 
@@ -105,8 +106,8 @@ def test_the_registry_reaches_fit_and_the_method_refuses_to_be_an_adapter(tmp_pa
     assert method.predict(model, tok, TEXTS[:2], clf) == predict(model, tok, TEXTS[:2], clf)
     with pytest.raises(ConfigError, match="fit\\(model, tokenizer, texts, labels, cache_dir\\)"):
         M.add_adapter(model, "feature_based")
-    clf.save(tmp_path)
-    assert method.load(tmp_path).labels == clf.labels
+    write_adapter_files(tmp_path, *clf.to_files())
+    assert method.from_files(*read_adapter_files(tmp_path)).labels == clf.labels
     with pytest.raises(AdapterMismatch, match="trains no network parameters"):
         load_adapter(model, tmp_path)
     assert M.list_adapters(model) == {}

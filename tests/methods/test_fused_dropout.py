@@ -1,4 +1,4 @@
-"""LoRA dropout inside the fused kernels (methods/_fused_lora.py, models/fused_mlp.py): it keeps a bool mask, not a
+"""LoRA dropout inside the fused kernels (models/fused_linear.py, models/fused_mlp.py): it keeps a bool mask, not a
 dropped float copy of each adapted layer's input; it draws the mask exactly as nn.Dropout does, so replaying a
 generator state gives peft's outputs and gradients; and the dropped input has nn.Dropout's distribution."""
 import math
@@ -9,7 +9,7 @@ from peft import get_peft_model
 from peft.utils import get_peft_model_state_dict
 
 import tuneforge.methods as M
-from tuneforge.methods._fused_lora import FusedLoraLinear
+from tuneforge.models.fused_linear import FusedLoraLinear
 from tuneforge.models.fused_mlp import SwiGLUDown, use_fused_mlp
 from tuneforge.models.tiny import tiny_llama
 
@@ -135,7 +135,7 @@ def test_checkpointed_blocks_redraw_the_same_masks():
     """Whole-block and selective checkpointing recompute the forward in backward; torch restores the generator
     state for it, so the fused kernels draw the same masks again and the gradients are the plain run's (the same
     kernels on the same values: equal to fp32 rounding of a recomputed attention, far below a mask change)."""
-    from tuneforge.train.loop import _checkpointing
+    from tuneforge.train.activation_checkpointing import activation_checkpointing as _checkpointing
 
     ids = torch.randint(0, 200, (2, 24))
     _, plain = _pair(True)

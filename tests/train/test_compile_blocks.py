@@ -3,7 +3,8 @@
 from torch import nn
 
 from tuneforge.models.tiny import tiny_bert, tiny_llama
-from tuneforge.train.compile import compile_blocks, repeated_blocks
+from tuneforge.models.blocks import repeated_blocks
+from tuneforge.train.compile import compile_blocks
 
 
 def test_repeated_blocks_are_the_decoder_layers():

@@ -80,7 +80,7 @@ def mine_negatives_cmd(
     """Mine hard negatives for contrastive fine-tuning (task: embed, loss: mnrl)."""
     from pathlib import Path
 
-    from tuneforge.eval.report import write_jsonl
+    from tuneforge.io.text_files import write_jsonl
     from tuneforge.index.mine import mine_hard_negatives
 
     records = mine_hard_negatives(model, data, split=split, num_negatives=negatives, skip_top=skip_top,

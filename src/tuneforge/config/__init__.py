@@ -1,6 +1,6 @@
 """YAML + `--set` overrides -> a typed, validated RunConfig; every error names file:line and key."""
-from ..data.config import DataConfig
-from .loader import build_method, config_from_dict, dump_config, load_config
+from .data import DataConfig
+from .loader import build_method, config_from_dict, dump_config, load_config, resolve_config
 from .schema import EvalConfig, ModelConfig, RunConfig, TrainConfig
 from .source import Source, apply_overrides, load_yaml, parse_yaml
 from .validate import build_dataclass
@@ -20,4 +20,5 @@ __all__ = [
     "load_config",
     "load_yaml",
     "parse_yaml",
+    "resolve_config",
 ]

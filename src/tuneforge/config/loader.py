@@ -1,20 +1,21 @@
 """`load_config(path, overrides)` -> RunConfig, and `dump_config` to write the resolved config beside a run.
 
-The method section is validated by the method's own config class (`tuneforge.methods.make_method_config`),
-so this module never names a method; its errors get the file and line of the offending key here.
+The method section is validated by the method's own config class (found through the METHODS registry, which
+imports tuneforge.methods on first use), so this module never names a method; its errors get the file and line of the offending key here.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import METHODS, TASKS
 from .schema import RunConfig
 from .source import Source, apply_overrides, load_yaml
 from .validate import build_dataclass, suggest
-
-DEFAULT_METHOD = "lora"
 
 
 def load_config(path: str | Path | None, overrides=()) -> RunConfig:
@@ -31,6 +32,22 @@ def load_config(path: str | Path | None, overrides=()) -> RunConfig:
                           file=source.file, line=1)
     data = apply_overrides(data, source, overrides)
     return config_from_dict(data, source)
+
+
+def resolve_config(config_or_path, overrides=()):
+    """A RunConfig from a YAML path, a mapping, or a RunConfig (overrides apply to all three)."""
+    overrides = list(overrides or ())
+    if isinstance(config_or_path, (str, os.PathLike)):
+        return load_config(config_or_path, overrides)
+    if isinstance(config_or_path, RunConfig):
+        if not overrides:
+            return config_or_path
+        config_or_path = dump_config(config_or_path)
+    if isinstance(config_or_path, dict):
+        source = Source()
+        data = copy.deepcopy(config_or_path)  # overrides write into nested sections: keep the caller's intact
+        return config_from_dict(apply_overrides(data, source, overrides), source)
+    raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
 
 
 def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
@@ -67,11 +84,8 @@ def check_sharding(config: RunConfig, source: Source) -> None:
 
 def build_method(section: Any, source: Source):
     """`{name: lora, r: 8, ...}` -> the method's validated config dataclass."""
-    from ..methods import make_method_config
-    from ..registry import METHODS
-
     if section is None:
-        section = {"name": DEFAULT_METHOD}
+        section = {"name": METHODS.default()}
     elif isinstance(section, str):  # `method: lora` is a fine shorthand for the defaults
         section = {"name": section}
     if not isinstance(section, dict):
@@ -86,10 +100,13 @@ def build_method(section: Any, source: Source):
             f"unknown method '{name}'{suggest(name, known)}; known methods: {', '.join(known)}", ("method", "name")
         )
     # Type-check with the generic validator first: it knows each key's line and turns "1e-4" into a float.
-    typed = build_dataclass(METHODS.get(name).config_class, fields, source, ("method",))
+    config_class = METHODS.get(name).config_class
+    typed = build_dataclass(config_class, fields, source, ("method",))
     fields = {key: getattr(typed, key) for key in fields}
     try:
-        return make_method_config(name, fields)
+        method_cfg = config_class(**fields)  # what methods.make_method_config does once the keys are known good
+        method_cfg.validate()
+        return method_cfg
     except ConfigError as err:
         if err.file is not None:
             raise
@@ -102,8 +119,6 @@ def build_task(section: Any, source: Source):
 
     A task that takes settings declares a `config_class` dataclass; its fields are checked like any other
     section (unknown key -> file, line, key)."""
-    from ..registry import TASKS
-
     if section is None:
         section = {"name": "sft"}
     elif isinstance(section, str):
@@ -116,7 +131,7 @@ def build_task(section: Any, source: Source):
     known = TASKS.names()
     if not isinstance(name, str) or name not in known:
         raise source.error(f"unknown task '{name}'{suggest(str(name), known)}; known tasks: {', '.join(known)}", path)
-    config_class = getattr(TASKS.get(name), "config_class", None)
+    config_class = TASKS.get(name).config_class  # None: the task takes no settings (train/tasks/base.py)
     if config_class is None:
         if fields:
             key = next(iter(fields))
@@ -141,7 +156,7 @@ def dump_config(config: RunConfig) -> dict:
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "method" and value is not None:
-            body = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+            body = value.to_dict()
             out["method"] = {"name": type(value).method, **body}
         elif f.name == "task_config":
             continue

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from ..data.config import DataConfig
 from ..errors import ConfigError
-from ..eval.config import EvalSystem, EvalTask
+from .data import DataConfig
+from .eval import EvalSystem, EvalTask
 from .hooks import EarlyStoppingConfig, WandbConfig, validate_hooks
 
 

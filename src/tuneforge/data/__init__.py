@@ -1,13 +1,12 @@
 """Data for fine-tuning: read records, render them with the model's chat template, mask what is not trained,
 pack, and collate. See docs/internals.md for the contracts the training loop relies on."""
 from .collate import collate_causal
-from .config import DataConfig, DataSource
+from ..config.data import DataConfig, DataSource
 from .formatting import (
     IGNORE,
     build_sft_examples,
     detect_format,
     fill_template,
-    load_examples,
     encode_record,
     select_records,
     to_conversation,
@@ -15,7 +14,8 @@ from .formatting import (
     tokenize_messages,
 )
 from .pair_formats import pair_fields
-from .mixing import load_mixture, mixing_rates
+from .loading import load_examples, load_mixture
+from .mixing import mixing_rates
 from .packing import pack_examples, packing_efficiency
 from .padding import pad
 from .preview import preview

@@ -10,6 +10,7 @@ the prefix method, which knows each turn's span.
 from __future__ import annotations
 
 import re
+from ..errors import DataError
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -44,8 +45,6 @@ def generation_mask(tokenizer, messages: list[dict], tools=None) -> tuple[list[i
     `{% generation %}` blocks, a slow tokenizer, weight-0 turns that cannot be matched to the mask's runs)."""
     if not getattr(tokenizer, "is_fast", False) or not has_generation_blocks(tokenizer, tools):
         return None
-    from ..errors import DataError
-
     try:
         enc = tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.data_sets import resolve_data_path
 from ..errors import DataError
-from .readers import line_of, read_records, require_fields
-from .sets import resolve_data_path
+from .readers import Record, line_of, read_records, require_fields
 
 
 @dataclass
@@ -113,8 +113,6 @@ def load_beir(data_dir: str | Path, split: str = "validation") -> BeirData:
 def pairs_from_qrels(qrels_path: str | Path) -> list[dict]:
     """(query, relevant document) training pairs from a qrels file, its queries file (the same name with
     "qrels" replaced by "queries") and corpus.jsonl beside it. Each pair keeps its qrels line for errors."""
-    from .readers import Record
-
     qrels_path = Path(resolve_data_path(qrels_path))
     queries_path = qrels_path.with_name(qrels_path.name.replace("qrels", "queries", 1))
     corpus = read_corpus(qrels_path.with_name("corpus.jsonl"))

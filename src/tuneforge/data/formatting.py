@@ -17,8 +17,10 @@ offsets, so token merges at a boundary cannot shift the labels.
 from __future__ import annotations
 
 from ..errors import DataError
+from .assistant_mask import template_source
 from .formats import (ROLES, chat_messages, detect_format, prompt_completion, record_tools,  # noqa: F401
                       sharegpt_messages, text_segments)
+from .readers import line_of
 
 IGNORE = -100  # label of a position without loss (torch cross_entropy's ignore_index)
 
@@ -140,8 +142,6 @@ def tokenize_messages(tokenizer, messages: list[dict], max_length: int | None = 
 def check_tool_support(tokenizer, messages: list[dict], tools: list[dict] | None) -> None:
     """Tools and tool calls are rendered by the chat template itself; a template that never reads them would
     drop them silently, so that is an error."""
-    from .assistant_mask import template_source
-
     calls = any(m.get("tool_calls") for m in messages)
     if not tools and not calls:
         return
@@ -330,8 +330,6 @@ def build_sft_examples(records, tokenizer, cfg, source=None, *, stats: dict | No
     `budget_examples` (a stream).
     Pass a dict as `stats` to receive `records`, `examples`, `truncated`, `dropped`, `split` and `lengths`
     (untruncated token counts, for reports)."""
-    from .readers import line_of
-
     fmt = None
     examples, lengths, truncated, dropped, split, total = [], [], 0, 0, 0, 0
     for i, rec in enumerate(records):
@@ -373,50 +371,3 @@ def select_records(records: list, limit: int | None, seed: int = 0) -> list:
         return list(records)
     keep = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in keep]
-
-
-def load_examples(cfg, tokenizer, split: str = "train", *, stats: dict | None = None,
-                  budget_rows: int | None = None) -> list[dict]:
-    """Read, subset and tokenize one split ("train" or "validation") of a DataConfig; [] when the split has no
-    source (no validation set). What a task's `prepare` calls. A streamed source (data.streaming) is read until
-    its examples fill `budget_rows` rows of max_length (plus a margin for packing gaps), or limit_train records."""
-    from ..errors import ConfigError
-    from .sources import read_source
-
-    if cfg.mixture:
-        from .mixing import load_mixture
-
-        return load_mixture(cfg, tokenizer, split, stats=stats)
-    path = cfg.train if split == "train" else cfg.validation
-    if path is None:
-        if split == "train":
-            raise ConfigError("no training data: set data.train to a data file or a Hugging Face dataset",
-                              key="data.train")
-        return []
-    limit = cfg.limit_train if split == "train" else cfg.limit_eval
-    records, source = read_source(path, **source_options(cfg, split), limit=limit, seed=cfg.shuffle_seed)
-    budget = {}
-    if cfg.streaming and split == "train" and limit is None and budget_rows is not None:
-        budget = ({"budget_tokens": int(budget_rows * cfg.max_length * 1.1)} if cfg.packing
-                  else {"budget_examples": budget_rows})
-    return build_sft_examples(records, tokenizer, cfg, source=source, stats=stats, **budget)
-
-
-def load_records(cfg, split: str = "train") -> tuple[list, object]:
-    """(records, source) of one split of a DataConfig from any source `read_source` reads, as a list (its
-    limit_train / limit_eval subset; a stream's first limit records, or all of it): for tasks that read
-    records rather than SFT examples (classify)."""
-    import itertools
-
-    from .sources import read_source
-
-    path = cfg.train if split == "train" else cfg.validation
-    limit = cfg.limit_train if split == "train" else cfg.limit_eval
-    records, source = read_source(path, **source_options(cfg, split), limit=limit, seed=cfg.shuffle_seed)
-    return (records if isinstance(records, list) else list(itertools.islice(records, limit))), source
-
-
-def source_options(cfg, split: str) -> dict:
-    """read_source's keyword arguments for a split of a DataConfig."""
-    return {"split": cfg.split if split == "train" else cfg.validation_split, "revision": cfg.revision,
-            "streaming": cfg.streaming}

@@ -27,9 +27,12 @@ from collections import Counter
 import torch
 
 from ..errors import DataError
+from .formatting import check_tool_support, render
+from .loading import source_options
 from .padding import pad
 from .pair_formats import pair_fields
 from .readers import Record, line_of
+from .sources import read_source
 
 TEMPLATES = ("chat", "raw")
 FIELDS = ("prompt", "chosen", "rejected")
@@ -90,8 +93,6 @@ def encode_prompt(tokenizer, prompt, template: str, tools: list | None = None) -
             raise DataError("template 'raw' needs a text prompt; this pair's prompt is a conversation (use "
                             "task.template: chat)", key="prompt")
         return tokenizer.encode(prompt, add_special_tokens=False) if prompt else []
-    from .formatting import check_tool_support, render
-
     messages = prompt if isinstance(prompt, list) else hh_messages(prompt) or [{"role": "user", "content": prompt}]
     check_tool_support(tokenizer, messages, tools)
     text = render(tokenizer, messages, add_generation_prompt=True, tools=tools)
@@ -210,9 +211,6 @@ def load_pair_splits(data_cfg, tokenizer, *, template: str, max_prompt_length: i
     A streamed source (data.streaming) gives its first budget_rows records (or limit_train).
     A split whose rows were all skipped is an error: training on nothing would only look like success."""
     import itertools
-
-    from .formatting import source_options
-    from .sources import read_source
 
     out, stats = [], []
     for split, path, limit in (("train", data_cfg.train, data_cfg.limit_train),

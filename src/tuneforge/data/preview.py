@@ -11,8 +11,11 @@ import statistics
 from pathlib import Path
 
 from .formatting import IGNORE, build_sft_examples, encode_record, resolve_format, select_records, to_conversation
+from .loading import source_options
 from .packing import pack_examples, packing_efficiency
+from .preferences import build_pairs
 from .readers import line_of
+from .sources import read_source
 
 OPEN, CLOSE = "⟦", "⟧"
 
@@ -25,9 +28,6 @@ def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
     import itertools
 
     if isinstance(records_or_path, (str, Path)):
-        from .formatting import source_options
-        from .sources import read_source
-
         records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
                                       limit=cfg.limit_train, seed=cfg.shuffle_seed)
         if not isinstance(records, list):
@@ -103,12 +103,7 @@ def preview_pairs(records_or_path, tokenizer, cfg, *, template: str = "chat", ma
     and the rejected reply with their scored tokens marked, then what became of every pair (PairStats)."""
     import itertools
 
-    from .preferences import build_pairs
-
     if isinstance(records_or_path, (str, Path)):
-        from .formatting import source_options
-        from .sources import read_source
-
         records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
                                       limit=cfg.limit_train, seed=cfg.shuffle_seed)
         if not isinstance(records, list):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
-from .sets import resolve_data_path
+from ..config.data_sets import resolve_data_path
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import DataError
+from .formatting import select_records
 from .readers import SUFFIXES, Record, read_records
 
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv",
@@ -140,8 +141,6 @@ def read_source(path: str, *, split: str = "train", revision: str | None = None,
     """(records, source name for errors) of one split. A data file or an in-memory dataset gives a list (the
     seeded `limit` subset, as `select_records` picks it); a stream gives an iterator over its first `limit`
     records (all when limit is None: the caller stops reading)."""
-    from .formatting import select_records
-
     if is_plain_file(path):
         return select_records(read_records(path), limit, seed), path
     ds = open_dataset(path, split=split, revision=revision, streaming=streaming)

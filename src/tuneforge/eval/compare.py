@@ -3,8 +3,8 @@
 For each method of the config (see compare_config.py) this trains with `tuneforge.train.train` (same data,
 epochs and seed for all) and records: the eval metric, trainable parameters (count and % of the model's total,
 the same count `tuneforge train --dry-run` prints), wall time of training plus evaluation, peak resident memory
-of that run, and the size of the saved adapter directory. A method whose kind is "features" (a classifier fitted
-on frozen embeddings) is fitted through its own `fit`/`predict` instead of the training loop.
+of that run, and the size of the saved adapter directory. A `fitted` method (a classifier fitted on frozen
+embeddings) is fitted through its own `fit`/`predict` instead of the training loop.
 
 Peak memory: on Linux the process's high-water mark (VmHWM) is reset before each method (`/proc/self/clear_refs`)
 and read after it, so each row has its own peak without a subprocess; on CUDA it is torch's peak allocation.
@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, TuneforgeError
+from ..io.adapter_files import write_adapter_files
+from ..methods import method_for
 from .compare_config import CompareConfig, MethodEntry, load_compare_config
 from .compare_report import write_reports
 
@@ -53,12 +55,6 @@ def _peak_mib() -> float | None:
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def _method_kind(entry: MethodEntry) -> str:
-    from ..methods import method_for
-
-    return getattr(method_for(entry.run_config.method), "kind", "")
 
 
 def _train_row(entry: MethodEntry, log) -> dict:
@@ -102,7 +98,6 @@ def _example_scores(cfg) -> dict | None:
 
 def _features_row(entry: MethodEntry, log) -> dict:
     """Embed with the frozen backbone, fit the method's classifier, score the validation split."""
-    from ..methods import method_for
     from ..models import load_model_for, load_tokenizer
     from ..train.tasks.classify import classification_metrics, labelled_texts
 
@@ -125,7 +120,7 @@ def _features_row(entry: MethodEntry, log) -> dict:
         classifier = method.fit(model, tokenizer, train_texts, train_y, cache_dir=out / "features", cfg=settings)
         predicted = method.predict(model, tokenizer, eval_texts, classifier, cache_dir=out / "features")
     wall = time.perf_counter() - started
-    classifier.save(out / "adapter", base_model_name=cfg.model.name)
+    write_adapter_files(out / "adapter", *classifier.to_files(cfg.model.name))
     shutil.rmtree(out / "features", ignore_errors=True)
     trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
     total = sum(p.numel() for p in model.parameters()) + trainable
@@ -161,7 +156,7 @@ def _image_features_row(entry: MethodEntry) -> dict:
     classifier = method.fit_images(model, batches(train_examples), [ex["label"] for ex in train_examples], cfg.method)
     predicted = method.predict_images(model, batches(eval_examples), classifier)
     wall = time.perf_counter() - started
-    classifier.save(out / "adapter", base_model_name=m.name)
+    write_adapter_files(out / "adapter", *classifier.to_files(m.name))
     trainable = sum(t.numel() for t in classifier.weights + classifier.biases)
     total = sum(p.numel() for p in model.parameters()) + trainable
     gold = [ex["label"] for ex in eval_examples]
@@ -188,7 +183,7 @@ def run_method(entry: MethodEntry, metric: str, reuse: bool = True) -> dict:
     torch.manual_seed(entry.run_config.train.seed)
     _reset_peak()
     with open(out / "compare.log", "w") as log:
-        fields = (_features_row if _method_kind(entry) == "features" else _train_row)(entry, log)
+        fields = (_features_row if method_for(entry.run_config.method).fitted else _train_row)(entry, log)
     metrics = fields.pop("metrics")
     if metric not in metrics:
         raise ConfigError(f"the task reports {', '.join(k for k in metrics if k != 'confusion_matrix')}, "

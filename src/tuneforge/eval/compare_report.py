@@ -113,7 +113,7 @@ def budget_lines(cc, labels=None) -> list[str]:
 
     own = [f"{e.label}: lr {e.run_config.train.learning_rate:g}" for e in cc.entries
            if (labels is None or e.label in labels)
-           and getattr(method_for(e.run_config.method), "kind", "") != "features"]  # fitted, not trained
+           and not method_for(e.run_config.method).fitted]  # fitted, not trained: no learning rate
     if own:
         lines.append("- learning rates: " + "; ".join(own))
     return lines

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..config import resolve_config
+from ..config.eval import EvalSystem
 from ..errors import ConfigError
-from .config import EvalSystem
 from .report import LOWER_IS_BETTER, change_markdown, results_markdown, write_text
+from .systems import default_systems, load_base, score_systems
 
 BASE = "base"
 
@@ -39,8 +41,6 @@ def compare(rows: list[dict], base_system: str = BASE) -> list[dict]:
 
 def probe_changes(model, tokenizer, cfg, systems: list[EvalSystem], out: Path, log=print) -> dict:
     """Score cfg.eval.probes with the base model and every adapter system; write forgetting.md / .json."""
-    from .harness import score_systems
-
     if not cfg.eval.probes:
         raise ConfigError("no forgetting probes: add eval.probes (e.g. alpaca instruction following and held "
                           "general text; see configs/eval_forgetting.yaml)", key="eval.probes")
@@ -62,9 +62,6 @@ def forgetting(config_or_path=None, overrides=(), *, adapter=None, out_dir=None,
     """The API behind `tuneforge forgetting`: probes before (base) vs after (each adapter).
 
     The adapters: `adapter` when given, else those of eval.systems, else the run's output_dir/adapter."""
-    from ..train.api import resolve_config
-    from .harness import default_systems, load_base
-
     cfg = resolve_config(config_or_path, overrides)
     if adapter is not None:
         systems = [EvalSystem(name=Path(adapter).parent.name or "fine-tuned", adapter=str(adapter))]

@@ -13,193 +13,13 @@ adapters disabled, so every row shares the very same base weights.
 from __future__ import annotations
 
 import json
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
-from ..errors import ConfigError
-from .config import EvalSystem, EvalTask
-from .report import results_markdown, slug, write_jsonl, write_text
-
-
-class EncoderCache:
-    """Builds the retrieval encoder on first use only (zero-shot and random runs never load it)."""
-
-    def __init__(self, name: str, cache_dir: Path | None):
-        self.name, self.cache_dir, self._encoder = name, cache_dir, None
-
-    def __call__(self):
-        if self._encoder is None:
-            from .icl import PromptEncoder
-
-            self._encoder = PromptEncoder(self.name, cache_dir=self.cache_dir)
-        return self._encoder
-
-
-def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, settings, encoder):
-    from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
-    from .task_data import answer_of, load_demonstrations
-
-    if not system.shots:
-        return [e.conversation for e in examples], [[] for _ in examples]
-    pool = load_demonstrations(task, settings.seed)
-    if not pool:
-        raise ConfigError(f"system {system.name!r} uses {system.shots} demonstrations, but task {task.name!r} has no "
-                          "demonstrations file", key="eval.tasks.demonstrations")
-    if system.selection == "retrieved":
-        chosen = retrieved_demonstrations(encoder(), [e.prompt for e in examples], [p.prompt for p in pool],
-                                          system.shots)
-    else:
-        chosen = random_demonstrations(len(examples), len(pool), system.shots, settings.seed)
-    conversations = [
-        with_demonstrations(e.conversation, [(pool[j].conversation, answer_of(task, pool[j])) for j in ids])
-        for e, ids in zip(examples, chosen)
-    ]
-    return conversations, [[pool[j].line for j in ids] for ids in chosen]
-
-
-def _generate(model, tokenizer, conversations, settings, max_new_tokens: int) -> list[str]:
-    """Replies in input order; prompts of similar length are batched together (less left padding)."""
-    from .generation import generate_with
-
-    order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
-    if settings.do_sample:
-        torch.manual_seed(settings.seed)
-    replies = generate_with(model, tokenizer, [conversations[i] for i in order], max_new_tokens=max_new_tokens,
-                            do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
-                            batch_size=settings.batch_size)
-    out = [""] * len(conversations)
-    for i, reply in zip(order, replies):
-        out[i] = reply
-    return out
-
-
-def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, encoder=None) -> tuple[dict, list[dict]]:
-    """(metrics, per-example predictions) of one task under one system, with the model as it is now.
-    `settings` is the run's EvalConfig (batch size, sampling, default sizes, seed)."""
-    from .metrics import classification, text_metrics
-    from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
-    from .task_data import load_task_examples
-
-    examples = load_task_examples(task, task.limit or settings.num_samples, settings.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if task.type == "perplexity":
-        scores = sequence_nll(model, [text_example(tokenizer, e.text) for e in examples], pad, settings.batch_size)
-        rows = [{"line": e.line, "text": e.text[:200], "nll": s, "tokens": n} for e, (s, n) in zip(examples, scores)]
-        return mean_loss(scores), rows
-    conversations, demo_lines = _conversations_with_demos(task, system, examples, settings, encoder)
-    rows = [{"line": e.line, "prompt": e.prompt, "references": e.references, "demonstrations": d}
-            for e, d in zip(examples, demo_lines)]
-    wanted = task.scored_metrics()
-    if task.type == "choice":
-        predicted, nlls = choose(model, tokenizer, conversations, task.choices, settings.batch_size, pad)
-        gold = [e.gold for e in examples]
-        metrics = {k: v for k, v in classification(gold, predicted, list(range(len(task.choices)))).items()
-                   if k in wanted}
-        for row, p, g, scores in zip(rows, predicted, gold, nlls):
-            row.update(prediction=task.choices[p], gold=task.choices[g], choice_nll=scores)
-        return metrics, rows
-    max_new = task.max_new_tokens or settings.max_new_tokens
-    replies = _generate(model, tokenizer, conversations, settings, max_new)
-    metrics, per_example = text_metrics([m for m in wanted if m != "loss"], replies, [e.references for e in examples])
-    for row, reply, scores in zip(rows, replies, per_example):
-        row.update(prediction=reply, scores=scores)
-    if "loss" in wanted:
-        pairs = [last_turn_example(tokenizer, conv, e.references[0]) for conv, e in zip(conversations, examples)]
-        losses = sequence_nll(model, pairs, pad, settings.batch_size)
-        metrics.update(mean_loss(losses))
-        for row, (s, n) in zip(rows, losses):
-            row["loss"], row["tokens"] = s / max(1, n), n
-    return metrics, rows
-
-
-def adapter_name_for(path) -> str:
-    """One adapter name per adapter directory, so a directory is loaded into the model once however often used."""
-    import hashlib
-
-    return "eval-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
-
-
-def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
-                  predictions_dir: Path | None, encoder=None, log=print, on_row=None,
-                  resamples: int = 1000, bootstrap_seed: int = 0) -> list[dict]:
-    """Rows {task, system, n, shots, selection, adapter, metrics, intervals, vs_first, seconds} for every
-    (system, task) pair: `intervals` are bootstrap 95% intervals of the metrics over the task's examples,
-    `vs_first` the paired interval of this system minus the first system scored on the task (resamples=0: no
-    intervals). `on_row(rows_so_far)` runs after each row (evaluate writes the results so far)."""
-    from ..io import load_adapter
-    from ..methods import disable_adapters, list_adapters, set_active_adapters
-    from .example_stats import row_difference, row_intervals, row_statistics
-
-    rows, first = [], {}  # first: task name -> (system name, example lines, statistics)
-    for system in systems:
-        if system.adapter is not None:
-            name = adapter_name_for(system.adapter)
-            if name not in list_adapters(model):
-                load_adapter(model, system.adapter, adapter_name=name,
-                             allow_pickle=getattr(model, "tuneforge_allow_pickle", False))
-            set_active_adapters(model, [name])
-        context = disable_adapters(model) if system.adapter is None and list_adapters(model) else nullcontext()
-        with context:
-            for task in tasks:
-                start = time.perf_counter()
-                metrics, predictions = run_task(model, tokenizer, task, system, settings, encoder)
-                seconds = time.perf_counter() - start
-                row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
-                       "selection": system.selection if system.shots else None, "adapter": system.adapter,
-                       "metrics": metrics, "seconds": round(seconds, 1)}
-                if resamples and predictions:
-                    statistics = row_statistics(task, metrics, predictions)
-                    lines = [p.get("line") for p in predictions]
-                    row["intervals"] = row_intervals(statistics, len(predictions), resamples, bootstrap_seed)
-                    if task.name not in first:
-                        first[task.name] = (system.name, lines, statistics)
-                    elif first[task.name][1] == lines:
-                        row["vs_first"] = {"system": first[task.name][0], **row_difference(
-                            statistics, first[task.name][2], len(predictions), resamples, bootstrap_seed)}
-                rows.append(row)
-                shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
-                if predictions_dir is not None:
-                    write_jsonl(predictions_dir / f"{slug(task.name)}.{slug(system.name)}.jsonl", predictions)
-                if on_row is not None:
-                    on_row(rows)
-    return rows
-
-
-def default_tasks(cfg) -> list[EvalTask]:
-    """The run's own validation data as tasks (one per mixture entry), when eval.tasks is empty."""
-    from .task_data import task_from_data
-
-    data = cfg.data
-    if data.mixture:
-        return [task_from_data(s.name, data.for_source(s), s.validation, cfg.eval.metrics)
-                for s in data.mixture if s.validation]
-    if data.validation is None:
-        raise ConfigError("nothing to evaluate: add eval.tasks or set data.validation", key="eval.tasks")
-    return [task_from_data(Path(data.validation).parent.name or "validation", data, data.validation,
-                           cfg.eval.metrics)]
-
-
-def default_systems(cfg) -> list[EvalSystem]:
-    """The base model zero-shot, and the run's trained adapter when output_dir/adapter exists."""
-    systems = [EvalSystem(name="base (zero-shot)")]
-    adapter = Path(cfg.output_dir) / "adapter"
-    if (adapter / "adapter_config.json").is_file():
-        systems.append(EvalSystem(name="fine-tuned", adapter=str(adapter)))
-    return systems
-
-
-def load_base(cfg, **overrides):
-    """The run's base model as trained (quantised for QLoRA) and its tokenizer; `overrides` as load_model_for."""
-    from ..models import load_model_for, load_tokenizer
-
-    m = cfg.model
-    model = load_model_for(m, **overrides)
-    model.tuneforge_allow_pickle = m.allow_pickle  # the adapters evaluated on it follow the same choice
-    return model, load_tokenizer(m.name)
+from ..config import resolve_config
+from .bootstrap import settings as bootstrap_settings
+from .forgetting import probe_changes
+from .report import results_markdown, write_text
+from .systems import EncoderCache, default_systems, default_tasks, load_base, score_systems
 
 
 def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: bool = False, log=print,
@@ -209,10 +29,6 @@ def evaluate(config_or_path=None, overrides=(), *, out_dir=None, forgetting: boo
     system after the first with the paired interval of its difference to the first.
 
     Returns {"rows", "markdown", "forgetting" (with forgetting=True), "paths"}."""
-    from ..train.api import resolve_config
-    from .bootstrap import settings as bootstrap_settings
-    from .forgetting import probe_changes
-
     cfg = resolve_config(config_or_path, overrides)
     tasks = cfg.eval.tasks or default_tasks(cfg)
     systems = cfg.eval.systems or default_systems(cfg)

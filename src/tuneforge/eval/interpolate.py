@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
+from ..config import resolve_config
+from ..config.eval import EvalSystem
 from ..errors import ConfigError
+from ..io import atomic_dir, load_adapter
+from ..methods import unload
+from ..models import load_model_for
+from .report import results_markdown, write_text
+from .systems import load_base, score_systems
 
 
 class WeightInterpolation:
@@ -42,9 +49,6 @@ class WeightInterpolation:
     @classmethod
     def from_adapter(cls, model, adapter_dir) -> "WeightInterpolation":
         """theta_pre = the model as loaded; theta_ft = the model with the adapter merged in (left at alpha=1)."""
-        from ..io import load_adapter
-        from ..methods import unload
-
         pretrained = _snapshot(model)
         load_adapter(model, adapter_dir, adapter_name="wise-ft",
                      allow_pickle=getattr(model, "tuneforge_allow_pickle", False))
@@ -139,13 +143,6 @@ def interpolate(config_or_path=None, overrides=(), *, adapter=None, finetuned=No
 
     The fine-tune is `adapter` (an adapter directory; default output_dir/adapter) or `finetuned` (a fully
     fine-tuned model: packaged alias, local directory or hub id)."""
-    from ..io import atomic_dir
-    from ..models import load_model_for
-    from ..train.api import resolve_config
-    from .config import EvalSystem
-    from .harness import load_base, score_systems
-    from .report import results_markdown, write_text
-
     cfg = resolve_config(config_or_path, overrides)
     alpha_list = parse_alphas(alphas)
     tasks, probes = list(cfg.eval.tasks), list(cfg.eval.probes)

@@ -3,10 +3,9 @@ and every example's prediction as JSON Lines, so a number in the table can be tr
 Files are written to a temporary name and renamed, so a crash never leaves a half-written table."""
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
+
+from ..io.text_files import write_jsonl, write_text  # noqa: F401 - eval's writers
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
 COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss", "perplexity")
@@ -14,18 +13,6 @@ COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "ac
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    return write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def metric_columns(rows: list[dict]) -> list[str]:

@@ -12,7 +12,7 @@ import dataclasses
 from ..data import fill_template, read_records, select_records, to_messages
 from ..data.readers import line_of
 from ..errors import DataError
-from .config import EvalTask
+from ..config.eval import EvalTask
 
 
 @dataclasses.dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.beir import read_corpus
 from ..errors import DataError
 from .encoder import SentenceEncoder
 from .store import IndexMismatch, VectorIndex
@@ -16,8 +17,6 @@ def _encoder(model, allow_pickle: bool = False) -> SentenceEncoder:
 
 def _documents(corpus) -> dict[str, str]:
     """doc_id -> text from a corpus file or an in-memory mapping; empty -> DataError."""
-    from ..data.beir import read_corpus
-
     docs = dict(corpus) if isinstance(corpus, dict) else read_corpus(corpus)
     if not docs:
         raise DataError("the corpus is empty", file=None if isinstance(corpus, dict) else corpus)

@@ -19,6 +19,14 @@ import torch
 
 from ..data.padding import pad as pad_rows
 from ..errors import ModelNotFound
+from ..io import atomic_dir, load_adapter
+from ..io.adapter_files import CONFIG_NAME
+from ..io.model_card import write_model_card
+from ..methods import list_adapters, unload
+from ..models import load_model, load_tokenizer
+from ..models.packaged import resolve_model
+from ..models.pooling import pool
+from ..registry import METHODS
 
 EXPORT_DIR = "sentence-transformer"
 DEFAULT_MAX_LENGTH = 256
@@ -40,10 +48,6 @@ class SentenceEncoder:
     def load(cls, name_or_path, device: str = "auto", allow_pickle: bool = False) -> "SentenceEncoder":
         """An encoder from an alias, a model / sentence-transformers dir, an adapter dir or a run dir. Pickle
         weights (pytorch_model.bin, adapter_model.bin) only with allow_pickle: unpickling can run code."""
-        from ..io import load_adapter
-        from ..io.adapter_files import CONFIG_NAME
-        from ..models import load_model, load_tokenizer
-
         path = Path(str(name_or_path)).expanduser()
         if path.is_dir() and (path / EXPORT_DIR / "modules.json").exists():
             path = path / EXPORT_DIR
@@ -68,8 +72,6 @@ class SentenceEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> np.ndarray:
         """(len(texts), dim) float32 embeddings. Texts are batched by length so little padding is computed."""
-        from ..train.tasks.embed_losses import pool
-
         limit = max_length or self.max_length
         ids = self.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -89,8 +91,6 @@ class SentenceEncoder:
 
 def st_settings(name_or_path) -> dict:
     """pooling / normalize / max_length from a sentence-transformers directory; defaults otherwise."""
-    from ..models.packaged import resolve_model
-
     try:
         source = resolve_model(name_or_path)
     except ModelNotFound:
@@ -115,9 +115,6 @@ def write_sentence_transformer(model, tokenizer, out_dir, pooling: str = "mean",
                                max_seq_length: int = DEFAULT_MAX_LENGTH, card: dict | None = None) -> Path:
     """Save a plain transformers encoder in sentence-transformers' layout, atomically, with a model card
     (card: the training facts of io.model_card; default: the base model alone)."""
-    from ..io import atomic_dir
-    from ..io.model_card import write_model_card
-
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -152,9 +149,6 @@ def export_sentence_transformer(model, tokenizer, output_dir, pooling: str = "me
                                 max_seq_length: int = DEFAULT_MAX_LENGTH, card: dict | None = None) -> Path | None:
     """Merge the model's adapters and write `output_dir/sentence-transformer`; None (and a note) when an adapter
     cannot merge. The model is unloaded in place, so call this last."""
-    from ..methods import list_adapters, unload
-    from ..registry import METHODS
-
     adapters = list_adapters(model)
     blocked = sorted({type(c).method for c in adapters.values() if not METHODS.get(type(c).method).mergeable})
     if blocked:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..data.beir import load_beir
 from ..errors import ConfigError, DataError
+from .api import build_index
 from .encoder import SentenceEncoder
 from .store import VectorIndex
 
@@ -25,8 +27,6 @@ def corpus_index(encoder: SentenceEncoder, corpus: dict[str, str], index_dir=Non
                  batch_size: int = 64) -> VectorIndex:
     """The corpus encoded by `encoder`: reuse `index_dir` when it holds exactly this corpus made by this model,
     otherwise encode it (and save to `index_dir` when given)."""
-    from .api import build_index
-
     if index_dir is not None and (Path(index_dir) / "meta.json").exists():
         index = VectorIndex.load(index_dir)
         if index.meta.get("model") == encoder.name and set(index.doc_ids) == set(corpus):
@@ -47,8 +47,6 @@ def mine_hard_negatives(model, data_dir, split: str = "train", num_negatives: in
     model: alias / model dir / run dir (the model that will be fine-tuned, normally). A query with fewer than
     `num_negatives` unjudged documents in its ranks skip_top+1..depth gets what there is (at least one, else it
     is a DataError: raise depth). allow_pickle: also load an encoder stored as pickles."""
-    from ..data.beir import load_beir
-
     if num_negatives < 1:
         raise ConfigError("num_negatives must be at least 1", key="num_negatives")
     if skip_top < 0 or depth <= skip_top:

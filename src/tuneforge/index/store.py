@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, TuneforgeError
+from ..io import atomic_dir
 
 INDEX_FILE, DOCS_FILE, META_FILE = "index.faiss", "docs.jsonl", "meta.json"
 KINDS = ("flat", "hnsw")
@@ -88,8 +89,6 @@ class VectorIndex:
 
     def save(self, path) -> Path:
         import faiss
-
-        from ..io import atomic_dir
 
         with atomic_dir(path) as tmp:
             faiss.write_index(self.faiss_index, str(tmp / INDEX_FILE))

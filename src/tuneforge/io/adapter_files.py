@@ -130,8 +130,7 @@ def method_for_peft_config(body: dict, where=None):
         raise AdapterMismatch(f"{where or 'adapter config'}: expected a JSON object, got {type(body).__name__}")
 
     for _, cls in METHODS.items():
-        claims = getattr(cls, "claims_peft_config", None)
-        if claims is not None and claims(body):
+        if cls.claims_peft_config(body):
             return cls
     for _, cls in METHODS.items():
         if cls.peft_type and cls.peft_type == body.get("peft_type"):
@@ -172,6 +171,20 @@ def check_adapter_files(adapter_dir, allow_pickle: bool = False) -> dict:
         if not names:
             raise AdapterMismatch(f"{path}: holds no tensors")
     return body
+
+
+def write_adapter_files(out_dir, body: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """adapter_config.json + adapter_model.safetensors from plain data, atomically: how a method that puts no
+    adapter into the model (a fitted classifier) is saved."""
+    with atomic_dir(out_dir) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(body, indent=2, sort_keys=True))
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    return Path(out_dir)
+
+
+def read_adapter_files(adapter_dir) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json body, tensors) of a safetensors adapter folder: what `write_adapter_files` wrote."""
+    return read_adapter_config(adapter_dir), read_adapter_weights(adapter_dir)
 
 
 def read_adapter_weights(adapter_dir, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

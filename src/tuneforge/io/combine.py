@@ -104,17 +104,18 @@ def _base(base: str, kind: str, num_labels: int | None, allow_pickle: bool = Fal
 
 
 def _load(model, path: Path, body: dict, name: str, fresh_base, allow_pickle: bool = False) -> None:
-    """load_adapter, except that a PiSSA file is converted to its plain LoRA on a scratch base first."""
+    """load_adapter, except that a method whose adapter owns part of the base (PiSSA) is turned into the plain
+    LoRA it equals on a scratch base first (Method.combines_as_lora / as_plain_lora)."""
     from ..methods import add_adapter, adapter_state_dict, load_adapter_state_dict
-    from ..methods.pissa import pissa_to_lora
     from .adapter_files import load_adapter, method_for_peft_config
 
-    if method_for_peft_config(body).name != "pissa":
+    method = method_for_peft_config(body)
+    if not method.combines_as_lora:
         load_adapter(model, path, name, allow_pickle=allow_pickle)
         return
     scratch = fresh_base()
     load_adapter(scratch, path, name, allow_pickle=allow_pickle)
-    cfg = pissa_to_lora(scratch, name)
+    cfg = method().as_plain_lora(scratch, name)
     state = adapter_state_dict(scratch, name)
     del scratch
     add_adapter(model, cfg, name)

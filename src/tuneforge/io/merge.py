@@ -11,6 +11,11 @@ import sys
 from pathlib import Path
 
 from ..errors import TuneforgeError
+from ..methods import unload
+from ..models import load_model, load_tokenizer
+from ..quant import QuantSpec, dequantize_model
+from .adapter_files import adapter_weights_file, atomic_dir, load_adapter, read_adapter_config, read_base_quantization
+from .model_card import method_facts, read_facts, write_model_card
 
 
 def merge(
@@ -31,9 +36,6 @@ def merge(
     says), dequantised into new `dtype` weights, and the adapter merged into those. The quantised tensors are
     never written to. Refuses to replace a non-empty `out` unless force=True. Returns the output directory.
     allow_pickle: also read pickle weights (adapter_model.bin, pytorch_model.bin); refused by default."""
-    from ..models import load_tokenizer
-    from . import atomic_dir
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise TuneforgeError(f"{out} already exists and is not empty; pass --force to replace it")
@@ -45,8 +47,6 @@ def merge(
     except TuneforgeError as err:  # a bare weights dir: the merged model is still useful without one
         print(f"warning: no tokenizer saved with the merged model ({err})", file=sys.stderr)
         tokenizer = None
-    from .model_card import method_facts, read_facts, write_model_card
-
     facts = read_facts(adapter) or method_facts(method_cfg, str(base), kind)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
@@ -58,8 +58,6 @@ def merge(
 
 def base_of(base, adapter) -> str:
     """`base`, else the base model recorded in the adapter's config."""
-    from . import read_adapter_config
-
     if base is None:
         base = read_adapter_config(adapter).get("base_model_name_or_path")
         if not base:
@@ -76,10 +74,6 @@ def load_merged(base, adapter, *, kind: str = "causal-lm", dtype: str = "float32
 
 def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """(merged model, the adapter's method config)."""
-    from ..methods import unload
-    from . import load_adapter
-    from .adapter_files import adapter_weights_file
-
     adapter_weights_file(adapter, allow_pickle)  # a refused pickle fails before the base is loaded
     model = _load_base(base, adapter, kind, dtype, quantization, allow_pickle)
     method_cfg = load_adapter(model, adapter, allow_pickle=allow_pickle)
@@ -88,10 +82,6 @@ def _merged(base, adapter, *, kind: str, dtype: str, quantization: dict | None, 
 
 def _load_base(base, adapter, kind: str, dtype: str, quantization: dict | None, allow_pickle: bool = False):
     """The dense base to merge into: the plain weights, or dequant(Q(W)) for an adapter trained on a quantised base."""
-    from ..models import load_model
-    from ..quant import QuantSpec, dequantize_model
-    from .adapter_files import read_base_quantization
-
     spec = quantization or read_base_quantization(adapter)
     if spec is None:
         return load_model(base, kind=kind, dtype=dtype, device="cpu", allow_pickle=allow_pickle)

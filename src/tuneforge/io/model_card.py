@@ -75,8 +75,8 @@ def method_facts(method_cfg, base_model: str | None, model_kind: str) -> dict:
     from ..registry import METHODS
 
     name = type(method_cfg).method if method_cfg is not None else None
-    body = method_cfg.to_dict() if hasattr(method_cfg, "to_dict") else {}
-    peft_ok = bool(name) and bool(getattr(METHODS.get(name), "peft_type", None))
+    body = method_cfg.to_dict() if method_cfg is not None else {}
+    peft_ok = bool(name) and bool(METHODS.get(name).peft_type)
     return _plain({"base_model": base_model, "model_kind": model_kind, "method": {"name": name, **body},
                    "peft_compatible": peft_ok})
 

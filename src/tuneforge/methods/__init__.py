@@ -30,7 +30,7 @@ from .base import AdapterLayer, Method, MethodConfig  # noqa: F401
 from .catalog import describe_methods, methods_table  # noqa: F401
 from .combine import combine  # noqa: F401
 
-_INFRA = {"api", "base", "catalog", "combine", "targeting", "weight_method", "modules_to_save"}
+_INFRA = {"api", "base", "catalog", "combine", "target_spec", "targeting", "weight_method", "modules_to_save"}
 for _mod in pkgutil.iter_modules(__path__):
     if _mod.name not in _INFRA and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")

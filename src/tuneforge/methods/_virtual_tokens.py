@@ -15,7 +15,7 @@ repeated per packed example.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional, Union
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -23,12 +23,13 @@ from torch import nn
 from ..errors import ConfigError
 from ._hooks import HookedMethod, HookState, backbone_of, bind_kwargs
 from .base import MethodConfig, check
+from .target_spec import SavedModules
 
 HOLDERS = ("prompt_encoder", "prefix_encoder")  # backbone attributes that hold one input method's modules
 
 
 @dataclasses.dataclass
-class VirtualTokenConfig(MethodConfig):
+class VirtualTokenConfig(MethodConfig, SavedModules):
     """The fields prompt and prefix tuning share (peft's PromptLearningConfig); names are peft's so
     adapter_config.json reads the same in both tools."""
 
@@ -49,8 +50,6 @@ class VirtualTokenConfig(MethodConfig):
     """True when weights will be loaded into the adapter (save_adapter writes true, as peft): no initialisation
     from the vocabulary or a text (loading never needs the tokenizer), and a prefix is held directly, without
     its MLP."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new classification head)."""
 
     def validate(self) -> None:
         check(isinstance(self.num_virtual_tokens, int) and self.num_virtual_tokens > 0, "num_virtual_tokens",

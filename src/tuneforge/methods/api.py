@@ -16,7 +16,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import METHODS
 from .base import MethodConfig
-from .modules_to_save import ModulesToSave, saved_modules, wrap_modules_to_save
+from .modules_to_save import ModulesToSave
+from .targeting import adapter_modules, replace_module, saved_modules, wrap_modules_to_save
 from .weight_decay import no_decay_names, split_by_decay
 from .weight_method import PEFT_PREFIX
 
@@ -65,8 +66,8 @@ def add_adapter(model: nn.Module, method, adapter_name: str = "default", **field
     if adapter_name in adapters:
         raise ConfigError(f"an adapter named {adapter_name!r} already exists", key="adapter_name")
     method_for(cfg).apply(model, cfg, adapter_name)
-    if getattr(cfg, "modules_to_save", None):
-        wrap_modules_to_save(model, list(cfg.modules_to_save), adapter_name)
+    if cfg.saved_modules():
+        wrap_modules_to_save(model, cfg.saved_modules(), adapter_name)
     adapters[adapter_name] = cfg
     set_active_adapters(model, [adapter_name])
     mark_trainable(model, adapter_name)
@@ -92,16 +93,12 @@ def set_active_adapters(model: nn.Module, names) -> None:
 
 
 def _wrappers(model):
-    from .targeting import adapter_modules
-
     return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave)]
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     cfg = _require(model, name)
     method_for(cfg).remove(model, name)
-    from .targeting import replace_module
-
     for mname, wrapper in _wrappers(model):
         if wrapper.has_adapter(name):
             del wrapper.modules_to_save[name]
@@ -228,7 +225,7 @@ def pop_saved_module_states(cfg: MethodConfig, state: dict[str, torch.Tensor]) -
     """Take the modules_to_save copies (e.g. a reward model's `score` head) out of an adapter file's tensors
     (peft keys), as {module name: its state_dict}; what stays in `state` is the method's own tensors."""
     out = {}
-    for module in getattr(cfg, "modules_to_save", None) or []:
+    for module in cfg.saved_modules():
         prefix = f"{PEFT_PREFIX}{module}."
         own = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
         if own:
@@ -268,8 +265,6 @@ def unmerge_adapters(model: nn.Module, names=None) -> None:
 
 def unload(model: nn.Module, merge: bool = True) -> nn.Module:
     """Return the plain transformers model: active adapters merged in (merge=True) or dropped."""
-    from .targeting import replace_module
-
     if merge:
         merge_adapters(model)
     for mname, w in _wrappers(model):

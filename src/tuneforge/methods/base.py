@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, NotMergeable
+from ..registry import METHODS
+from .target_spec import SavedModules
 
 BASE_ROW = "__base__"  # a mixed-batch row that uses no adapter (peft's spelling)
 
@@ -35,6 +37,15 @@ class MethodConfig:
 
     def replace(self, **changes) -> "MethodConfig":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def can_save_modules(cls) -> bool:
+        """Whether the method takes `modules_to_save` (whole modules trained and saved beside the adapter)."""
+        return issubclass(cls, SavedModules)
+
+    def saved_modules(self) -> list[str]:
+        """Its `modules_to_save` names ([] when unset, or when the method has no such key)."""
+        return list(self.modules_to_save or []) if self.can_save_modules() else []
 
 
 def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
@@ -66,6 +77,11 @@ class Method:
     formula: ClassVar[str] = ""  # trainable-parameter formula shown by `tuneforge methods`
     peft_type: ClassVar[str | None] = None  # peft's name for the same method, if peft has it
     shares_base: ClassVar[bool] = True  # False when an adapter changes the base's own tensors (no multi-adapter serving)
+    fitted: ClassVar[bool] = False  # fitted on the frozen model's features outside the loop (`fit` / `predict`)
+    combine_as: ClassVar[str] = ""  # how `combine` takes its adapters: "factors" (output exactly W x + s B A x,
+    # any how), "svd" (only how="svd"), "" (not at all)
+    combines_as_lora: ClassVar[bool] = False  # `tuneforge combine` loads its file on a scratch base and takes
+    # `as_plain_lora` of it (the adapter owns part of the base weight)
 
     def select_targets(self, model: nn.Module, cfg: MethodConfig) -> list[str]:
         return []
@@ -109,6 +125,48 @@ class Method:
 
     def on_optimizer_step(self, model: nn.Module, cfg: MethodConfig, adapter_name: str) -> None:
         """Optional hook after optimizer.step() (Delta-LoRA updates the frozen weight here)."""
+
+    def set_active(self, model: nn.Module, names: list[str]) -> None:
+        """Make `names` the active adapters of this method's layers or state (`set_active_adapters` calls it for
+        every method the model holds)."""
+
+    @classmethod
+    def claims_peft_config(cls, body: dict[str, Any]) -> bool:
+        """Whether an adapter_config.json is this method's whatever its peft_type says (a DoRA file says LORA with
+        use_dora); checked before the peft_type match."""
+        return False
+
+    def combine_refusal(self, adapter_name: str, how: str) -> str | None:
+        """Why `combine(..., how)` cannot take this adapter, or None when it can (see `combine_as`)."""
+        if self.combine_as == "factors" or (self.combine_as == "svd" and how == "svd"):
+            return None
+        if self.combine_as == "svd":
+            return f"adapter {adapter_name!r} is {self.name}: only how='svd' combines it"
+        family = [n for n, cls in METHODS.items() if cls.combine_as == "factors"]
+        svd = "".join(f", and {n} with how='svd'" for n, cls in METHODS.items() if cls.combine_as == "svd")
+        return (f"adapter {adapter_name!r} is {self.name}: combine works on LoRA-family adapters "
+                f"({', '.join(family)}{svd})")
+
+    def as_plain_lora(self, model: nn.Module, adapter_name: str) -> MethodConfig:
+        """Replace the adapter in place by the plain LoRA it equals and return that config (`combines_as_lora`)."""
+        raise NotImplementedError(f"{self.name} has no plain-LoRA form")
+
+    def fit(self, model: nn.Module, tokenizer, texts: list[str], labels: list, cache_dir=None,
+            cfg: MethodConfig | None = None):
+        """A `fitted` method's classifier on the frozen model's features of `texts`."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
+
+    def predict(self, model: nn.Module, tokenizer, texts: list[str], classifier, cache_dir=None) -> list:
+        """Labels a `fitted` method's classifier gives `texts`."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
+
+    def fit_images(self, model: nn.Module, batches, labels: list, cfg: MethodConfig | None = None):
+        """A `fitted` method's classifier on an image model's features of `batches` (pixel tensors)."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
+
+    def predict_images(self, model: nn.Module, batches, classifier) -> list:
+        """Labels a `fitted` method's classifier gives the images of `batches`."""
+        raise NotImplementedError(f"{self.name} trains in the loop; it is not fitted")
 
     def peft_config(self, cfg: MethodConfig) -> dict[str, Any]:
         """The adapter_config.json body (without base model / task fields)."""

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import NotMergeable, TargetNotFound
 from ..registry import METHODS
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
+from .target_spec import SavedModules, TargetModules
 from .targeting import candidate_modules, select_modules
 from .weight_method import WeightMethod
 
@@ -36,7 +37,10 @@ SITES = {
 
 
 @dataclasses.dataclass
-class BottleneckConfig(MethodConfig):
+class BottleneckConfig(MethodConfig, SavedModules, TargetModules):
+    """Bottleneck adapter settings. target_modules: the output modules to wrap; None: the sites `config` names for
+    the architecture."""
+
     method = "bottleneck"
     config: str = "pfeiffer"
     """houlsby: adapters after the attention output and after the feed-forward; pfeiffer: after the feed-forward."""
@@ -46,10 +50,6 @@ class BottleneckConfig(MethodConfig):
     """Bottleneck width m, overriding reduction_factor."""
     non_linearity: Union[str, None] = None
     """relu, gelu or silu. None: the paper's choice (houlsby: silu, i.e. swish; pfeiffer: relu)."""
-    target_modules: Union[list[str], str, None] = None
-    """Output modules to wrap (names by suffix, or a regex). None: the sites `config` names for the architecture."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new task head)."""
 
     def validate(self) -> None:
         check(self.config in ("houlsby", "pfeiffer"), "config", "config must be houlsby or pfeiffer")

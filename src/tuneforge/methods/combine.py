@@ -33,10 +33,9 @@ from torch import nn
 from ..errors import ConfigError, TuneforgeError
 from .api import _require, active_adapters, add_adapter, delete_adapter, list_adapters, method_for
 from .base import MethodConfig
-from .modules_to_save import saved_modules
+from .targeting import saved_modules
 
 HOWS = ("linear", "cat", "svd")
-FACTOR_METHODS = ("lora", "rslora", "lora_fa", "loraplus")  # output exactly W x + s B A x
 TARGETING = ("target_modules", "exclude_modules", "layers_to_transform", "layers_pattern")
 
 
@@ -101,20 +100,10 @@ def _weights(adapters) -> dict[str, float]:
 
 def _check_source(model, name: str, how: str):
     cfg = _require(model, name)
-    method = type(cfg).method
-    if method == "pissa":
-        raise TuneforgeError(f"adapter {name!r} is PiSSA: it adapts a residual base, not W; turn it into the LoRA it "
-                             f"equals first: tuneforge.methods.pissa.pissa_to_lora(model, {name!r})")
-    if method == "delta_lora":
-        raise TuneforgeError(f"adapter {name!r} is Delta-LoRA: save it (the file is the plain LoRA it equals) and "
-                             "load that file, then combine")
-    if method == "dora" and how != "svd":
-        raise TuneforgeError(f"adapter {name!r} is DoRA, whose change is not B A (the magnitude rescales W too): "
-                             "only how='svd' combines it")
-    if method not in FACTOR_METHODS + ("dora",):
-        raise TuneforgeError(f"adapter {name!r} is {method}: combine works on LoRA-family adapters "
-                             f"({', '.join(FACTOR_METHODS)}, and dora with how='svd')")
-    if getattr(cfg, "bias", "none") != "none":
+    refusal = method_for(cfg).combine_refusal(name, how)  # each method says whether and how (Method.combine_as)
+    if refusal is not None:
+        raise TuneforgeError(refusal)
+    if cfg.bias != "none":  # every combinable config is a LoraConfig
         raise TuneforgeError(f"adapter {name!r} trains base biases (bias={cfg.bias!r}); those are shared tensors, "
                              "not a per-adapter delta, so they cannot be weighted")
     return cfg
@@ -158,29 +147,16 @@ def _new_config(model, cfgs: dict, layers: dict, new_rank: int):
     return cfg
 
 
-def _factors(layer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, B) as stored: Linear (r, in), (out, r); Embedding (r, num), (dim, r); Conv2d (r, in, k, k), (out, r, 1, 1)"""
-    if hasattr(layer, "lora_embedding_A"):
-        return layer.lora_embedding_A[name], layer.lora_embedding_B[name]
-    return layer.lora_A[name].weight, layer.lora_B[name].weight
-
-
 def _delta_matrix(layer, name: str) -> torch.Tensor:
     """The layer's change from this adapter as an (out, in * k * k) matrix (embeddings: (dim, num)), in float32."""
-    A, B = (t.detach().float() for t in _factors(layer, name))
-    delta = layer.scaling[name] * (B.flatten(1) @ A.flatten(1))
-    if hasattr(layer, "lora_magnitude_vector"):  # DoRA: m (W + s B A) / ||W + s B A|| - W, per output row
-        W = layer.base_weight().detach().float()
-        direction = W + delta
-        scale = layer.lora_magnitude_vector[name].detach().float() / torch.linalg.norm(direction, dim=1)
-        delta = scale[:, None] * direction - W
-    return delta
+    A, B = (t.detach().float() for t in layer.factors(name))
+    return layer.combined_change(name, layer.scaling[name] * (B.flatten(1) @ A.flatten(1)))  # DoRA: its real change
 
 
 def _combined_factors(layer, weights: dict[str, float], how: str, new_rank: int):
     """(A, B) of the new adapter at this layer (float32, stored shapes, scaling 1)."""
     present = [(n, w) for n, w in weights.items() if layer.has_adapter(n)]
-    pairs = [tuple(t.detach().float() for t in _factors(layer, n)) for n, _ in present]
+    pairs = [tuple(t.detach().float() for t in layer.factors(n)) for n, _ in present]
     if how == "linear":
         signed = [w * layer.scaling[n] for n, w in present]
         A = sum(math.copysign(math.sqrt(abs(ws)), ws) * a for ws, (a, _) in zip(signed, pairs))
@@ -206,12 +182,11 @@ def _combined_factors(layer, weights: dict[str, float], how: str, new_rank: int)
 def _fill(model, name: str, cfg, layers: dict, factors: dict, cfgs: dict) -> None:
     with torch.no_grad():
         for mname, layer in layers.items():
-            A_new, B_new = _factors(layer, name)
+            A_new, B_new = layer.factors(name)
             A, B = factors[mname]
             A_new.copy_(A.to(A_new.dtype))
             B_new.copy_(B.to(B_new.dtype))
-            if hasattr(layer, "lora_magnitude_vector"):  # m = ||W + B A||: the DoRA layer then adds exactly B A
-                layer.lora_magnitude_vector[name].copy_(layer.weight_norm(name))
+            layer.after_combine(name)  # DoRA resets its magnitude so the layer adds exactly B A
         for source in cfgs:
             for _, wrapper in saved_modules(model, source):
                 if wrapper.has_adapter(name):

@@ -147,6 +147,11 @@ class DeltaLora(Lora):
     config_class = DeltaLoraConfig
     paper = "https://arxiv.org/abs/2309.02411"
     layer_types = ((nn.Linear, DeltaLoraLinear), (_conv1d(), DeltaLoraLinear))
+    combine_as = ""  # its training moved W itself; its file is the plain LoRA it equals
+
+    def combine_refusal(self, adapter_name: str, how: str) -> str | None:
+        return (f"adapter {adapter_name!r} is Delta-LoRA: save it (the file is the plain LoRA it equals) and "
+                "load that file, then combine")
 
     def on_optimizer_step(self, model, cfg, adapter_name) -> None:
         for _, layer in self.layers(model, adapter_name):

@@ -45,6 +45,17 @@ class DoraLinear(LoraLinear):
         super().update_layer(name, cfg, module_name)
         self.lora_magnitude_vector[name] = nn.Parameter(self.weight_norm(name))
 
+    def combined_change(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """m (W + s B A) / ||W + s B A|| - W, per output row (delta = s B A, float32)."""
+        W = self.base_weight().detach().float()
+        direction = W + delta
+        scale = self.lora_magnitude_vector[name].detach().float() / torch.linalg.norm(direction, dim=1)
+        return scale[:, None] * direction - W
+
+    def after_combine(self, name: str) -> None:
+        """m = ||W + B A||: the layer then adds exactly the combined B A."""
+        self.lora_magnitude_vector[name].copy_(self.weight_norm(name))
+
     def base_weight(self) -> torch.Tensor:
         """W as (out, in), whatever the storage layout."""
         w = self.base_layer.weight
@@ -101,6 +112,13 @@ class Dora(Lora):
     paper = "https://arxiv.org/abs/2402.09353"
     formula = "sum over adapted layers of r * (in + out) + out"
     layer_types = ((nn.Linear, DoraLinear), (_conv1d(), DoraLinear))
+    combine_as = "svd"  # its change is m (W + s B A) / ||W + s B A|| - W, not B A
+
+    def combine_refusal(self, adapter_name: str, how: str) -> str | None:
+        if how == "svd":
+            return None
+        return (f"adapter {adapter_name!r} is DoRA, whose change is not B A (the magnitude rescales W too): "
+                "only how='svd' combines it")
 
     @classmethod
     def claims_peft_config(cls, body: dict) -> bool:

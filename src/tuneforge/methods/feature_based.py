@@ -8,7 +8,8 @@ z is the last hidden layer, mean-pooled over the attention mask (or the first / 
 L2-normalised; it is cached on disk under a key made of the model's weights and active adapters, the texts and the
 pooling settings. Trainable parameters: C (d + 1) for logistic regression over C classes (d + 1 for two).
 Saved as `adapter_config.json` (settings, labels) + `adapter_model.safetensors` (the classifier's weights), no
-pickles, and loaded without scikit-learn (`FeatureClassifier.load`); fitting needs scikit-learn.
+pickles (`io.write_adapter_files(dir, *classifier.to_files())`), and loaded without scikit-learn
+(`FeatureClassifier.from_files(*io.read_adapter_files(dir))`); fitting needs scikit-learn.
 """
 from __future__ import annotations
 
@@ -142,24 +143,17 @@ class FeatureClassifier:
     def predict_features(self, features: torch.Tensor) -> list:
         return [self.labels[i] for i in self.predict_proba_features(features).argmax(1).tolist()]
 
-    def save(self, out_dir, base_model_name: str | None = None) -> Path:
-        from ..io import atomic_dir
-
+    def to_files(self, base_model_name: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(adapter_config.json body, tensors): `io.write_adapter_files` saves them, `from_files` reads them back."""
         body = {**self.cfg.to_dict(), "peft_type": FeatureBased.name.upper(), "labels": self.labels,
                 "feature_dim": int(self.weights[0].shape[0]), "base_model_name_or_path": base_model_name}
         tensors = {f"weight.{i}": w.contiguous() for i, w in enumerate(self.weights)}
         tensors.update({f"bias.{i}": b.contiguous() for i, b in enumerate(self.biases)})
-        with atomic_dir(out_dir) as tmp:
-            (tmp / "adapter_config.json").write_text(json.dumps(body, indent=2, sort_keys=True))
-            save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        return Path(out_dir)
+        return body, tensors
 
     @classmethod
-    def load(cls, adapter_dir) -> "FeatureClassifier":
-        from ..io.adapter_files import read_adapter_config, read_adapter_weights
-
-        body = read_adapter_config(adapter_dir)
-        tensors = read_adapter_weights(adapter_dir)
+    def from_files(cls, body: dict, tensors: dict[str, torch.Tensor]) -> "FeatureClassifier":
+        """The classifier from `io.read_adapter_files(dir)` (no scikit-learn needed)."""
         n = len([k for k in tensors if k.startswith("weight.")])
         return cls(FeatureBased.config_from_peft(body), list(body["labels"]),
                    [tensors[f"weight.{i}"] for i in range(n)], [tensors[f"bias.{i}"] for i in range(n)])
@@ -252,6 +246,7 @@ def predict_images(model, pixel_batches, classifier: FeatureClassifier) -> list:
 class FeatureBased(Method):
     name = "feature_based"
     kind = "features"
+    fitted = True
     mergeable = False
     config_class = FeatureBasedConfig
     paper = "https://arxiv.org/abs/1903.05987"
@@ -259,9 +254,9 @@ class FeatureBased(Method):
     fit = staticmethod(fit)
     predict = staticmethod(predict)
     predict_proba = staticmethod(predict_proba)
+    from_files = staticmethod(FeatureClassifier.from_files)
     fit_images = staticmethod(fit_images)
     predict_images = staticmethod(predict_images)
-    load = staticmethod(FeatureClassifier.load)
 
     def apply(self, model, cfg, adapter_name) -> None:
         raise ConfigError(

@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import NotMergeable, TargetNotFound
 from ..registry import METHODS
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
+from .target_spec import ExcludeModules, SavedModules, TargetModules
 from .targeting import candidate_modules, select_modules
 from .weight_method import WeightMethod
 
@@ -42,22 +43,16 @@ DEFAULT_FEEDFORWARD = {
 
 
 @dataclasses.dataclass
-class IA3Config(MethodConfig):
-    """(IA)^3 settings; field names and defaults are peft's so adapter_config.json matches."""
+class IA3Config(MethodConfig, SavedModules, ExcludeModules, TargetModules):
+    """(IA)^3 settings; field names and defaults are peft's so adapter_config.json matches. target_modules None:
+    peft's default for the architecture (llama: k_proj, v_proj, down_proj; bert: key, value, output.dense)."""
 
     method = "ia3"
-    target_modules: Union[list[str], str, None] = None
-    """Module names (suffix match) or a regex (full match). None: peft's default for the architecture
-    (llama: k_proj, v_proj, down_proj; bert: key, value, output.dense)."""
-    exclude_modules: Union[list[str], str, None] = None
-    """Names or regex never adapted even if targeted."""
     feedforward_modules: Union[list[str], str, None] = None
     """Targets scaled at their input instead of their output: names (a plain suffix, as peft matches them) or a
     regex (full match); a subset of target_modules. None: the architecture default (llama: down_proj)."""
     init_ia3_weights: bool = True
     """True: vectors start at one (identity). False: random normal (tests)."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new task head)."""
 
     def validate(self) -> None:
         check(isinstance(self.init_ia3_weights, bool), "init_ia3_weights", "init_ia3_weights must be true or false")

@@ -16,15 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, LowRankFactors, fusable_dtypes,
+                                    fused_dropout_p)
 from ..registry import METHODS
-from ._fused_lora import FusedLoraLinear, LoraAddmm, fusable_dtypes, fused_dropout_p
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
+from .target_spec import TargetSpec
 from .weight_method import WeightMethod
 
 
 @dataclasses.dataclass
-class LoraConfig(MethodConfig):
+class LoraConfig(MethodConfig, TargetSpec):
     """LoRA hyper-parameters; field names and defaults are peft's so adapter_config.json matches."""
 
     method = "lora"
@@ -34,14 +36,6 @@ class LoraConfig(MethodConfig):
     """Scale numerator: the update is multiplied by lora_alpha / r (or / sqrt(r) with use_rslora)."""
     lora_dropout: float = 0.0
     """Dropout on the adapter's input path only."""
-    target_modules: Union[list[str], str, None] = None
-    """Module names (suffix match), a regex (full match), or "all-linear". None: the architecture default."""
-    exclude_modules: Union[list[str], str, None] = None
-    """Names or regex never adapted even if targeted."""
-    layers_to_transform: Union[list[int], int, None] = None
-    """Only adapt these transformer block indices."""
-    layers_pattern: Union[str, None] = None
-    """Name of the block list (layers, h, ...) when layers_to_transform is used on an unusual model."""
     bias: str = "none"
     """Which biases train: none, all (every bias of the model), lora_only (biases of adapted layers)."""
     use_rslora: bool = False
@@ -54,8 +48,6 @@ class LoraConfig(MethodConfig):
     """Regex over module names -> a different r for those modules."""
     alpha_pattern: dict = dataclasses.field(default_factory=dict)
     """Regex over module names -> a different lora_alpha for those modules."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new task head)."""
 
     def validate(self) -> None:
         check(isinstance(self.r, int) and self.r > 0, "r", f"r must be a positive integer, got {self.r!r}")
@@ -115,6 +107,18 @@ class LoraLayer(AdapterLayer):
         if adapter_name in self.lora_dropout:
             del self.lora_dropout[adapter_name]
 
+    # ---- what `combine` (methods/combine.py) asks a LoRA-family layer --------------------------------------
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as stored: Linear (r, in), (out, r); Conv2d (r, in, k, k), (out, r, 1, 1)."""
+        return self.lora_A[name].weight, self.lora_B[name].weight
+
+    def combined_change(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """The layer's real change from this adapter, given delta = s B A as a float32 matrix (plain LoRA: delta)."""
+        return delta
+
+    def after_combine(self, name: str) -> None:
+        """Fix up adapter `name` once `combine` has written its factors (plain LoRA: nothing to do)."""
+
     def _move_to_base(self, *modules):
         """Onto the base weight's device, in `adapter_dtype` (fp32 on a half-precision base); lora_delta casts the
         input up and its output back down."""
@@ -133,7 +137,7 @@ class FrozenFactors(nn.Module):
         self.register_buffer("B", B.detach().clone(), persistent=False)
 
 
-class LoraLinear(LoraLayer):
+class LoraLinear(LoraLayer, FusableLinear):
     """LoRA on nn.Linear and transformers' Conv1D."""
 
     adapter_attrs = ("lora_A", "lora_B")
@@ -169,7 +173,7 @@ class LoraLinear(LoraLayer):
         return B(A(self.lora_dropout[name](x.to(A.weight.dtype)))) * self.scaling[name]
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
-        """One active, unmerged adapter on a dense or 4-bit nn.Linear runs as one fused kernel (_fused_lora.py);
+        """One active, unmerged adapter on a dense or 4-bit nn.Linear runs as one fused kernel (models/fused_linear.py);
         everything else (mixed batches, several adapters, Conv1D, autocast) takes the general path."""
         name = self._fused_adapter(x, args, kwargs)
         if name is None:
@@ -196,6 +200,17 @@ class LoraLinear(LoraLayer):
             return None
         extra = () if base.bias is None else (base.bias,)
         return name if fusable_dtypes(x, self.lora_A[name].weight, self.lora_B[name].weight, *extra) else None
+
+    def fused_factors(self, x: torch.Tensor) -> LowRankFactors | None:
+        """The one active adapter's factors for the fused SwiGLU MLP (models/fused_mlp.py); plain LoRA only
+        (variants built on this class keep their own forward)."""
+        name = self._fused_adapter(x, (), {}) if type(self) is LoraLinear else None
+        drop = fused_dropout_p(self.lora_dropout[name], x) if name is not None else None
+        if drop is None:
+            return None
+        base = self.base_layer
+        return LowRankFactors(base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                              self.scaling[name], drop)
 
     def adapter_forward(self, x, result, name, *args, **kwargs):
         A, B = self.lora_A[name].weight, self.lora_B[name].weight
@@ -224,6 +239,10 @@ class LoraEmbedding(LoraLayer):
         super().__init__(base_layer)
         self.lora_embedding_A = nn.ParameterDict()
         self.lora_embedding_B = nn.ParameterDict()
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as stored: (r, num_embeddings), (dim, r)."""
+        return self.lora_embedding_A[name], self.lora_embedding_B[name]
 
     def update_layer(self, name: str, cfg: LoraConfig, module_name: str = "") -> None:
         r = self._set_common(name, cfg, module_name)
@@ -293,11 +312,12 @@ def _conv1d():
     return Conv1D
 
 
-@METHODS.register("lora")
+@METHODS.register("lora", default=True)
 class Lora(WeightMethod):
     name = "lora"
     kind = "weight"
     mergeable = True
+    combine_as = "factors"  # its variants too, unless they change the maths (DoRA, PiSSA, Delta-LoRA)
     config_class = LoraConfig
     peft_type = "LORA"
     paper = "https://arxiv.org/abs/2106.09685"

@@ -45,34 +45,3 @@ class ModulesToSave(nn.Module):
         if self.disabled or not active:
             return self.original_module(x, *args, **kwargs)
         return self.modules_to_save[active[-1]](x, *args, **kwargs)
-
-
-def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> None:
-    from .targeting import replace_module
-
-    found = False
-    for full, module in list(model.named_modules()):
-        if any(full == n or full.endswith("." + n) for n in names) and not isinstance(module, ModulesToSave):
-            if ".modules_to_save." in full or ".original_module" in full:
-                continue
-            parent_wrapped = model.get_submodule(full)
-            if isinstance(parent_wrapped, ModulesToSave):
-                continue
-            wrapper = ModulesToSave(module)
-            replace_module(model, full, wrapper)
-            found = True
-    for full, module in model.named_modules():
-        if isinstance(module, ModulesToSave) and any(full == n or full.endswith("." + n) for n in names):
-            module.add(adapter_name)
-            found = True
-    if not found:
-        from ..errors import TargetNotFound
-
-        raise TargetNotFound(f"modules_to_save {names} matched no module")
-
-
-def saved_modules(model: nn.Module, adapter_name: str):
-    """(module path, wrapper) for every modules_to_save copy held for this adapter."""
-    from .targeting import adapter_modules
-
-    return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave) and m.has_adapter(adapter_name)]

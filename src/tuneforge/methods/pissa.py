@@ -97,6 +97,15 @@ class Pissa(Lora):
     paper = "https://arxiv.org/abs/2404.02948"
     shares_base = False  # it owns part of the base weight (W_res), so other adapters cannot run beside it
     layer_types = ((nn.Linear, PissaLinear), (_conv1d(), PissaLinear))
+    combine_as = ""  # it adapts the residual W_res, not W: combine its plain-LoRA form
+    combines_as_lora = True
+
+    def combine_refusal(self, adapter_name: str, how: str) -> str | None:
+        return (f"adapter {adapter_name!r} is PiSSA: it adapts a residual base, not W; turn it into the LoRA it "
+                f"equals first: tuneforge.methods.pissa.pissa_to_lora(model, {adapter_name!r})")
+
+    def as_plain_lora(self, model: nn.Module, adapter_name: str) -> LoraConfig:
+        return pissa_to_lora(model, adapter_name)
 
     @classmethod
     def claims_peft_config(cls, body: dict) -> bool:

@@ -38,6 +38,7 @@ from ..errors import AdapterMismatch, ConfigError, TargetNotFound
 from ..registry import METHODS
 from ._hooks import HookedMethod, HookState, backbone_of, bind_kwargs, text_config
 from .base import MethodConfig, check
+from .target_spec import SavedModules
 from .weight_method import PEFT_PREFIX
 
 IGNORE = -100
@@ -46,7 +47,7 @@ LAYER_LISTS = ("layers", "layer", "h", "blocks", "block")
 
 
 @dataclasses.dataclass
-class ReftConfig(MethodConfig):
+class ReftConfig(MethodConfig, SavedModules):
     """Where and how large the intervention is; names as pyreft's."""
 
     low_rank_dimension: int = 4
@@ -63,8 +64,6 @@ class ReftConfig(MethodConfig):
     """One intervention per layer for first and last positions; False gives each side its own."""
     dropout: float = 0.0
     """Dropout on the edit during training."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new classification head)."""
 
     def validate(self) -> None:
         check(isinstance(self.low_rank_dimension, int) and self.low_rank_dimension > 0, "low_rank_dimension",

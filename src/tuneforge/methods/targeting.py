@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import TargetNotFound
 from .base import AdapterLayer
+from .modules_to_save import ModulesToSave
 
 # peft's defaults per architecture, used when a config names no targets.
 DEFAULT_TARGETS = {
@@ -164,8 +165,6 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     cached = model.__dict__.get(_CACHE)
     if cached is not None and cached[0] == _STRUCTURE[0] and all(p._modules.get(c) is m for p, c, m in cached[2]):
         return cached[1]
-    from .modules_to_save import ModulesToSave
-
     entries, places = [], []
     for name, module in model.named_modules():
         if isinstance(module, (AdapterLayer, ModulesToSave)):
@@ -175,3 +174,28 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 places.append((parent, child, module))
     object.__setattr__(model, _CACHE, (_STRUCTURE[0], entries, places))
     return entries
+
+
+def wrap_modules_to_save(model: nn.Module, names: list[str], adapter_name: str) -> None:
+    found = False
+    for full, module in list(model.named_modules()):
+        if any(full == n or full.endswith("." + n) for n in names) and not isinstance(module, ModulesToSave):
+            if ".modules_to_save." in full or ".original_module" in full:
+                continue
+            parent_wrapped = model.get_submodule(full)
+            if isinstance(parent_wrapped, ModulesToSave):
+                continue
+            wrapper = ModulesToSave(module)
+            replace_module(model, full, wrapper)
+            found = True
+    for full, module in model.named_modules():
+        if isinstance(module, ModulesToSave) and any(full == n or full.endswith("." + n) for n in names):
+            module.add(adapter_name)
+            found = True
+    if not found:
+        raise TargetNotFound(f"modules_to_save {names} matched no module")
+
+
+def saved_modules(model: nn.Module, adapter_name: str):
+    """(module path, wrapper) for every modules_to_save copy held for this adapter."""
+    return [(n, m) for n, m in adapter_modules(model) if isinstance(m, ModulesToSave) and m.has_adapter(adapter_name)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +22,19 @@ from ..errors import AdapterMismatch
 from ..registry import METHODS
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
 from .lora import _conv1d
+from .target_spec import LayerSelection, SavedModules, TargetModules
 from .weight_method import WeightMethod
 
 PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
 
 
 @dataclasses.dataclass
-class VeraConfig(MethodConfig):
+class VeraConfig(MethodConfig, SavedModules, LayerSelection, TargetModules):
     """VeRA hyper-parameters; names and defaults are peft's VeraConfig."""
 
     method = "vera"
     r: int = 256
     """Rank of the shared random projections; VeRA affords far larger r than LoRA (the vectors stay small)."""
-    target_modules: Union[list[str], str, None] = None
-    """Module names (suffix match), a regex (full match), or "all-linear". None: the architecture default."""
     projection_prng_key: int = 0
     """Seed of the shared A and B; every VeRA adapter on one model must use the same."""
     save_projection: bool = True
@@ -51,12 +49,6 @@ class VeraConfig(MethodConfig):
     """Which biases train: none, all (every bias of the model), vera_only (biases of adapted layers)."""
     init_weights: bool = True
     """True: lambda_b = 0, lambda_d = d_initial (identity at start). False: lambda_b = 1, lambda_d ~ N(0, 1)."""
-    layers_to_transform: Union[list[int], int, None] = None
-    """Only adapt these transformer block indices."""
-    layers_pattern: Union[str, None] = None
-    """Name of the block list (layers, h, ...) when layers_to_transform is used on an unusual model."""
-    modules_to_save: Union[list[str], None] = None
-    """Extra modules trained in full and saved with the adapter (a new task head)."""
 
     def validate(self) -> None:
         check(isinstance(self.r, int) and self.r > 0, "r", f"r must be a positive integer, got {self.r!r}")

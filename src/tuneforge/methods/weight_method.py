@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import ConfigError, TargetNotFound
 from ..models.state_copy import copy_checked
 from .base import AdapterLayer, Method, MethodConfig
+from .target_spec import targeting
 from .targeting import adapter_modules, base_of, replace_module, select_modules
 
 PEFT_PREFIX = "base_model.model."
@@ -35,12 +36,9 @@ class WeightMethod(Method):
     def select_targets(self, model: nn.Module, cfg: MethodConfig) -> list[str]:
         return select_modules(
             model,
-            getattr(cfg, "target_modules", None),
-            self.supported_types(),
-            exclude_modules=getattr(cfg, "exclude_modules", None),
-            layers_to_transform=getattr(cfg, "layers_to_transform", None),
-            layers_pattern=getattr(cfg, "layers_pattern", None),
+            supported=self.supported_types(),
             method=self.name,
+            **targeting(cfg),
         )
 
     def apply(self, model: nn.Module, cfg: MethodConfig, adapter_name: str) -> None:

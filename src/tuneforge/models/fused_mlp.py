@@ -5,12 +5,12 @@ A Llama-style MLP computes down(silu(gate) * up) with gate = gate_proj(x), up = 
 the product (down_proj's input, which its LoRA gradient dA needs). `SwiGLUDown` keeps gate and up only and
 recomputes the product in backward (two elementwise passes), a quarter of a layer's activations on SmolLM2
 (measured: the MLP's 23 of 38 MB per layer at 1,000 tokens become 12). The forward runs the same ops as the
-unfused layer (silu, mul, then the base matmul with the LoRA term added by addmm, as `_fused_lora.FusedLoraLinear`
+unfused layer (silu, mul, then the base matmul with the LoRA term added by addmm, as `fused_linear.FusedLoraLinear`
 does), and the backward calls the same kernels (silu_backward, the mul's two products), so outputs and gradients
 are bit-identical to the unfused path (tests/train/test_fused_mlp.py).
 
 With LoRA dropout on down_proj, the adapter reads dropout(p): its bool keep-mask is drawn as nn.Dropout draws it
-(`_fused_lora.keep_mask`) and kept instead of a dropped float copy of p; backward rebuilds the dropped p from the
+(`fused_linear.keep_mask`) and kept instead of a dropped float copy of p; backward rebuilds the dropped p from the
 recomputed product and the mask.
 
 It applies while gradients are on, to MLP classes known to compute exactly down(silu(gate) * up), when down_proj
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..methods._fused_lora import add_matmul, dropout_noise, fused_dropout_p, keep_mask, linear_plus_lora
 from ..quant.layers import dequantized
+from .fused_linear import FusableLinear, add_matmul, dropout_noise, keep_mask, linear_plus_lora
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
 SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
@@ -82,22 +82,14 @@ class SwiGLUDown(torch.autograd.Function):
 
 def _down_parts(down: nn.Module, x: torch.Tensor):
     """(weight, bias, lora_a, lora_b, scaling, dropout p) when SwiGLUDown can stand in for `down(p)`, else None."""
-    from ..methods.lora import LoraLinear
-
     if down._forward_hooks or down._forward_pre_hooks or torch.is_autocast_enabled(x.device.type):
         return None
-    base = down.base_layer if type(down) is LoraLinear else down
-    if base.weight.requires_grad:  # the base weight trains (full fine-tuning): SwiGLUDown has no gradient for it
-        return None
-    if type(down) is nn.Linear:
+    if isinstance(down, FusableLinear):  # an adapter layer (LoRA) says whether and how it fuses
+        factors = down.fused_factors(x)
+        return None if factors is None or factors.weight.requires_grad else tuple(factors)
+    if type(down) is nn.Linear and not down.weight.requires_grad:  # a training weight: no gradient for it here
         ok = down.weight.dtype == x.dtype and (down.bias is None or down.bias.dtype == x.dtype)
         return (down.weight, down.bias, None, None, 1.0, 0.0) if ok else None
-    if type(down) is LoraLinear:
-        name = down._fused_adapter(x, (), {})
-        drop = fused_dropout_p(down.lora_dropout[name], x) if name is not None else None
-        if drop is not None:
-            A, B = down.lora_A[name].weight, down.lora_B[name].weight
-            return base.weight, base.bias, A, B, down.scaling[name], drop
     return None
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import repeated_blocks
+
 _FLAG = "_tuneforge_norm_recompute"
 
 
@@ -87,8 +89,6 @@ def _is_norm(module: nn.Module) -> bool:
 def use_norm_recompute(model: nn.Module) -> int:
     """Hook every repeated block whose children include norms (see the module docstring); returns how many blocks
     were hooked (0: no repeated blocks or no norms; calling again hooks nothing new)."""
-    from ..train.compile import repeated_blocks
-
     blocks = repeated_blocks(model)
     count = 0
     for block in blocks if blocks is not None else ():

@@ -180,9 +180,9 @@ def quantize_model(model: nn.Module, quantization: str, *, double_quant: bool = 
     spec.validate()
     if quantization_of(model) is not None:
         raise ConfigError("the model is quantised already", key="quantization")
-    from ..methods.base import AdapterLayer
-
-    if any(isinstance(m, AdapterLayer) for m in model.modules()):
+    # adapter layers (ours and peft's) hold the layer they wrap as `base_layer`: found by structure, as quant
+    # sits below methods and does not import them
+    if any(name.rsplit(".", 1)[-1] == "base_layer" for name, _ in model.named_modules()):
         raise ConfigError("quantise the base model before adding adapters (its adapter layers must stay dense)",
                           key="quantization")
     for name in quantization_targets(model, skip):

@@ -12,13 +12,13 @@ Output directory after a run:
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 
 import torch
 
+from ..config import dump_config, resolve_config
 from ..errors import ConfigError
 from ..models.from_config import load_model_for
 from . import data_report, launcher, self_training
@@ -28,29 +28,9 @@ from .resume_check import check_resume
 from .run_lock import output_dir_lock
 
 
-def resolve_config(config_or_path, overrides=()):
-    """A RunConfig from a YAML path, a mapping, or a RunConfig (overrides apply to all three)."""
-    from ..config import RunConfig, Source, apply_overrides, config_from_dict, dump_config, load_config
-
-    overrides = list(overrides or ())
-    if isinstance(config_or_path, (str, os.PathLike)):
-        return load_config(config_or_path, overrides)
-    if isinstance(config_or_path, RunConfig):
-        if not overrides:
-            return config_or_path
-        config_or_path = dump_config(config_or_path)
-    if isinstance(config_or_path, dict):
-        source = Source()
-        data = copy.deepcopy(config_or_path)  # overrides write into nested sections: keep the caller's intact
-        return config_from_dict(apply_overrides(data, source, overrides), source)
-    raise ConfigError(f"expected a config path, mapping or RunConfig, got {type(config_or_path).__name__}")
-
-
 def write_config(cfg, path: Path) -> Path:
     """The resolved config as YAML, written atomically (JSON round trip turns tuples into plain lists)."""
     import yaml
-
-    from ..config import dump_config
 
     data = json.loads(json.dumps(dump_config(cfg), default=str))
     tmp = path.with_name(f".{path.name}.tmp")
@@ -110,10 +90,8 @@ def train(config_or_path, overrides=(), progress: bool = True, *, resume: bool =
 
 
 def _train(cfg, progress: bool, resume: bool, dry_run: bool):
-    from ..config import dump_config
     from ..io import save_adapter
     from ..methods import add_adapter, mark_trainable
-    from ..models import load_tokenizer
     from ..registry import TASKS
     from .precision import fp32_master_weights, restore_dtypes
 
@@ -122,12 +100,8 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     own_group = not dry_run and launcher.init_from_env(cfg.model.device)
     torch.manual_seed(cfg.train.seed)  # a new head (classifier, reward value) is initialised while loading
     model = _load_model(cfg)
-    configure_model = getattr(task, "configure_model", None)  # optional hook: check / name the head's outputs
-    if configure_model is not None:
-        configure_model(model, cfg)
-    configure = getattr(task, "configure_method", None)  # optional hook: e.g. a new classifier head to save
-    if configure is not None:
-        cfg.method = configure(cfg.method, model)
+    task.configure_model(model, cfg)  # check / name the head's outputs
+    cfg.method = task.configure_method(cfg.method, model)  # e.g. a new classifier head to save
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
@@ -147,9 +121,8 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         from ..models.norm_recompute import use_norm_recompute
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
-    preprocessor = getattr(task, "load_preprocessor", None)  # optional hook: an image model has no tokenizer
-    tokenizer = preprocessor(cfg) if preprocessor is not None else load_tokenizer(cfg.model.name)
-    own_run = getattr(task, "run", None)  # a task whose training is not one loss per batch (PPO) runs itself
+    tokenizer = task.load_preprocessor(cfg)  # the tokenizer, or an image model's preprocessor
+    own_run = task.run  # a task whose training is not one loss per batch (PPO) runs itself (None: the loop)
     if own_run is not None and launcher.launched_world_size() > 1:
         raise ConfigError(f"task {cfg.task!r} runs its own loop, which trains in one process only", key="task")
     if own_run is not None:
@@ -160,7 +133,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     report: dict = {}
     if own_run is None:
         train_examples, eval_examples = task.prepare(cfg, tokenizer)
-        report = data_report.summarize(getattr(task, "data_report", dict)())
+        report = data_report.summarize(task.data_report())
         if main:
             for line in _report_lines(report, cfg):
                 print(line)
@@ -207,14 +180,13 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
 
     adapter_dir = save_adapter(model, out / "adapter", base_model_name=cfg.model.name,
                                card=training_facts(cfg, result))  # README.md model card: io/model_card.py
-    export = getattr(task, "export", None)  # optional hook, last: it may merge adapters into the model
-    exported = export(model, tokenizer, cfg, out) if export is not None else None
+    exported = task.export(model, tokenizer, cfg, out)  # last: it may merge adapters into the model
     print(f"trained {result.steps} steps in {result.wall_time_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s)")
     if result.train_loss is not None:
         print(f"final train loss {result.train_loss:.4f}")
     for key, value in result.eval_metrics.items():
         print(f"{key} {value:.4g}" if isinstance(value, (int, float)) else f"{key} {value}")
-    for note in getattr(task, "data_notes", list)():  # rows a task skipped or cut, told again at the end
+    for note in task.data_notes():  # rows a task skipped or cut, told again at the end
         print(note)
     for line in _report_lines(report, cfg):
         print(line)

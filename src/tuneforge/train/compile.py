@@ -12,15 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def repeated_blocks(model: nn.Module) -> nn.ModuleList | None:
-    """The largest ModuleList whose members all share one class (the transformer layers), or None."""
-    best = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
-            if best is None or len(module) > len(best):
-                best = module
-    return best
+from ..models.blocks import repeated_blocks
 
 
 def compile_blocks(model: nn.Module, **options) -> int:

@@ -52,7 +52,7 @@ class SelfTrainingConfig:
     """Split of a datasets source named by `unlabeled` (a DatasetDict folder or a hub id)."""
 
     def validate(self) -> None:
-        from ..data.sets import resolve_data_path
+        from ..config.data_sets import resolve_data_path
 
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold must be a probability in [0, 1], got {self.threshold}", key="threshold")

@@ -3,7 +3,7 @@
 
 Needs `pip install playwright` (the test extra) and `apt-get install chromium` (the Makefile / .ci/run install it);
 `playwright install` is never run: the browser is /usr/bin/chromium. Without them the tests skip, except under CI
-(env CI set), where they fail.
+(env CI or TUNEFORGE_REQUIRE_BROWSER set; .ci/run sets the latter), where they fail.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ EVIL_NAME = "<img src=x onerror=alert(1)>.jsonl"
 
 
 def _missing(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI installs it: .ci/run, Makefile)")
+    if os.environ.get("CI") or os.environ.get("TUNEFORGE_REQUIRE_BROWSER"):
+        pytest.fail(f"{reason} (CI installs it: .ci/run, `make browser`)")
     pytest.skip(reason)
 
 
@@ -181,6 +181,9 @@ def test_a_job_created_from_the_form_trains_and_draws_its_loss_curve(page, serve
     job = _api(server, "GET", f"/fine_tuning/jobs/{job_id}")
     assert job["fine_tuned_model"] and job["fine_tuned_model"] in page.inner_text("dl.facts")
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+    page.click("#job-checkpoints a")
+    page.wait_for_selector("#playground")
+    assert page.input_value("#model-b") == kept[0]["fine_tuned_model_checkpoint"]  # served, though not listed
 
     page.goto(f"{server[0]}/#/models")
     row = page.locator(f"#models-table tr[data-model='{job['fine_tuned_model']}']")

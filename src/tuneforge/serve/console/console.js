@@ -371,6 +371,9 @@ async function playgroundPage(page, _id, params) {
   const models = await api("/v1/models");
   showApp();
   const ids = models.data.map((m) => m.id);
+  for (const wanted of [params.get("a"), params.get("b")]) {  // a checkpoint is served but not listed
+    if (wanted && !ids.includes(wanted)) ids.push(wanted);
+  }
   const picker = (name, wanted) => {
     const select = el("select", { name, id: `model-${name}` }, ids.map((id) => el("option", { value: id }, id)));
     if (wanted && ids.includes(wanted)) select.value = wanted;

@@ -11,8 +11,9 @@ Tasks register by name (`@TASKS.register("sft")`) in their own file under train/
 arguments (`TASKS.get(name)()`); `prepare` takes what they need from the run config and tokenizer (a task with
 settings declares a `config_class`; the config loader puts the validated settings in `run_cfg.task_config`).
 
-Optional hooks `train()` calls when a task defines them (found with getattr, so most tasks define none):
-    load_preprocessor(run_cfg) -> object                what `prepare` gets instead of the tokenizer (images)
+Hooks `train()` calls on every task, declared on BaseTask with a default that does nothing (a task overrides
+those it needs):
+    load_preprocessor(run_cfg) -> object                what `prepare` gets: the tokenizer, or an image processor
     configure_model(model, run_cfg) -> None              check the loaded model against the task (head size)
     configure_method(method_cfg, model) -> method_cfg   e.g. add a new classifier head to modules_to_save
     run(model, tokenizer, run_cfg, output_dir, resume, progress) -> TrainResult   a task that is not one loss
@@ -23,13 +24,13 @@ Optional hooks `train()` calls when a task defines them (found with getattr, so 
 """
 from __future__ import annotations
 
-import importlib
 import math
-from contextlib import nullcontext
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+from ... import methods, models
 
 
 @runtime_checkable
@@ -53,19 +54,39 @@ class Task(Protocol):
 
 
 def batch_context(model: nn.Module, batch: dict):
-    """The methods package's per-batch context (ReFT positions, per-row adapters); a no-op without it."""
-    try:
-        methods = importlib.import_module("tuneforge.methods")
-    except ImportError:
-        return nullcontext()
-    fn = getattr(methods, "batch_context", None)
-    return nullcontext() if fn is None else fn(model, batch)
+    """The methods' per-batch context (ReFT positions, per-row adapters)."""
+    return methods.batch_context(model, batch)
 
 
 class BaseTask:
-    """Shared parts: token counting for throughput and the mean-loss evaluate."""
+    """Shared parts: token counting for throughput, the mean-loss evaluate, and the hooks' defaults."""
 
     name = ""
+    config_class = None  # a task with settings names its dataclass (validated from the task section)
+    run = None  # a task that is not one loss per batch (PPO, GRPO) defines run(...) and trains in it instead
+
+    def load_preprocessor(self, run_cfg):
+        """What `prepare` gets: the base model's tokenizer (an image task returns its image processor)."""
+        return models.load_tokenizer(run_cfg.model.name)  # looked up on the package: tests replace it there
+
+    def configure_model(self, model: nn.Module, run_cfg) -> None:
+        """Check the loaded model against the task (an image head's size); nothing by default."""
+
+    def configure_method(self, method_cfg, model):
+        """The method config to train with (a new classifier head added to modules_to_save); as given by default."""
+        return method_cfg
+
+    def data_report(self) -> dict:
+        """What became of the data per split ({records, examples, dropped, truncated}; train/data_report.py)."""
+        return {}
+
+    def data_notes(self) -> list[str]:
+        """Rows the task skipped or cut, told again at the end of the run."""
+        return []
+
+    def export(self, model: nn.Module, tokenizer, run_cfg, output_dir):
+        """Extra artefacts after the adapter is saved (a sentence-transformers folder): their path, or None."""
+        return None
 
     def num_tokens(self, batch: dict) -> int:
         """Real (non-padding) input tokens, for tokens/s: the collate's own count when it gives one (packed

@@ -134,7 +134,7 @@ def labelled_texts(run_cfg) -> tuple[list[str], tuple[list[str], list[int]], tup
     paths that need raw text rather than token ids (a classifier on frozen embeddings). A text pair is joined
     by a newline."""
     from ...data import require_fields
-    from ...data.formatting import load_records
+    from ...data.loading import load_records
     from ...data.readers import line_of
 
     cfg, data = run_cfg.task_config or ClassifyConfig(), run_cfg.data
@@ -172,7 +172,7 @@ class ClassifyTask(BaseTask):
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
         heads = [name for name in HEAD_MODULES if isinstance(getattr(model, name, None), nn.Module)]
-        if heads and getattr(method_cfg, "modules_to_save", "absent") is None:
+        if heads and method_cfg.can_save_modules() and method_cfg.modules_to_save is None:
             return method_cfg.replace(modules_to_save=heads)
         return method_cfg
 
@@ -233,7 +233,7 @@ class ClassifyTask(BaseTask):
         return tuple(example["input_ids"]), tuple(example.get("token_type_ids", ()))
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        from ...data.formatting import load_records
+        from ...data.loading import load_records
 
         self.cfg = run_cfg.task_config or ClassifyConfig()
         data = run_cfg.data

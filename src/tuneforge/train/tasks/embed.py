@@ -21,8 +21,15 @@ from typing import Iterable, Literal, Union
 import torch
 from torch import nn
 
+from ...data import read_records, require_fields, select_records
+from ...data.beir import pairs_from_qrels
 from ...data.padding import pad
+from ...data.readers import line_of
 from ...errors import ConfigError, DataError
+from ...index.encoder import export_sentence_transformer
+from ...index.mine import mine_hard_negatives
+from ...io.model_card import read_facts
+from ...io.text_files import write_jsonl
 from ...registry import TASKS
 from .base import BaseTask, batch_context
 from .embed_losses import cosent, cosine_regression, multiple_negatives_ranking, pool
@@ -118,18 +125,12 @@ class EmbedTask(BaseTask):
 
     def read(self, path) -> list[dict]:
         """Records of a split; a BEIR qrels file becomes (query, relevant document) pairs."""
-        from ...data import read_records
-        from ...data.beir import pairs_from_qrels
-
         records = read_records(path)
         if not self.scored and {"query_id", "doc_id"} <= set(records[0]):
             return pairs_from_qrels(path)
         return records
 
     def encode(self, records: list[dict], tokenizer, max_length: int, source, split: str = "train") -> list[dict]:
-        from ...data import require_fields
-        from ...data.readers import line_of
-
         c = self.cfg
         first_len = c.query_max_length or max_length
         if self.scored:
@@ -167,8 +168,6 @@ class EmbedTask(BaseTask):
     def _encode_negatives(self, records, tokenizer, max_length, source, groups) -> list[tuple[list, list]]:
         """Per record: (token ids of each negative, its group id: the same document shares a group with a
         positive, so it is never a negative for the row it is relevant to)."""
-        from ...data.readers import line_of
-
         field, per_row = self.cfg.negative_field, []
         for i, rec in enumerate(records):
             value = rec.get(field)
@@ -192,8 +191,6 @@ class EmbedTask(BaseTask):
         """The train split's records; with hard_negatives, the mined triplets (mined once per run directory)."""
         from pathlib import Path
 
-        from ...data import read_records
-
         c, train = self.cfg, Path(run_cfg.data.train)
         if not c.hard_negatives:
             return self.read(train)
@@ -204,9 +201,6 @@ class EmbedTask(BaseTask):
         mined = Path(run_cfg.output_dir) / (f"hard_negatives-{c.hard_negatives}-ranks{c.negatives_skip_top + 1}-"
                                             f"{c.negatives_depth}-seed{run_cfg.train.seed}.jsonl")
         if not mined.exists():
-            from ...eval.report import write_jsonl
-            from ...index.mine import mine_hard_negatives
-
             split = train.stem.split("_", 1)[1]
             records = mine_hard_negatives(run_cfg.model.name, train.parent, split, c.hard_negatives,
                                           c.negatives_skip_top, c.negatives_depth, index_dir=c.negatives_index,
@@ -216,8 +210,6 @@ class EmbedTask(BaseTask):
         return read_records(mined)
 
     def prepare(self, run_cfg, tokenizer) -> tuple[list, list]:
-        from ...data import select_records
-
         self.cfg = run_cfg.task_config or EmbedConfig()
         data = run_cfg.data
         if data.train is None:
@@ -309,9 +301,6 @@ class EmbedTask(BaseTask):
 
     def export(self, model: nn.Module, tokenizer, run_cfg, output_dir):
         """Write `sentence-transformer/` (adapter merged) when every adapter can merge; else None."""
-        from ...index.encoder import export_sentence_transformer
-        from ...io.model_card import read_facts
-
         return export_sentence_transformer(model, tokenizer, output_dir, pooling=self.cfg.pooling,
                                            max_seq_length=run_cfg.data.max_length,
                                            card=read_facts(Path(output_dir) / "adapter"))

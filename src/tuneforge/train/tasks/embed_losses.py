@@ -24,19 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Average of the token vectors over real (mask = 1) positions."""
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
-    if mode == "mean":
-        return mean_pool(hidden, attention_mask)
-    if mode == "cls":
-        return hidden[:, 0]
-    raise ValueError(f"unknown pooling {mode!r}")
+from ...models.pooling import mean_pool, pool  # noqa: F401 - the losses' inputs; index/ encodes the same way
 
 
 def multiple_negatives_ranking(queries: torch.Tensor, docs: torch.Tensor, scale: float,

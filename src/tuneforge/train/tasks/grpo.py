@@ -14,6 +14,7 @@ from typing import Literal, Union
 
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from .base import BaseTask
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
@@ -170,7 +171,7 @@ def check_context(cfg: GRPOConfig, model, prompts: list[dict]) -> None:
 
 
 @TASKS.register("grpo")
-class GRPOTask:
+class GRPOTask(BaseTask):
     """GRPO on a LoRA-style adapter; see `tuneforge.train.grpo` for the algorithm."""
 
     name = "grpo"

@@ -163,7 +163,7 @@ class ImageClassifyTask(BaseTask):
         from ...models.vision import head_module
 
         found = head_module(model)
-        if found is not None and getattr(method_cfg, "modules_to_save", "absent") is None:
+        if found is not None and method_cfg.can_save_modules() and method_cfg.modules_to_save is None:
             return method_cfg.replace(modules_to_save=[found[0]])
         return method_cfg
 

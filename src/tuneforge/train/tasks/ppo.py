@@ -25,6 +25,7 @@ from typing import Callable, Literal, Union
 
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from .base import BaseTask
 
 
 @dataclasses.dataclass
@@ -162,7 +163,7 @@ def load_reward_function(spec: str) -> Callable:
 
 
 @TASKS.register("ppo")
-class PPOTask:
+class PPOTask(BaseTask):
     """RLHF with PPO on a LoRA-style adapter; see `tuneforge.train.ppo` for the algorithm."""
 
     name = "ppo"

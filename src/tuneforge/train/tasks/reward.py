@@ -41,7 +41,7 @@ class RewardTask(PreferenceTask):
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
         heads = [name for name in HEAD_MODULES if isinstance(getattr(model, name, None), nn.Module)]
-        if heads and getattr(method_cfg, "modules_to_save", "absent") is None:
+        if heads and method_cfg.can_save_modules() and method_cfg.modules_to_save is None:
             return method_cfg.replace(modules_to_save=heads[:1])
         return method_cfg
 

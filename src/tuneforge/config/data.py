@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ConfigError
-from .sets import resolve_data_path
+from .data_sets import resolve_data_path
 
 FORMATS = ("auto", "alpaca", "chat", "openai", "sharegpt", "prompt_completion", "text", "template")
 TRAIN_ON = ("assistant", "all")

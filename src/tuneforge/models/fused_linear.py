@@ -29,6 +29,8 @@ between the two.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
@@ -157,3 +159,25 @@ def fusable_dtypes(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
     if torch.is_autocast_enabled(x.device.type):
         return False
     return all(t.dtype == x.dtype for t in tensors)
+
+
+class LowRankFactors(NamedTuple):
+    """A frozen (possibly 4-bit) linear layer plus one low-rank term, as the fused kernels take them:
+    out = x W^T + b + scaling * (dropout(x) A^T) B^T, dropout drawn with probability `drop` (0: none)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scaling: float
+    drop: float
+
+
+class FusableLinear:
+    """A layer that can hand its frozen weight and low-rank factors to a fused kernel (models/fused_mlp.py).
+    Declared here, below methods/, and implemented by an adapter layer there: the fused MLP asks the layer
+    instead of reading an adapter's internals."""
+
+    def fused_factors(self, x: torch.Tensor) -> LowRankFactors | None:
+        """The factors when the fused path computes exactly what the layer's own forward on x would; else None."""
+        return None

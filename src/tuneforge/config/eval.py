@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..data.sets import resolve_data_path
+from .data_sets import resolve_data_path
 from ..errors import ConfigError
 
 TASK_TYPES = ("generate", "choice", "perplexity")
