@@ -201,3 +201,12 @@ def test_config_errors_name_file_line_and_key(tmp_path):
         assert err.value.key == key and str(path) in str(err.value) and err.value.line is not None, settings
     cfg = load_config(write({"unlabeled": pool, "balance": True}))
     assert cfg.task_config.self_training.balance and cfg.task_config.self_training.threshold == 0.9
+
+
+def test_pool_limit_is_drawn_after_the_labelled_records_are_left_out(tiny_bert_dir, tmp_path):
+    """limit_train and the pool's limit draw with the same seed; drawn from the whole file, the pool's first picks
+    would repeat the labelled ones and the pool would shrink to limit - limit_train."""
+    cfg = st_config(tiny_bert_dir, tmp_path / "run", FIXTURES / "sst2_train.jsonl", threshold=1.0, rounds=1,
+                    limit=30)
+    log = train(cfg, progress=False).self_training
+    assert log[1]["pool"] == 30 and log[1]["hidden_labels"] == 30

@@ -135,7 +135,7 @@ def test_checkpointed_blocks_redraw_the_same_masks():
     """Whole-block and selective checkpointing recompute the forward in backward; torch restores the generator
     state for it, so the fused kernels draw the same masks again and the gradients are the plain run's (the same
     kernels on the same values: equal to fp32 rounding of a recomputed attention, far below a mask change)."""
-    from tuneforge.train.loop import _checkpointing
+    from tuneforge.train.activation_checkpointing import activation_checkpointing as _checkpointing
 
     ids = torch.randint(0, 200, (2, 24))
     _, plain = _pair(True)

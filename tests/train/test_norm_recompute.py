@@ -8,7 +8,7 @@ from tuneforge.data import pack_examples
 from tuneforge.models.fused_mlp import use_fused_mlp
 from tuneforge.models.norm_recompute import stop_norm_recompute, use_norm_recompute
 from tuneforge.models.tiny import tiny_llama
-from tuneforge.train.loop import _checkpointing
+from tuneforge.train.activation_checkpointing import activation_checkpointing as _checkpointing
 from tuneforge.train.tasks.sft import SFTTask
 
 from .common import PAD, make_examples

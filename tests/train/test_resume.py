@@ -103,7 +103,7 @@ def test_finished_run_is_not_repeated(tmp_path):
 def test_ctrl_c_inside_an_update_waits_for_its_end():
     import signal
 
-    from tuneforge.train.loop import _Interrupts
+    from tuneforge.train.interrupts import Interrupts as _Interrupts
 
     # a process started in the background (CI) inherits SIGINT ignored; this test needs Python's handler
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -6,7 +6,7 @@ import torch
 import tuneforge.methods as M
 from tuneforge.data import pack_examples
 from tuneforge.models.tiny import tiny_llama
-from tuneforge.train.loop import _checkpointing
+from tuneforge.train.activation_checkpointing import activation_checkpointing as _checkpointing
 from tuneforge.train.tasks.sft import SFTTask
 
 from .common import PAD, make_examples

@@ -48,9 +48,11 @@ def folder_records(root) -> list[Record]:
 
 
 def image_records(path, image_field: str = "image", label_field: str = "label", *, split: str = "train",
-                  revision: str | None = None, limit: int | None = None, seed: int = 0) -> tuple[list, object]:
+                  revision: str | None = None, limit: int | None = None, seed: int = 0,
+                  labelled: bool = True) -> tuple[list, object]:
     """(records, source for errors) of one split. A file's relative image paths are made absolute against the
-    file's folder; every record must have both fields."""
+    file's folder; every record must have both fields (with labelled=False, self-training's pool, the label may
+    be missing: None)."""
     from .formatting import select_records
     from .sources import read_source
 
@@ -64,14 +66,14 @@ def image_records(path, image_field: str = "image", label_field: str = "label", 
     base = Path(str(path)).parent if is_plain_file(path) else None
     out = []
     for i, record in enumerate(records):
-        for field in (image_field, label_field):
+        for field in (image_field, label_field) if labelled else (image_field,):
             if field not in record or record[field] is None:
                 raise DataError(f"record has no {field!r} field (fields: {', '.join(map(str, record))})",
                                 file=source, line=line_of(record, i), key=field)
         value = record[image_field]
         if isinstance(value, str) and base is not None and not Path(value).is_absolute():
             value = str(base / value)
-        out.append(Record({"image": value, "label": record[label_field]}, line_of(record, i)))
+        out.append(Record({"image": value, "label": record.get(label_field)}, line_of(record, i)))
     return out, source
 
 

@@ -85,7 +85,9 @@ def budget_lines(cc, labels=None) -> list[str]:
     """What every method was given, so a reader knows the table's conditions (subsample, epochs, seed)."""
     first = cc.entries[0].run_config
     data, train = first.data, first.train
-    lines = [f"- model: `{first.model.name}` ({first.model.kind}); task: `{first.task}`"]
+    shared_model = (getattr(cc, "shared", None) or {}).get("model") or {}
+    model_name = shared_model.get("name", first.model.name) if isinstance(shared_model, dict) else first.model.name
+    lines = [f"- model: `{model_name}` ({first.model.kind}); task: `{first.task}`"]
     if data.train:
         total = _count_records(data.train)
         used = min(total, data.limit_train or total)
@@ -98,7 +100,7 @@ def budget_lines(cc, labels=None) -> list[str]:
         lines.append(f"- evaluated on `{data.validation}`: {used:,} of {total:,} records")
     for entry in cc.entries:
         model = entry.run_config.model.name
-        if model != first.model.name and (labels is None or entry.label in labels):
+        if model != model_name and (labels is None or entry.label in labels):
             lines.append(f"- {entry.label} starts from `{model}`")
     steps = f"max_steps {train.max_steps}" if train.max_steps else f"{train.epochs} epoch(s)"
     jobs = getattr(cc, "jobs", 1)

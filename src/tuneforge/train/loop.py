@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import math
 import random
-import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -36,11 +34,11 @@ from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
 from .memory import release_freed_memory
-from ..models.blocks import repeated_blocks
+from .activation_checkpointing import activation_checkpointing
 from .compile import attention_for_compile, compile_blocks
+from .interrupts import Interrupts
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
-from .selective_checkpoint import checkpoint_kwargs
 from .step_stats import StepStats
 from .tasks.base import batch_context
 
@@ -96,41 +94,6 @@ class DataOrder:
             chunks.append(perm[index : index + self.micro])
             index += self.micro
         return (chunks, epoch + 1, 0) if index >= self.n else (chunks, epoch, index)
-
-
-class _Interrupts:
-    """Ctrl-C raises KeyboardInterrupt at once, except inside `critical()` (the parameter update and its log line),
-    where it is held until the update ends, so a checkpoint never holds half-updated weights or a step without its
-    log line. `torn` is True if an
-    interrupt escaped from inside an update anyway (raised by other code, not by the signal)."""
-
-    def __init__(self):
-        self.inside = self.pending = self.torn = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_signal)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _on_signal(self, signum, frame):
-        if self.inside:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def critical(self):
-        self.inside = self.torn = True
-        yield
-        self.inside = self.torn = False
-        if self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
 
 
 def _logged_eval(history: list[dict], step: int) -> dict:
@@ -221,51 +184,6 @@ def evaluate(model: nn.Module, task, examples: list, cfg, amp=nullcontext, devic
             return dict(task.evaluate(model, batches))
     finally:
         model.train(was_training)
-
-
-@contextmanager
-def _checkpointing(model: nn.Module, enabled, layers: int | None = None):
-    """Activation checkpointing (non-reentrant, so frozen inputs need no requires_grad trick) for the run;
-    transformers 5.x names it activation_checkpointing_*, older versions gradient_checkpointing_*. `layers`: only
-    the first this many blocks recompute (Megatron's "block" method), the rest keep their activations."""
-    config = getattr(model, "config", None)
-    use_cache = getattr(config, "use_cache", None)
-    new_api = hasattr(model, "activation_checkpointing_enable")
-    kwargs = checkpoint_kwargs(enabled)  # True: whole blocks; "elementwise": see selective_checkpoint.py
-    had_input_grads = bool(getattr(model, "_require_grads_hooks", None) or hasattr(model, "_require_grads_hook"))
-    if enabled and new_api:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    elif enabled and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    if enabled and not had_input_grads and hasattr(model, "disable_input_require_grads"):
-        # transformers also makes the embeddings' output require grad, which only reentrant checkpointing needs:
-        # it would make the first block compute an input gradient nobody reads.
-        model.disable_input_require_grads()
-    if enabled and layers is not None:
-        limit_checkpointed_blocks(model, layers)
-    if enabled and config is not None:
-        config.use_cache = False
-    try:
-        yield
-    finally:
-        if enabled:
-            disable = "activation_checkpointing_disable" if new_api else "gradient_checkpointing_disable"
-            getattr(model, disable, lambda: None)()
-            if config is not None:
-                config.use_cache = use_cache
-
-
-def limit_checkpointed_blocks(model: nn.Module, layers: int) -> int:
-    """Leave checkpointing on for the first `layers` repeated blocks only; returns how many recompute now. Every
-    block's activations are alive together at the end of the forward pass, so each block left out adds the same
-    memory back and saves the same recompute time, whichever it is."""
-    blocks = repeated_blocks(model)
-    if blocks is None:
-        return 0
-    flagged = [b for b in blocks if hasattr(b, "gradient_checkpointing")]
-    for i, block in enumerate(flagged):
-        block.gradient_checkpointing = block.gradient_checkpointing and i < layers
-    return sum(bool(b.gradient_checkpointing) for b in flagged)
 
 
 @dataclass
@@ -396,7 +314,7 @@ def _log_step(run: _Run, stats: StepStats, lr: float, grad_norm) -> None:
         run.state["window"] = StepStats()
 
 
-def _optimizer_step(run: _Run, guard: _Interrupts) -> dict:
+def _optimizer_step(run: _Run, guard: Interrupts) -> dict:
     """One optimizer step (see the module docstring); returns what the on_step hooks get."""
     t0 = time.perf_counter()
     state, par = run.state, run.par
@@ -423,7 +341,7 @@ def _optimizer_step(run: _Run, guard: _Interrupts) -> dict:
             "tokens_per_s": stats.tokens_per_s}
 
 
-def _on_interrupt(run: _Run, guard: _Interrupts) -> None:
+def _on_interrupt(run: _Run, guard: Interrupts) -> None:
     """Ctrl-C: save the last finished step when that is safe, and say what was kept."""
     if guard.torn:
         run.reporter.message("interrupted inside a parameter update; the last saved checkpoint is kept")
@@ -446,10 +364,10 @@ def run_training(
     """Train `model` in place on `task` as `cfg` (a TrainConfig) says, resuming from output_dir/checkpoints
     when resume is set; writes metrics.jsonl, loss.png and checkpoints under output_dir."""
     run = _start(model, task, train_examples, eval_examples, cfg, Path(output_dir), resume, progress)
-    was_training, guard = model.training, _Interrupts()
+    was_training, guard = model.training, Interrupts()
     eval_metrics: dict = {}
     try:
-        with guard, _checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
+        with guard, activation_checkpointing(model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_layers):
             while run.step < run.total_steps and not run.hooks.stopped:
                 info = _optimizer_step(run, guard)
                 run.hooks.on_step(run.step, info)

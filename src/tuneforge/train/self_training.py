@@ -15,10 +15,13 @@ Each round is a normal `run_training` into its own folder, so it checkpoints and
 The final adapter (output_dir/adapter) is written by `train()` only after the last round. A run started again
 reloads each finished round from its last checkpoint (seconds) and continues in the first unfinished one.
 
-What a task implements to self-train (ClassifyTask does): a `self_training` field in its config,
+What a task implements to self-train (ClassifyTask and ImageClassifyTask do): a `self_training` field in its
+config,
     encode_unlabeled(records, tokenizer, run_cfg, source) -> (examples, hidden labels: list[int | None])
     logits(model, batch) -> (batch, classes) tensor
     example_key(example) -> hashable   optional: pool records equal to a labelled one are left out
+    read_unlabeled(run_cfg) -> (records, source)   optional: records that are not rows of a data file
+    pseudo_example(example, label) -> example      optional: how a pool example trains (images: augmented)
     labels                              the class names, in head-output order
 and examples keep their class index under "label" (the pseudo-label replaces it).
 """
@@ -71,6 +74,7 @@ def round_dir(output_dir, r: int) -> Path:
 def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     """Read, check and encode the unlabelled records, before anything trains or is written: a missing or empty
     source, a record without the input fields, or a label the task does not declare is an error here."""
+    from ..data.formatting import select_records
     from ..data.sources import read_source
 
     st = settings(run_cfg)
@@ -80,9 +84,10 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
                           key="task.self_training")
     if launcher.launched_world_size() > 1:
         raise ConfigError("self-training runs in one process only", key="task.self_training")
+    read = getattr(task, "read_unlabeled", None)  # a task whose records are not rows of a data file (images)
     try:
-        records, source = read_source(st.unlabeled, split=st.split, revision=run_cfg.data.revision,
-                                      limit=st.limit, seed=run_cfg.data.shuffle_seed)
+        records, source = read(run_cfg) if read is not None else read_source(
+            st.unlabeled, split=st.split, revision=run_cfg.data.revision)
     except DataError as err:
         if "empty" in err.message:
             raise DataError("the unlabelled records (task.self_training.unlabeled) are empty: there is nothing "
@@ -103,6 +108,10 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     if not examples:
         raise DataError(f"all {len(records)} unlabelled records are also labelled training records: there is "
                         "nothing to pseudo-label", file=source, key="task.self_training.unlabeled")
+    if st.limit is not None:  # drawn after the labelled ones are left out: a draw by the same seed as
+        # data.limit_train would otherwise repeat the labelled draw (random.sample's first picks agree)
+        keep = select_records(list(range(len(examples))), st.limit, run_cfg.data.shuffle_seed)
+        examples, hidden = [examples[i] for i in keep], [hidden[i] for i in keep]
     return Pool(examples, hidden, str(source), len(records), duplicates)
 
 
@@ -189,7 +198,8 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
             else:
                 info = _pseudo_label(model, task, pool, st, names, cfg.micro_batch_size, amp, progress)
                 _write_json(cached, info)
-            examples = train_examples + [{**pool.examples[i], "label": y} for i, y, _ in info["kept"]]
+            make = getattr(task, "pseudo_example", None) or (lambda ex, y: {**ex, "label": y})
+            examples = train_examples + [make(pool.examples[i], y) for i, y, _ in info["kept"]]
             if initial is not None:
                 model.load_state_dict(initial)
             shown = ", ".join(f"{k} {v}" for k, v in info["per_class"].items())

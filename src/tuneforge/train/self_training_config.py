@@ -45,8 +45,8 @@ class SelfTrainingConfig:
     false: every round continues from the previous round's weights (fewer steps needed, more confirmation bias)."""
 
     limit: int | None = None
-    """Use only this many records of the unlabelled source (a seeded subset by data.shuffle_seed): a smaller
-    pool keeps each round's pseudo-labelling and training short."""
+    """Use only this many of the unlabelled records (a seeded subset by data.shuffle_seed, drawn after the
+    records equal to a labelled one are left out): a smaller pool keeps each round's pseudo-labelling short."""
 
     split: str = "train"
     """Split of a datasets source named by `unlabeled` (a DatasetDict folder or a hub id)."""

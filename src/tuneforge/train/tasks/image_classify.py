@@ -37,6 +37,7 @@ from torch import nn
 
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 from .classify import classification_metrics, infer_labels, label_index
 
@@ -73,6 +74,11 @@ class ImageClassifyConfig:
     export_model: bool = False
     """Also write `model/` in the output directory: the adapter merged into the base, with the config (label
     names) and image processor, a plain transformers model folder another run can start from (pretraining)."""
+
+    self_training: Union[SelfTrainingConfig, None] = None
+    """Self-training on pseudo-labels of unlabelled images (`{unlabeled: FOLDER or FILE, threshold, rounds,
+    balance, ...}`): an image folder's class names, or a file's label field, are hidden labels that only measure
+    the pseudo-labels; see docs/self_training.md."""
 
     def validate(self) -> None:
         if self.labels is not None:
@@ -210,17 +216,17 @@ class ImageClassifyTask(BaseTask):
         run_cfg.task_config = self.cfg  # config.yaml says what each head output means
         return self.labels
 
-    def encode(self, records: list, preprocessor, source=None, split: str = "train") -> list[dict]:
-        """Records -> {"pixel_values", "label", "augment"}: every label checked, every image decoded and
-        preprocessed; images that come out at different sizes are an error naming both."""
+    def encode(self, records: list, preprocessor, source=None, split: str = "train", labels=None) -> list[dict]:
+        """Records -> {"pixel_values", "label", "augment"}: every label checked (or given: `labels`), every image
+        decoded and preprocessed; images that come out at different sizes are an error naming both."""
         from ...data.images import image_name, open_image
         from ...data.readers import line_of
 
         out, first = [], None
         for i, record in enumerate(records):
             line = line_of(record, i) if getattr(record, "line", None) is not None else None
-            label = label_index(record["label"], self.labels, source if line is not None else image_name(
-                record["image"]), line)
+            label = labels[i] if labels is not None else label_index(
+                record["label"], self.labels, source if line is not None else image_name(record["image"]), line)
             pixels = preprocessor(open_image(record["image"], source if line is not None else None, line))
             if first is None:
                 first = (tuple(pixels.shape), image_name(record["image"]))
@@ -249,6 +255,47 @@ class ImageClassifyTask(BaseTask):
                                 file=source, key="image")
         self._train_records = None
         return train, evals
+
+    # --- self-training (train/self_training.py) ------------------------------------------------------------
+    def read_unlabeled(self, run_cfg):
+        """The pool: an image folder (its class folders are hidden labels) or a file of {image[, label]}."""
+        from ...data.images import image_records
+
+        cfg, st = self.cfg, self.cfg.self_training
+        return image_records(st.unlabeled, cfg.image_field, cfg.label_field, split=st.split,
+                             revision=run_cfg.data.revision, labelled=False)
+
+    def encode_unlabeled(self, records: list, preprocessor, run_cfg, source=None):
+        """(examples with label -1 and no augmentation, hidden label ids or None); a hidden label outside the
+        task's label set is an error naming the record, before anything trains."""
+        from ...data.images import image_name
+        from ...data.readers import line_of
+
+        hidden: list[int | None] = []
+        for i, record in enumerate(records):
+            value = record.get("label")
+            if value is None or value == "":
+                hidden.append(None)
+                continue
+            line = line_of(record, i) if getattr(record, "line", None) is not None else None
+            where = source if line is not None else image_name(record["image"])
+            try:
+                hidden.append(label_index(value, self.labels, where, line))
+            except DataError:
+                raise DataError(f"the unlabelled record carries label {value!r}, which the task does not declare "
+                                f"(labels: {self.labels}); remove the labels, or declare it in task.labels",
+                                file=where, line=line, key="label") from None
+        return self.encode(records, preprocessor, source, "unlabeled", labels=[-1] * len(records)), hidden
+
+    def pseudo_example(self, example: dict, label: int) -> dict:
+        """A pseudo-labelled image trains like a labelled one: augmented."""
+        return {**example, "label": label, "augment": True}
+
+    def example_key(self, example: dict) -> bytes:
+        """The preprocessed pixels: pool images equal to a labelled one are left out."""
+        import hashlib
+
+        return hashlib.sha1(example["pixel_values"].float().numpy().tobytes()).digest()
 
     def data_report(self) -> dict:
         """Images read per split (none is dropped or cut; an unreadable one is an error)."""
