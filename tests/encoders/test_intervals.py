@@ -136,3 +136,12 @@ def test_compare_seeds_reports_mean_std_and_paired_intervals(tiny_bert_dir, tmp_
     assert "mean ± std" in text and "paired" in text
     table = (tmp_path / "cmp" / "seed-1" / "results.md").read_text()
     assert "95% CI" in table and "best" in table
+
+
+def test_seed_summary_without_validation_says_so():
+    from tuneforge.train.seeds import summarize, summary_markdown
+
+    summary = summarize({1: {}, 2: {}})
+    assert summary["mean"] == {} and "no evaluation metrics" in summary_markdown(summary)
+    summary = summarize({1: {"accuracy": 0.5, "confusion_matrix": [[1]]}, 2: {"accuracy": 0.7}})
+    assert summary["mean"] == {"accuracy": pytest.approx(0.6)} and "0.6000 ± 0.1414" in summary_markdown(summary)

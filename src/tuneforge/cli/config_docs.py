@@ -64,7 +64,7 @@ def config_reference() -> str:
         parts += _section(f"method: {name}", cls.config_class, level=3)
     parts += ["## task", " ".join(docs["task"].split()) + " The settings of each task that has some:"]
     for name, cls in TASKS.items():
-        if getattr(cls, "config_class", None) is not None:
+        if cls.config_class is not None:  # declared on BaseTask (None: no settings)
             parts += _section(f"task: {name}", cls.config_class, level=3, skip=("name",))
     return "\n\n".join(parts) + "\n"
 

@@ -47,6 +47,9 @@ def summarize(per_seed: dict[int, dict]) -> dict:
 def summary_markdown(summary: dict, title: str = "") -> str:
     names = list(summary["mean"])
     lines = [f"# {title}".rstrip(), ""] if title else []
+    if not names:
+        return "\n".join(lines + [f"seeds {', '.join(map(str, summary['seeds']))}: no evaluation metrics (the "
+                                   "config has no validation data); score the seed folders with an eval verb"]) + "\n"
     lines += ["| seed | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for seed, metrics in summary["per_seed"].items():
         lines.append(f"| {seed} | " + " | ".join(_fmt(metrics[k]) for k in names) + " |")
