@@ -15,13 +15,13 @@ Each round is a normal `run_training` into its own folder, so it checkpoints and
 The final adapter (output_dir/adapter) is written by `train()` only after the last round. A run started again
 reloads each finished round from its last checkpoint (seconds) and continues in the first unfinished one.
 
-What a task implements to self-train (ClassifyTask and ImageClassifyTask do): a `self_training` field in its
-config,
+What a task implements to self-train (ClassifyTask and ImageClassifyTask do), declared on BaseTask: a
+`self_training` field in its config, `self_trains = True`,
     encode_unlabeled(records, tokenizer, run_cfg, source) -> (examples, hidden labels: list[int | None])
     logits(model, batch) -> (batch, classes) tensor
-    example_key(example) -> hashable   optional: pool records equal to a labelled one are left out
-    read_unlabeled(run_cfg) -> (records, source)   optional: records that are not rows of a data file
-    pseudo_example(example, label) -> example      optional: how a pool example trains (images: augmented)
+    example_key(example) -> hashable or None       pool records equal to a labelled one are left out
+    read_unlabeled(run_cfg, settings) -> (records, source)   default: rows of the data source
+    pseudo_example(example, label) -> example      how a pool example trains (images: augmented)
     labels                              the class names, in head-output order
 and examples keep their class index under "label" (the pseudo-label replaces it).
 """
@@ -48,7 +48,6 @@ ROUNDS = "rounds"
 LOG = "self_training.jsonl"
 PSEUDO = "pseudo_labels.json"
 DONE = "round.json"
-HOOKS = ("encode_unlabeled", "logits")
 
 
 @dataclasses.dataclass
@@ -75,19 +74,14 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
     """Read, check and encode the unlabelled records, before anything trains or is written: a missing or empty
     source, a record without the input fields, or a label the task does not declare is an error here."""
     from ..data.formatting import select_records
-    from ..data.sources import read_source
 
     st = settings(run_cfg)
-    missing = [hook for hook in HOOKS if not callable(getattr(task, hook, None))]
-    if missing:
-        raise ConfigError(f"task {run_cfg.task!r} cannot self-train (it has no {', '.join(missing)})",
-                          key="task.self_training")
+    if not task.self_trains:
+        raise ConfigError(f"task {run_cfg.task!r} cannot self-train", key="task.self_training")
     if launcher.launched_world_size() > 1:
         raise ConfigError("self-training runs in one process only", key="task.self_training")
-    read = getattr(task, "read_unlabeled", None)  # a task whose records are not rows of a data file (images)
     try:
-        records, source = read(run_cfg) if read is not None else read_source(
-            st.unlabeled, split=st.split, revision=run_cfg.data.revision)
+        records, source = task.read_unlabeled(run_cfg, st)
     except DataError as err:
         if "empty" in err.message:
             raise DataError("the unlabelled records (task.self_training.unlabeled) are empty: there is nothing "
@@ -99,10 +93,9 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
                         "pseudo-label", file=source, key="task.self_training.unlabeled")
     examples, hidden = task.encode_unlabeled(records, tokenizer, run_cfg, source)
     duplicates = 0
-    key = getattr(task, "example_key", None)
-    if key is not None:
-        seen = {key(ex) for ex in train_examples}
-        kept = [i for i, ex in enumerate(examples) if key(ex) not in seen]
+    if examples and task.example_key(examples[0]) is not None:
+        seen = {task.example_key(ex) for ex in train_examples}
+        kept = [i for i, ex in enumerate(examples) if task.example_key(ex) not in seen]
         duplicates = len(examples) - len(kept)
         examples, hidden = [examples[i] for i in kept], [hidden[i] for i in kept]
     if not examples:
@@ -178,7 +171,7 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
         shutil.rmtree(out / ROUNDS, ignore_errors=True)  # --no-resume: no stale round may be reused
     device = next(model.parameters()).device
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
-    names = [str(n) for n in getattr(task, "labels", None) or []]
+    names = [str(n) for n in task.labels or []]
     initial = _snapshot(model) if st.reinit else None
     records: list[dict] = []
     steps, wall = 0, 0.0
@@ -198,8 +191,7 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
             else:
                 info = _pseudo_label(model, task, pool, st, names, cfg.micro_batch_size, amp, progress)
                 _write_json(cached, info)
-            make = getattr(task, "pseudo_example", None) or (lambda ex, y: {**ex, "label": y})
-            examples = train_examples + [make(pool.examples[i], y) for i, y, _ in info["kept"]]
+            examples = train_examples + [task.pseudo_example(pool.examples[i], y) for i, y, _ in info["kept"]]
             if initial is not None:
                 model.load_state_dict(initial)
             shown = ", ".join(f"{k} {v}" for k, v in info["per_class"].items())

@@ -88,6 +88,35 @@ class BaseTask:
         """Extra artefacts after the adapter is saved (a sentence-transformers folder): their path, or None."""
         return None
 
+    # Self-training (train/self_training.py): a task that declares `self_trains = True` implements
+    # encode_unlabeled and logits; the other hooks have working defaults.
+    self_trains = False
+    labels: tuple = ()  # class names in head-output order, for a task that classifies
+
+    def read_unlabeled(self, run_cfg, settings):
+        """The unlabelled records and their source name: by default the rows of `settings.unlabeled` (an image
+        task reads its own kind of source)."""
+        from ...data.sources import read_source
+
+        return read_source(settings.unlabeled, split=settings.split, revision=run_cfg.data.revision)
+
+    def encode_unlabeled(self, records: list, tokenizer, run_cfg, source=None) -> tuple[list[dict], list]:
+        """Self-training's pool: (examples, hidden label ids or None per record)."""
+        raise NotImplementedError(f"task {self.name!r} does not self-train")
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """(batch, classes) scores, for a task that classifies."""
+        raise NotImplementedError(f"task {self.name!r} has no class scores")
+
+    def example_key(self, example: dict):
+        """What the model sees of an example, hashable: pool records equal to a labelled one are left out. None
+        (the default) keeps every pool record."""
+        return None
+
+    def pseudo_example(self, example: dict, label: int) -> dict:
+        """How a pool example trains under its pseudo-label (an image task turns augmentation on)."""
+        return {**example, "label": label}
+
     def num_tokens(self, batch: dict) -> int:
         """Real (non-padding) input tokens, for tokens/s: the collate's own count when it gives one (packed
         rows cannot be told from padding by their mask), else the 2-D attention mask, else every position."""

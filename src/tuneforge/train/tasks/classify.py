@@ -158,6 +158,7 @@ class ClassifyTask(BaseTask):
     """Text (or text-pair) classification with a sequence-classification model."""
 
     name = "classify"
+    self_trains = True
     config_class = ClassifyConfig
 
     def __init__(self):

@@ -134,6 +134,7 @@ class ImageClassifyTask(BaseTask):
     """Image classification with a transformers (or timm) vision model."""
 
     name = "image_classify"
+    self_trains = True
     config_class = ImageClassifyConfig
 
     def __init__(self):
@@ -257,11 +258,11 @@ class ImageClassifyTask(BaseTask):
         return train, evals
 
     # --- self-training (train/self_training.py) ------------------------------------------------------------
-    def read_unlabeled(self, run_cfg):
+    def read_unlabeled(self, run_cfg, st):
         """The pool: an image folder (its class folders are hidden labels) or a file of {image[, label]}."""
         from ...data.images import image_records
 
-        cfg, st = self.cfg, self.cfg.self_training
+        cfg = self.cfg
         return image_records(st.unlabeled, cfg.image_field, cfg.label_field, split=st.split,
                              revision=run_cfg.data.revision, labelled=False)
 
