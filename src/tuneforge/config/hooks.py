@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from typing import Literal
 
 from ..errors import ConfigError
@@ -18,7 +19,8 @@ def metric_mode(metric: str, mode: str) -> str:
     """'min' or 'max' for a metric; mode 'auto' decides by the name (Hugging Face's Trainer rule, widened)."""
     if mode != "auto":
         return mode
-    return "min" if any(word in metric.lower() for word in _FALLING) else "max"
+    words = re.split(r"[^a-z0-9]+", metric.lower())  # whole words: "eval_lowercase_share" is not a "wer"
+    return "min" if any(word in words for word in _FALLING) else "max"
 
 
 @dataclasses.dataclass
