@@ -20,11 +20,10 @@ from .sources import read_source
 OPEN, CLOSE = "⟦", "⟧"
 
 
-def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
-    """A text report: the first n examples with trained tokens marked, then dataset statistics.
-    `cfg` is a DataConfig; its limit_train subset is what gets previewed (what training would see). A path may
-    name any source data.train accepts (a file or a Hugging Face dataset); a stream is previewed over its first
-    limit_train records (1000 when unset)."""
+
+def _records_to_preview(records_or_path, cfg) -> tuple[list, str | None]:
+    """The records training would see (the limit_train subset) and their source; a stream is previewed over its
+    first limit_train records (1000 when unset)."""
     import itertools
 
     if isinstance(records_or_path, (str, Path)):
@@ -35,6 +34,14 @@ def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
     else:
         source = None
         records = select_records(list(records_or_path), cfg.limit_train, cfg.shuffle_seed)
+    return records, source
+
+def preview(records_or_path, tokenizer, cfg, n: int = 3) -> str:
+    """A text report: the first n examples with trained tokens marked, then dataset statistics.
+    `cfg` is a DataConfig; its limit_train subset is what gets previewed (what training would see). A path may
+    name any source data.train accepts (a file or a Hugging Face dataset); a stream is previewed over its first
+    limit_train records (1000 when unset)."""
+    records, source = _records_to_preview(records_or_path, cfg)
     fmt = resolve_format(cfg.format, records[0] if records else None, cfg.prompt, source,
                          line_of(records[0], 0) if records else None)
     train_on = "all tokens (raw text)" if fmt == "text" else cfg.train_on
@@ -101,16 +108,7 @@ def preview_pairs(records_or_path, tokenizer, cfg, *, template: str = "chat", ma
                   append_eos: bool = False, n: int = 3) -> str:
     """The preference-pair preview (task dpo / reward): each pair's prompt as the model sees it, then the chosen
     and the rejected reply with their scored tokens marked, then what became of every pair (PairStats)."""
-    import itertools
-
-    if isinstance(records_or_path, (str, Path)):
-        records, source = read_source(str(records_or_path), **source_options(cfg, "train"),
-                                      limit=cfg.limit_train, seed=cfg.shuffle_seed)
-        if not isinstance(records, list):
-            records = list(itertools.islice(records, cfg.limit_train or 1000))
-    else:
-        source = None
-        records = select_records(list(records_or_path), cfg.limit_train, cfg.shuffle_seed)
+    records, source = _records_to_preview(records_or_path, cfg)
     pairs, stats = build_pairs(records, tokenizer, template=template, max_length=cfg.max_length,
                                max_prompt_length=max_prompt_length, append_eos=append_eos, source=source)
     lines = [f"data: {source or '(in memory)'}  preference pairs  template: {template}  max_length: {cfg.max_length}",

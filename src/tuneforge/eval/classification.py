@@ -20,7 +20,6 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
     from ..data import read_records, select_records
     from ..io import load_adapter
     from ..models import load_model_for, load_tokenizer
-    from ..train.loop import evaluate
     from ..train.tasks.classify import ClassifyConfig, ClassifyTask
 
     run_dir = Path(run_dir)
@@ -46,12 +45,7 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
     task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     records = select_records(read_records(data_file), limit)
     examples = task.encode(records, tokenizer, cfg.data.max_length, data_file)
-    if batch_size:
-        cfg.train.micro_batch_size = batch_size
-    cfg.train.eval_batches = None
-    metrics = evaluate(model, task, examples, cfg.train)
-    gold, predicted = task.last_predictions
-    return {**metrics, "labels": task.labels, "num_examples": len(examples), "gold": gold, "predicted": predicted}
+    return _predictions(model, task, examples, cfg, batch_size)
 
 
 def _image_predictions(run_dir: Path, cfg, data=None, batch_size: int | None = None, limit: int | None = None) -> dict:
@@ -59,7 +53,6 @@ def _image_predictions(run_dir: Path, cfg, data=None, batch_size: int | None = N
     source (default: the run's validation data), preprocessed as in training, never augmented."""
     from ..io import load_adapter
     from ..models import load_model_for
-    from ..train.loop import evaluate
     from ..train.tasks.image_classify import ImageClassifyTask
 
     data = data or cfg.data.validation
@@ -75,12 +68,7 @@ def _image_predictions(run_dir: Path, cfg, data=None, batch_size: int | None = N
     cfg.data.limit_eval = limit
     records, source = task.read(cfg, "validation", path=str(data))
     examples = task.encode(records, task.load_preprocessor(cfg), source, "validation")
-    if batch_size:
-        cfg.train.micro_batch_size = batch_size
-    cfg.train.eval_batches = None
-    metrics = evaluate(model, task, examples, cfg.train)
-    gold, predicted = task.last_predictions
-    return {**metrics, "labels": task.labels, "num_examples": len(examples), "gold": gold, "predicted": predicted}
+    return _predictions(model, task, examples, cfg, batch_size)
 
 
 def classification_statistics(gold, predicted, num_labels: int) -> dict[str, bootstrap.Statistic]:
@@ -117,3 +105,15 @@ def evaluate_classifier(run_dir, data_file=None, batch_size: int | None = None, 
     extra = {k: first[k] for k in ("confusion_matrix", "labels", "num_examples")}
     losses = [s["eval_loss"] for s in scored]
     return {"eval_loss": sum(losses) / len(losses), **report, **extra}
+
+
+def _predictions(model, task, examples: list, cfg, batch_size: int | None) -> dict:
+    """One evaluation pass over every example: the task's metrics, the gold and predicted label ids."""
+    from ..train.loop import evaluate
+
+    if batch_size:
+        cfg.train.micro_batch_size = batch_size
+    cfg.train.eval_batches = None
+    metrics = evaluate(model, task, examples, cfg.train)
+    gold, predicted = task.last_predictions
+    return {**metrics, "labels": task.labels, "num_examples": len(examples), "gold": gold, "predicted": predicted}
