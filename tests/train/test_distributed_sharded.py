@@ -2,9 +2,12 @@
 sharded too (FSDP-QLoRA), with and without CPU offload, and DoRA and IA3, on 2 CPU processes with gloo. Each gives the losses and
 the adapter of one process with the same global batch, within the float64 bound of test_distributed.py
 (`tolerance`): the nf4 base dequantises to the same float32 values (exact in float64) whether its codes were
-sharded or not, so the only differences left are summation orders, as for LoRA. Each process holds half of the
-base's bytes (4-bit codes included); a run stopped at step 2 resumes from the adapter files (gathered on process
-0, the one-process layout) exactly; settings that cannot shard are refused before any weight is read.
+sharded or not, so the only differences left are summation orders, as for LoRA. LoRA, QLoRA and IA3 load
+rank-local (each process reads only its shard of the base: models/loader_deferred.py), DoRA whole (its magnitude
+reads the base). Each process holds no base values after loading and half of the base's bytes (4-bit codes
+included) after sharding, and the base gathered back equals a whole load bit for bit; a run stopped at step 2
+resumes from the adapter files (gathered on process 0, the one-process layout) exactly; settings that cannot
+shard are refused before any weight is read.
 """
 import json
 import os
