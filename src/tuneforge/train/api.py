@@ -109,6 +109,8 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         torch.manual_seed(cfg.train.seed)
         model = _load_model(cfg, defer=False)
         task.configure_model(model, cfg)
+    if deferred_of(model) is not None and launcher.process_rank() == 0:
+        print("rank-local loading: each process reads only its own shard of the base when it is sharded")
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
