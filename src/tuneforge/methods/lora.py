@@ -314,6 +314,7 @@ def _conv1d():
 
 @METHODS.register("lora", default=True)
 class Lora(WeightMethod):
+    init_reads_base = False  # factors drawn from shapes alone
     name = "lora"
     kind = "weight"
     mergeable = True

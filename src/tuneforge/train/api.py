@@ -20,7 +20,9 @@ import torch
 
 from ..config import dump_config, resolve_config
 from ..errors import ConfigError
+from ..methods.api import init_reads_base
 from ..models.from_config import load_model_for
+from ..models.loader_deferred import deferred_of
 from . import data_report, launcher, self_training
 from .distributed import load_options
 from .loop import TrainResult, run_training
@@ -58,10 +60,11 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
     return path
 
 
-def _load_model(cfg):
-    """The run's base model (the seam tests replace with a tiny one); a base to be sharded over GPUs is loaded
-    into host memory first (distributed.load_options)."""
-    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size()))
+def _load_model(cfg, defer: bool = True):
+    """The run's base model (the seam tests replace with a tiny one); a base to be sharded is built with
+    placeholders each process fills with its own shard, or loaded into host memory first on GPUs
+    (distributed.load_options)."""
+    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size(), defer))
 
 
 def _half_matmuls(model, cfg) -> list:
@@ -117,6 +120,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     model = _load_model(cfg)
     task.configure_model(model, cfg)  # check / name the head's outputs
     cfg.method = task.configure_method(cfg.method, model)  # e.g. a new classifier head to save
+    if deferred_of(model) is not None and init_reads_base(cfg.method):  # modules to save copy the base's values
+        torch.manual_seed(cfg.train.seed)
+        model = _load_model(cfg, defer=False)
+        task.configure_model(model, cfg)
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
