@@ -67,6 +67,21 @@ def _load_model(cfg, defer: bool = True):
     return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size(), defer))
 
 
+def _half_matmuls(model, cfg) -> list:
+    """train.base_matmul_dtype bfloat16: bf16 copies of the adapted frozen weights for the fused kernels
+    (models/fused_linear.py); returns the layers that got one."""
+    if cfg.train.base_matmul_dtype != "bfloat16":
+        return []
+    from ..models.fused_linear import FusableLinear, use_half_matmuls
+
+    layers = [m.base_layer for m in model.modules()
+              if isinstance(m, FusableLinear) and isinstance(getattr(m, "base_layer", None), torch.nn.Linear)]
+    count = use_half_matmuls(layers, torch.bfloat16)
+    if launcher.process_rank() == 0:
+        print(f"base matmuls in bfloat16: {count} frozen weights (activations, adapters and optimizer in fp32)")
+    return layers
+
+
 def dry_run_report(cfg, model) -> dict:
     """What would train: the targeted modules and the trainable / total parameter counts."""
     from ..methods import add_adapter, count_parameters, mark_trainable, select_targets
@@ -130,6 +145,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         from ..models.norm_recompute import use_norm_recompute
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
+    half = _half_matmuls(model, cfg)
     tokenizer = task.load_preprocessor(cfg)  # the tokenizer, or an image model's preprocessor
     own_run = task.run  # a task whose training is not one loss per batch (PPO) runs itself (None: the loop)
     if own_run is not None and launcher.launched_world_size() > 1:
@@ -179,6 +195,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
             )
     finally:
         restore_dtypes(master)
+        if half:
+            from ..models.fused_linear import drop_half_matmuls
+
+            drop_half_matmuls(half)  # saving, merging and export read the fp32 weights
     if own_group:
         launcher.shutdown()
     result.data_report = report
