@@ -7,7 +7,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Data set references (`alpaca:train`) resolve to the repository's own slices, as in a plain clone.
 os.environ.pop("TUNEFORGE_DATA", None)
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+
+try:
+    # rouge-score imports absl, whose log handler keeps the sys.stderr of the moment it is created (pytest's capture
+    # file) and closes that stream whenever logging's handlers are cleared (uvicorn's dictConfig in `serve` does):
+    # a later test then dies with "I/O operation on closed file". Point it at the real stderr, which absl never closes.
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+except ImportError:
+    pass
 
 
 @pytest.fixture
