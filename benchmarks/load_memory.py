@@ -13,6 +13,16 @@ absmax constants); for the 1.07B shape that is ~0.33x.
     python benchmarks/load_memory.py                    # 1.07B TinyLlama shape, SmolLM2's vocabulary (2.1 GB)
     python benchmarks/load_memory.py --preset test      # 365M parameters, what tests/models/test_lean_load.py runs
     python benchmarks/load_memory.py --json out.json    # also write the figures as JSON
+    python benchmarks/load_memory.py --shard            # 2 processes (gloo), train.shard: true, QLoRA nf4
+
+--shard measures what a sharded QLoRA run's processes hold (issue #18): 2 processes load the checkpoint (nf4,
+LoRA r=8 on all projections, train.shard: true) and shard it with FSDP2 as `tuneforge train` does, each in a fresh
+process, reporting each process's peak RSS over the baseline (a process that imported the same and joined the
+process group), once per path:
+  whole       every process loads the whole base (quantised while loading), then shards it (before rank-local
+              loading, and still the path for methods whose initialisation reads the base)
+  rank_local  placeholders, then each process reads and quantises tensor by tensor, keeping only its shard
+              (models/loader_deferred.py): what `tuneforge train` does now
 """
 from __future__ import annotations
 
@@ -119,19 +129,113 @@ def measure(folder: Path, dry_run: bool = True) -> dict:
     return result
 
 
+SHARD_CHILD = """
+import json, os, sys, time
+import torch
+from pathlib import Path
+from tuneforge.config import resolve_config
+from tuneforge.methods import add_adapter, mark_trainable
+from tuneforge.models.from_config import load_model_for
+from tuneforge.train import api, launcher
+from tuneforge.train.distributed import Parallel
+from tuneforge.train.optim import build_optimizer
+torch.set_num_threads(1)
+launcher.init_from_env("cpu")
+mode, config = sys.argv[1], json.loads(sys.argv[2])
+def held():
+    return sum((p.to_local() if hasattr(p, "to_local") else p).untyped_storage().nbytes()
+               for p in model.parameters() if not p.requires_grad)
+if mode != "baseline":
+    cfg = resolve_config(config)
+    start = time.perf_counter()
+    model = api._load_model(cfg) if mode == "rank_local" else load_model_for(cfg.model)
+    add_adapter(model, cfg.method)
+    mark_trainable(model)
+    loaded = held()
+    Parallel.current().setup(model, build_optimizer(model, cfg.train), cfg.train)
+    print("FIGURES", json.dumps({"loaded_bytes": loaded, "shard_bytes": held(),
+                                 "seconds": time.perf_counter() - start}), flush=True)
+torch.distributed.barrier()
+launcher.shutdown()
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_shard(folder: Path, world: int = 2) -> dict:
+    """Per process: peak RSS added over the baseline, base bytes held after loading and after sharding, seconds,
+    for the `whole` and `rank_local` paths (module docstring), each a fresh group of `world` processes."""
+    config = {
+        "model": {"name": str(folder), "dtype": "bfloat16", "device": "cpu", "quantization": "nf4"},
+        "method": {"name": "lora", "r": 8, "target_modules": "all-linear"},
+        "train": {"shard": True},
+        "output_dir": str(folder / "run"),
+    }
+    out = {}
+    for mode in ("baseline", "whole", "rank_local"):
+        port = _free_port()
+        procs = []
+        for rank in range(world):
+            env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                   "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)}
+            code = IMPORTS + SHARD_CHILD + PEAK
+            procs.append(subprocess.Popen([sys.executable, "-c", code, mode, json.dumps(config)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        ranks = []
+        for proc in procs:
+            stdout, stderr = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{mode} process failed:\n{stdout[-2000:]}\n{stderr[-4000:]}")
+            lines = stdout.splitlines()
+            peak = int([x for x in lines if x.startswith("VMHWM_KB")][-1].split()[1]) * 1024
+            figures = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("FIGURES")]
+            ranks.append({"peak": peak, **(figures[-1] if figures else {})})
+        out[mode] = ranks
+    base = max(r["peak"] for r in out["baseline"])
+    for mode in ("whole", "rank_local"):
+        for r in out[mode]:
+            r["added"] = r["peak"] - base
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="1b")
     parser.add_argument("--dir", help="write (or reuse) the checkpoint here instead of a temporary folder")
     parser.add_argument("--no-cli", action="store_true", help="skip the `tuneforge train --dry-run` measurement")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--shard", action="store_true",
+                        help="per-process peak RSS of a 2-process sharded QLoRA load, whole vs rank-local")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tf-load-") as tmp:
         folder = Path(args.dir) if args.dir else Path(tmp) / "ckpt"
         params, size = write_checkpoint(folder, PRESETS[args.preset])
-        figures = {"preset": args.preset, "parameters": params, "checkpoint_bytes": size,
-                   **measure(folder, dry_run=not args.no_cli)}
+        figures = {"preset": args.preset, "parameters": params, "checkpoint_bytes": size}
+        if args.shard:
+            figures["shard"] = measure_shard(folder)
+        else:
+            figures.update(measure(folder, dry_run=not args.no_cli))
     gb = 1e9
+    if args.shard:
+        print(f"checkpoint: {params / 1e9:.3f}B parameters, {size / gb:.2f} GB bf16 safetensors; 2 processes, "
+              "nf4 + LoRA r=8, train.shard: true")
+        print(f"baseline peak RSS (imports + process group): {max(r['peak'] for r in figures['shard']['baseline']) / gb:.2f} GB")
+        for mode in ("whole", "rank_local"):
+            for rank, r in enumerate(figures["shard"][mode]):
+                print(f"{mode:10s} process {rank}: peak RSS added {r['added'] / gb:.2f} GB "
+                      f"({r['added'] / size:.2f}x the bf16 checkpoint); base bytes held after loading "
+                      f"{r['loaded_bytes'] / gb:.3f} GB, after sharding {r['shard_bytes'] / gb:.3f} GB; "
+                      f"{r['seconds']:.0f} s")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+        return
     print(f"checkpoint: {params / 1e9:.3f}B parameters, {size / gb:.2f} GB bf16 safetensors")
     print(f"baseline peak RSS (imports only): {figures['baseline_peak'] / gb:.2f} GB")
     for kind in ("api", "cli"):

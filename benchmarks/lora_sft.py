@@ -27,6 +27,7 @@ and after the variants, while both sides wait) and the best is used, so "% peak"
 
     python benchmarks/lora_sft.py                           # rows: eager (no dropout), dropout (0.05)
     python benchmarks/lora_sft.py --variants eager,dropout,checkpointing,partial,selective,compile,qlora,padded
+    python benchmarks/lora_sft.py --variants bf16,bf16-dropout,bf16-peft   # train.base_matmul_dtype: bfloat16
 """
 from __future__ import annotations
 
@@ -57,7 +58,15 @@ VARIANTS = {
     "compile": ({"compile": True}, "compile", 0.0, None, "torch.compile, both sides"),
     "qlora": ({}, "eager", 0.0, "nf4", "QLoRA nf4, both sides"),
     "padded": ({}, "padded", 0.0, None, "eager, ours packed vs theirs padded (same examples)"),
+    "bf16": ({"base_matmul_dtype": "bfloat16"}, "eager", 0.0, None, "ours bf16 base matmuls, lora_dropout 0"),
+    "bf16-dropout": ({"base_matmul_dtype": "bfloat16"}, "eager", 0.05, None,
+                     "ours bf16 base matmuls, lora_dropout 0.05"),
+    "bf16-peft": ({"base_matmul_dtype": "bfloat16"}, "eager", 0.0, None,
+                  "bf16 base, both sides (theirs: bf16 weights), lora_dropout 0"),
 }
+# variants whose reference loads its base in another dtype than --dtype (peft's way to a bf16 base: bf16 weights,
+# fp32 adapters by its autocast_adapter_dtype; our bf16 variants keep fp32 weights and multiply bf16 copies)
+THEIR_DTYPE = {"bf16-peft": "bfloat16"}
 
 
 def write_config(variant: str, args, out: Path) -> Path:
@@ -222,7 +231,7 @@ def run_theirs(args) -> None:
     tokenizer = load_tokenizer(cfg.model.name)
     rows, _ = SFTTask().prepare(cfg, tokenizer)
     order = DataOrder(len(rows), cfg.train.micro_batch_size, cfg.train.grad_accum_steps, cfg.train.seed)
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, THEIR_DTYPE.get(args.variant, args.dtype))
     extra = {}
     if quant:
         extra["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant,
@@ -424,6 +433,13 @@ def main() -> None:
     print("\nset-up GB (whole-process RSS when the first step starts: interpreter, libraries, weights, data): "
           + "; ".join(f"{v} ours {results[v]['ours']['setup_mb'] / 1024:.2f} theirs "
                       f"{results[v]['theirs']['setup_mb'] / 1024:.2f}" for v in variants))
+    half = [v for v in variants if VARIANTS[v][0].get("base_matmul_dtype") == "bfloat16"]
+    if half:  # their bf16 rows' GEMMs can run faster than the fp32 peak: say how they stand against bf16's
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        best = max(common.matmul_peak_gflops(clock=clock, device=args.device, dtype=torch.bfloat16) for _ in range(3))
+        print(f"\nbf16 matmul peak {best:.0f} GFLOP/s (best of 3, at the end); ours as a share of it: "
+              + "; ".join(f"{v} {100 * results[v]['ours']['flops'] / results[v]['ours']['s_step'] / 1e9 / best:.0f}%"
+                          for v in half))
     if args.profile:
         print(profile_table(variants, results, peak))
 

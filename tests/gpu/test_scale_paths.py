@@ -78,6 +78,40 @@ def test_streamed_quantisation_onto_the_gpu_equals_quantising_a_dense_load(tmp_p
         assert value.device.type == "cuda" and torch.equal(value, dense.state_dict()[name]), name
 
 
+def test_rank_local_rows_quantised_on_the_gpu_equal_a_one_process_gpu_load(tmp_path):
+    """Rank-local loading (models/loader_deferred.py) quantises each 4-bit weight where the model computes, here
+    on CUDA; the rows 2 processes keep, put together, are the codes and state of a one-process load on the GPU."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import LlamaForCausalLM
+
+    from tuneforge.models import load_model
+    from tuneforge.models.loader_deferred import read_shards
+    from tuneforge.models.tiny import tiny_llama_config
+
+    LlamaForCausalLM(tiny_llama_config()).to(torch.bfloat16).save_pretrained(tmp_path, max_shard_size="60KB")
+    kw = dict(dtype="bfloat16", device="cuda", quantization="nf4")
+    whole = dict(load_model(tmp_path, **kw).named_parameters())
+    parts: dict[str, list] = {}
+    for rank in range(2):
+        model = load_model(tmp_path, deferred=True, **kw)
+
+        def rows(n, rank=rank):
+            size = -(-n // 2)
+            return min(rank * size, n), min(rank * size + size, n)
+
+        for name, piece, state in read_shards(model, rows, torch.bfloat16):
+            parts.setdefault(name, []).append(piece)
+            if state is not None:
+                assert state.absmax.device.type == "cuda"
+                assert torch.equal(state.absmax, whole[name].quant_state.absmax), name
+    for name, pieces in parts.items():
+        ref = whole[name].data
+        if getattr(whole[name], "quant_state", None) is not None:
+            ref = ref.reshape(-1).view(torch.bfloat16).view(-1, 1)
+        got = torch.cat(pieces).to(ref.device)
+        assert torch.equal(got.view(torch.uint8), ref.contiguous().view(torch.uint8)), name
+
+
 def test_compiled_blocks_avoid_the_efficient_attention_backward():
     """docs/performance.md: inductor failed compiling sdpa's memory-efficient backward. attention_for_compile
     routes the blocks to flash_attention_2 or flex_attention; a compiled step then runs and matches eager."""

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import tuneforge.models as models
@@ -136,3 +137,23 @@ def test_memory_switches_keep_the_losses(config, tmp_path):
         losses[name] = [r["loss"] for r in rows if "loss" in r]
     assert len(losses["plain"]) == 3
     assert losses["lean"] == pytest.approx(losses["plain"], rel=1e-5, abs=1e-6)
+
+
+def test_bf16_base_matmuls_train_and_leave_the_fp32_weights(config, tmp_path, monkeypatch, capsys):
+    """train.base_matmul_dtype: bfloat16 runs the adapted layers' base GEMMs on bf16 copies during the run and
+    drops them before the adapter is saved (merging and export read the untouched fp32 weights)."""
+    from tuneforge.models.fused_linear import matmul_weight
+
+    made = []
+    monkeypatch.setattr(api, "_load_model", lambda cfg: made.append(tiny_llama(seed=1)) or made[-1])
+    config["method"]["target_modules"] = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    before = {k: v.clone() for k, v in tiny_llama(seed=1).state_dict().items()}
+    result = api.train(config, overrides=["train.base_matmul_dtype=bfloat16"], progress=False)
+    assert result.steps == 3 and all(r["loss"] == r["loss"] for r in result.history if "loss" in r)
+    assert "base matmuls in bfloat16: 10 frozen weights" in capsys.readouterr().out  # 2 blocks x 5 targets
+    model = made[0]
+    bases = [m.base_layer for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "fused_factors")]
+    assert len(bases) == 10 and all(matmul_weight(b) is b.weight for b in bases)
+    for name, value in model.state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(value, before[name.replace(".base_layer", "")]), name

@@ -2,9 +2,12 @@
 sharded too (FSDP-QLoRA), with and without CPU offload, and DoRA and IA3, on 2 CPU processes with gloo. Each gives the losses and
 the adapter of one process with the same global batch, within the float64 bound of test_distributed.py
 (`tolerance`): the nf4 base dequantises to the same float32 values (exact in float64) whether its codes were
-sharded or not, so the only differences left are summation orders, as for LoRA. Each process holds half of the
-base's bytes (4-bit codes included); a run stopped at step 2 resumes from the adapter files (gathered on process
-0, the one-process layout) exactly; settings that cannot shard are refused before any weight is read.
+sharded or not, so the only differences left are summation orders, as for LoRA. LoRA, QLoRA and IA3 load
+rank-local (each process reads only its shard of the base: models/loader_deferred.py), DoRA whole (its magnitude
+reads the base). Each process holds no base values after loading and half of the base's bytes (4-bit codes
+included) after sharding, and the base gathered back equals a whole load bit for bit; a run stopped at step 2
+resumes from the adapter files (gathered on process 0, the one-process layout) exactly; settings that cannot
+shard are refused before any weight is read.
 """
 import json
 import os
@@ -103,12 +106,15 @@ def test_a_stopped_sharded_run_resumes_exactly(runs):
 
 
 def _probe(rank: int, port: int, root, out) -> None:
-    """One process: load the tiny Llama in NF4, add LoRA, shard it as `train` does, and write how many bytes of
-    base weights (4-bit codes included) this process holds."""
+    """One process: load the tiny Llama in NF4 as `train` does (rank-local: placeholders) and the whole way, add
+    LoRA to both with one seed, shard the first as `train` does; write how many bytes of base weights (4-bit codes
+    included) this process holds after loading and after sharding, and, on process 0, whether the gathered model
+    (`finish`) equals the whole load tensor for tensor, 4-bit codes and quantisation states included."""
     from tuneforge.methods import add_adapter, mark_trainable
     from tuneforge.models.from_config import load_model_for
+    from tuneforge.models.loader_deferred import deferred_of
     from tuneforge.train import launcher
-    from tuneforge.train.api import resolve_config
+    from tuneforge.train.api import _load_model, resolve_config
     from tuneforge.train.distributed import Parallel
     from tuneforge.train.optim import build_optimizer
 
@@ -117,22 +123,44 @@ def _probe(rank: int, port: int, root, out) -> None:
     torch.set_num_threads(1)
     launcher.init_from_env("cpu")
     cfg = resolve_config(qlora(config(root, "probe", shard=True)))
-    model = load_model_for(cfg.model)
-    add_adapter(model, cfg.method)
-    mark_trainable(model)
+    models = []
+    for loader in (_load_model, lambda c: load_model_for(c.model)):
+        model = loader(cfg)
+        torch.manual_seed(cfg.train.seed)
+        add_adapter(model, cfg.method)
+        mark_trainable(model)
+        models.append(model)
+    model, whole_model = models
+    assert deferred_of(model) is not None and deferred_of(whole_model) is None
 
-    def local_bytes():
+    def held(m):
         return sum((p.to_local() if hasattr(p, "to_local") else p).untyped_storage().nbytes()
-                   for p in model.parameters() if not p.requires_grad)
+                   for p in m.parameters() if not p.requires_grad)
 
-    whole = local_bytes()
+    loaded = held(model)
     par = Parallel.current()
     par.setup(model, build_optimizer(model, cfg.train), cfg.train)
-    (out / f"rank{rank}.json").write_text(json.dumps({"whole": whole, "sharded": local_bytes()}))
+    figures = {"whole": held(whole_model), "loaded": loaded, "sharded": held(model)}
+    par.finish(model)
+    if rank == 0:
+        ours, theirs = model.state_dict(), whole_model.state_dict()
+        figures["same_keys"] = ours.keys() == theirs.keys()
+        figures["differ"] = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+        layers = [(n, m) for n, m in model.named_modules() if getattr(m, "quant_state", None) is not None]
+        figures["layers"] = len(layers)
+        for name, layer in layers:
+            mine, ref = layer.weight.quant_state, whole_model.get_submodule(name).weight.quant_state
+            if not (torch.equal(mine.absmax, ref.absmax) and torch.equal(mine.offset, ref.offset)
+                    and torch.equal(mine.state2.absmax, ref.state2.absmax) and mine.shape == ref.shape):
+                figures["differ"].append(name + ".quant_state")
+    (out / f"rank{rank}.json").write_text(json.dumps(figures))
     launcher.shutdown()
 
 
-def test_each_process_holds_half_of_the_base(setup, tmp_path):  # noqa: F811 - the imported fixture
+def test_each_process_reads_and_holds_only_its_shard_of_the_base(setup, tmp_path):  # noqa: F811 - the imported fixture
+    """Rank-local loading: after loading, a process holds no base values (placeholders of one element); after
+    sharding, half of the base's bytes (4-bit codes included); gathered back, the base is the whole load's, bit
+    for bit."""
     import torch.multiprocessing as mp
 
     mp.start_processes(_probe, args=(_free_port(), setup, tmp_path), nprocs=WORLD, join=True,
@@ -143,6 +171,8 @@ def test_each_process_holds_half_of_the_base(setup, tmp_path):  # noqa: F811 - t
     assert sum(h["sharded"] for h in held) >= whole
     for h in held:
         assert h["whole"] == whole and h["sharded"] <= whole / WORLD * 1.05, held
+        assert h["loaded"] < 0.01 * whole, held  # one element per placeholder
+    assert held[0]["same_keys"] and held[0]["differ"] == [] and held[0]["layers"] > 0, held[0]
 
 
 @pytest.mark.parametrize("train, model, key", [
@@ -164,20 +194,25 @@ def test_settings_that_cannot_shard_are_refused_before_loading(tmp_path, train, 
     assert key in str(err.value), str(err.value)
 
 
-def test_a_base_sharded_over_gpus_loads_into_host_memory(monkeypatch):
-    """On GPUs, a base to be sharded loads on the CPU in the GPU's dtype (FSDP then moves it unit by unit); in
-    one process, on CPUs, or when nothing is sharded, loading is unchanged."""
+def test_how_a_base_to_be_sharded_loads(monkeypatch):
+    """A base to be sharded under an adapter that reads no base values is built with placeholders (rank-local
+    loading), on CPUs and GPUs; under one that does (DoRA), on GPUs it loads whole on the CPU in the GPU's dtype
+    (FSDP then moves it unit by unit); in one process, on CPUs, or when nothing is sharded, loading is unchanged."""
     from tuneforge.config import config_from_dict, model_options
     from tuneforge.train.distributed import load_options
 
-    def cfg(**train):
-        return config_from_dict({"model": {"name": "x", "device": "cpu"}, "train": train})
+    def cfg(method="lora", **train):
+        return config_from_dict({"model": {"name": "x", "device": "cpu"}, "method": {"name": method},
+                                 "train": train})
 
-    assert load_options(cfg(shard=True), 2) == {}  # a CPU run: nothing to move
+    assert load_options(cfg(shard=True), 2) == {"deferred": True}
+    assert load_options(cfg(shard=True), 2, defer=False) == {}
+    assert load_options(cfg("dora", shard=True), 2) == {}  # a CPU run: nothing to move
     monkeypatch.setattr(model_options, "resolve_device", lambda device: torch.device("cuda", 0))
     monkeypatch.setattr(model_options, "resolve_dtype", lambda dtype, device: torch.bfloat16)
-    assert load_options(cfg(shard=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
-    assert load_options(cfg(cpu_offload=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
+    assert load_options(cfg(cpu_offload=True), 2) == {"deferred": True}
+    assert load_options(cfg("dora", shard=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
+    assert load_options(cfg("dora", cpu_offload=True), 2) == {"device": "cpu", "dtype": "bfloat16"}
     assert load_options(cfg(shard=True), 1) == {} and load_options(cfg(), 2) == {}
     with pytest.raises(ConfigError, match="train.cpu_offload.*one process"):  # nothing to offload in one process
         load_options(cfg(cpu_offload=True), 1)

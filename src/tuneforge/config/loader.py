@@ -60,6 +60,10 @@ def config_from_dict(data: dict, source: Source | None = None) -> RunConfig:
     config.method = build_method(method_section, source)
     config.task, config.task_config = build_task(task_section, source)
     check_sharding(config, source)
+    if config.train.base_matmul_dtype != "model" and (config.model.dtype not in ("float32", "auto")
+                                                       or config.model.quantization is not None):
+        raise source.error("train.base_matmul_dtype: bfloat16 rounds an fp32 base's matmuls; it needs model.dtype "
+                           "float32 (or auto on a CPU) and no model.quantization", ("train", "base_matmul_dtype"))
     if config.data.streaming and config.train.max_steps is None:
         raise source.error("data.streaming reads records lazily, so the run length must be given: set "
                            "train.max_steps", ("data", "streaming"))

@@ -30,6 +30,12 @@ def method_for(cfg_or_name) -> object:
     return METHODS.get(name)()
 
 
+def init_reads_base(cfg: MethodConfig) -> bool:
+    """Whether adding this adapter reads the base's values (Method.init_reads_base, or modules_to_save, whose
+    trained copies start from the base's modules): such a base must hold its values when the adapter is added."""
+    return bool(method_for(cfg).init_reads_base or cfg.saved_modules())
+
+
 def make_method_config(name: str, fields: dict | None = None) -> MethodConfig:
     """Validated config for a method by name; unknown or ill-typed fields raise ConfigError naming the key."""
     cls = METHODS.get(name).config_class

@@ -82,6 +82,9 @@ class Method:
     # any how), "svd" (only how="svd"), "" (not at all)
     combines_as_lora: ClassVar[bool] = False  # `tuneforge combine` loads its file on a scratch base and takes
     # `as_plain_lora` of it (the adapter owns part of the base weight)
+    init_reads_base: ClassVar[bool] = True  # its initial values depend on the base's values (DoRA's magnitude,
+    # PiSSA's SVD): a base sharded over processes is then loaded whole first; False: each process may read only its
+    # shard, after the adapter is made on placeholders of the right shapes (models/loader_deferred.py)
 
     def select_targets(self, model: nn.Module, cfg: MethodConfig) -> list[str]:
         return []

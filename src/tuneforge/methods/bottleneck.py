@@ -106,6 +106,7 @@ def _conv1d():
 
 @METHODS.register("bottleneck")
 class Bottleneck(WeightMethod):
+    init_reads_base = False  # new layers drawn from shapes alone
     name = "bottleneck"
     kind = "weight"
     mergeable = False

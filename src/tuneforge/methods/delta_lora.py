@@ -143,6 +143,7 @@ class DeltaLoraLinear(LoraLinear):
 
 @METHODS.register("delta_lora")
 class DeltaLora(Lora):
+    init_reads_base = True  # it writes to the base weight as it trains
     name = "delta_lora"
     config_class = DeltaLoraConfig
     paper = "https://arxiv.org/abs/2309.02411"

@@ -107,6 +107,7 @@ class DoraLinear(LoraLinear):
 
 @METHODS.register("dora")
 class Dora(Lora):
+    init_reads_base = True  # the magnitude is the norm of the base weight
     name = "dora"
     config_class = DoraConfig
     paper = "https://arxiv.org/abs/2402.09353"

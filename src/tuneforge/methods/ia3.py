@@ -175,6 +175,7 @@ def _conv1d():
 
 @METHODS.register("ia3")
 class IA3(WeightMethod):
+    init_reads_base = False  # scales drawn from shapes alone
     name = "ia3"
     kind = "weight"
     mergeable = True

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, LowRankFactors, fusable_dtypes,
-                                    fused_dropout_p)
+                                    fused_dropout_p, matmul_weight)
 from ..registry import METHODS
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
@@ -182,7 +182,7 @@ class LoraLinear(LoraLayer, FusableLinear):
         p = fused_dropout_p(self.lora_dropout[name], x)
         x_lora = None if p is not None else self.lora_dropout[name](x)
         x_lora = None if x_lora is x else x_lora  # see FusedLoraLinear.forward
-        return FusedLoraLinear.apply(x, x_lora, base.weight, base.bias, A, B, self.scaling[name], p or 0.0)
+        return FusedLoraLinear.apply(x, x_lora, matmul_weight(base), base.bias, A, B, self.scaling[name], p or 0.0)
 
     def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> str | None:
         cls, base = type(self), self.base_layer
@@ -209,7 +209,7 @@ class LoraLinear(LoraLayer, FusableLinear):
         if drop is None:
             return None
         base = self.base_layer
-        return LowRankFactors(base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+        return LowRankFactors(matmul_weight(base), base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
                               self.scaling[name], drop)
 
     def adapter_forward(self, x, result, name, *args, **kwargs):
@@ -314,6 +314,7 @@ def _conv1d():
 
 @METHODS.register("lora", default=True)
 class Lora(WeightMethod):
+    init_reads_base = False  # factors drawn from shapes alone
     name = "lora"
     kind = "weight"
     mergeable = True

@@ -92,6 +92,7 @@ class PissaLinear(LoraLinear):
 
 @METHODS.register("pissa")
 class Pissa(Lora):
+    init_reads_base = True  # the factors are the base weight's SVD
     name = "pissa"
     config_class = PissaConfig
     paper = "https://arxiv.org/abs/2404.02948"

@@ -133,6 +133,7 @@ class VeraLinear(AdapterLayer):
 
 @METHODS.register("vera")
 class Vera(WeightMethod):
+    init_reads_base = False  # projections and scales from shapes alone
     name = "vera"
     kind = "weight"
     mergeable = True

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.layers import dequantized
-from .fused_linear import FusableLinear, add_matmul, dropout_noise, keep_mask, linear_plus_lora
+from .fused_linear import FusableLinear, add_matmul, base_product, dropout_noise, keep_mask, linear_plus_lora
 
 # MLP classes whose forward is exactly down_proj(act_fn(gate_proj(x)) * up_proj(x)).
 SWIGLU_MLPS = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
@@ -59,17 +58,17 @@ class SwiGLUDown(torch.autograd.Function):
         if lora_a is not None:
             g_b = (g2 @ lora_b).mul_(ctx.scaling)
             if mask is None:
-                dp = add_matmul(g2 @ dequantized(weight), g_b, lora_a)
+                dp = add_matmul(base_product(g2, weight, transposed=False), g_b, lora_a)
             else:
                 noise = dropout_noise(mask, ctx.drop, gate.dtype)
-                dp = (g2 @ dequantized(weight)).addcmul_(g_b @ lora_a, noise)
+                dp = (base_product(g2, weight, transposed=False)).addcmul_(g_b @ lora_a, noise)
             if need_a:
                 p2 = (silu * up).reshape(-1, gate.shape[-1])
                 d_a = g_b.t() @ (p2 if mask is None else p2.mul_(noise))
             if need_b:
                 d_b = (g2.t() @ z).mul_(ctx.scaling)
         else:
-            dp = g2 @ dequantized(weight)
+            dp = base_product(g2, weight, transposed=False)
         dp = dp.view(gate.shape)
         d_gate = None
         if need_gate:

@@ -119,27 +119,11 @@ def load_quantized_streaming(location, build: Callable[[], nn.Module], spec, pla
         return None
     with init_empty_weights(include_buffers=False):
         model = build()
-    headers = {path: read_header(path)[0] for path in files}
-    key_map = _key_map(model, {k for h in headers.values() for k in h})
-    loaded = set(key_map.values())
-    groups = _tie_groups(model)
-    tied = {n for g in groups for n in g}
-    missing = {k for k in set(model.state_dict().keys()) - loaded if k not in tied}
-    for group in groups:
-        if not group & loaded:
-            missing |= group
-    fresh = {k for k in missing if set(k.split(".")) & set(new_modules)}
-    if missing - fresh:
+    planned = plan(model, files, new_modules)
+    if planned is None:
         return None
-    for module_name, module in model.named_modules():
-        if next(module.parameters(recurse=False), None) is not None:
-            try:
-                place(module_name)
-            except KeyError:
-                from ..errors import ConfigError
-
-                raise ConfigError(f"device_map places no device for module {module_name!r}; add it, or an entry "
-                                  "\"\" for the rest of the model", key="device_map") from None
+    headers, key_map, fresh = planned
+    check_placement(model, place)
     targets = set(quantization_targets(model))
     for path in files:
         wanted = {k for k in headers[path] if k in key_map}
@@ -175,6 +159,36 @@ def load_quantized_streaming(location, build: Callable[[], nn.Module], spec, pla
         raise RuntimeError(f"lean loading left {len(leftover)} tensors unloaded, e.g. {leftover[:3]}")
     mark_quantized(model, spec)
     return model
+
+
+def plan(model: nn.Module, files: list[Path], new_modules=("score", "classifier")):
+    """(headers by file, checkpoint key -> model key, fresh parameter names) for a model built without weights,
+    or None when the checkpoint lacks a weight the model needs that is not part of a new head (`new_modules`) or
+    tied to a weight it has."""
+    headers = {path: read_header(path)[0] for path in files}
+    key_map = _key_map(model, {k for h in headers.values() for k in h})
+    loaded = set(key_map.values())
+    groups = _tie_groups(model)
+    tied = {n for g in groups for n in g}
+    missing = {k for k in set(model.state_dict().keys()) - loaded if k not in tied}
+    for group in groups:
+        if not group & loaded:
+            missing |= group
+    fresh = {k for k in missing if set(k.split(".")) & set(new_modules)}
+    return None if missing - fresh else (headers, key_map, fresh)
+
+
+def check_placement(model: nn.Module, place) -> None:
+    """ConfigError, before any weight is read, when `place` has no device for a module that holds weights."""
+    for module_name, module in model.named_modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            try:
+                place(module_name)
+            except KeyError:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"device_map places no device for module {module_name!r}; add it, or an entry "
+                                  "\"\" for the rest of the model", key="device_map") from None
 
 
 def _return_freed_memory() -> None:

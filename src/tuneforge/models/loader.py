@@ -86,6 +86,7 @@ def load_model(
     trust_remote_code: bool = False,
     rope_scaling: dict | None = None,
     allow_pickle: bool = False,
+    deferred: bool = False,
 ):
     """Load a transformers model in eval mode on `device` (or placed by `device_map`).
 
@@ -101,7 +102,10 @@ def load_model(
     attn_implementation: auto (transformers' choice, sdpa), sdpa, flash_attention_2, flex_attention or eager.
     rope_scaling ({rope_type, factor, ...}) goes into the model config (longer context). Every option is checked
     against this machine before any weight is read (config/model_options.py). Weights stored only as a pickle
-    (pytorch_model.bin) load only with allow_pickle=True: unpickling can run code from the file."""
+    (pytorch_model.bin) load only with allow_pickle=True: unpickling can run code from the file.
+    deferred=True (a base to be sharded over processes, train/distributed.py) builds the model with placeholder
+    weights that each process later fills with its own shard only (models/loader_deferred.py); a checkpoint that
+    cannot be read so (not safetensors, a weight missing) loads whole as usual."""
     from ..config.model_options import check_model_options
 
     auto_class = _auto_class(kind)
@@ -130,7 +134,10 @@ def load_model(
         refuse_pickle_only(source, location)
         hub["use_safetensors"] = True  # never a silent fall back to a .bin file (hub ids included)
     model = None
-    if quantization is not None:
+    if deferred and device_map is None:
+        model = _load_deferred(source, location, auto_class, config, torch_dtype, attn, hub, target_device,
+                               quantization, double_quant, compute_dtype)
+    if model is None and quantization is not None:
         model = _load_quantized(source, location, auto_class, config, torch_dtype, attn, hub, device_dict,
                                 max_memory, quantization, double_quant, compute_dtype)
     if model is None:
@@ -225,6 +232,31 @@ def _load_quantized(source, location, auto_class, config, torch_dtype, attn, hub
 
         dispatch_model(model, device_map={k: str(v) for k, v in device_dict.items()})  # moves activations
     return model
+
+
+def _load_deferred(source, location, auto_class, config, torch_dtype, attn, hub, device, quantization, double_quant,
+                   compute_dtype):
+    """The model with placeholder weights, each process to read its own shard later; None when the checkpoint
+    cannot be read tensor by tensor (then it loads whole)."""
+    from .loader_deferred import build_deferred
+
+    spec = None
+    if quantization is not None:
+        from ..quant import QuantSpec
+        from ..quant.layers import resolve_compute_dtype
+
+        spec = QuantSpec(quantization, double_quant, resolve_compute_dtype(compute_dtype, torch_dtype))
+        spec.validate()
+    folder = location
+    if source.is_hub:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(location, revision=hub.get("revision"), allow_patterns=["*.json", "*.safetensors"])
+
+    def build():
+        return auto_class.from_config(config, dtype=torch_dtype, **attn, trust_remote_code=hub["trust_remote_code"])
+
+    return build_deferred(folder, build, spec, device)
 
 
 def _auto_map(build, max_memory) -> dict[str, torch.device]:

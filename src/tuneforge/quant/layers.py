@@ -119,6 +119,34 @@ def quantized_layer(in_features: int, out_features: int, weight: torch.Tensor, b
     return layer
 
 
+def placeholder_4bit_layer(in_features: int, out_features: int, has_bias: bool, dense_dtype: torch.dtype,
+                           spec: QuantSpec, device: torch.device) -> nn.Module:
+    """The 4-bit layer `quantized_layer` would make, with no values yet (rank-local loading,
+    models/loader_deferred.py): its packed codes are one zero byte expanded to their shape (no memory), its
+    quantisation state carries the shape and dtype the adapters read (`adapter_dtype`) and NaN absmax constants
+    (expanded too); the real codes and state are put in later, shard by shard, by the process that holds them."""
+    import bitsandbytes.functional as bnbf
+
+    bnb = require_bitsandbytes()
+    if spec.quantization == "int8":
+        raise ConfigError("an int8 (LLM.int8()) base cannot be loaded shard by shard; use quantization: nf4",
+                          key="quantization")
+    cls = _float64_linear4bit() if spec.compute_dtype == "float64" else bnb.nn.Linear4bit
+    layer = cls(in_features, out_features, bias=has_bias, compute_dtype=COMPUTE_DTYPES[spec.compute_dtype],
+                compress_statistics=spec.double_quant, quant_type=spec.quantization, device="meta")
+    dtype = torch.float64 if spec.compute_dtype == "float64" else (
+        torch.float32 if dense_dtype == torch.float64 else dense_dtype)  # as quantize_4bit_in_chunks records it
+    blocks = -(-in_features * out_features // spec.blocksize)
+    state = bnbf.QuantState(absmax=torch.full((1,), float("nan"), device=device).expand(blocks),
+                            shape=torch.Size((out_features, in_features)), dtype=dtype, blocksize=spec.blocksize,
+                            code=bnbf.get_4bit_type(spec.quantization, device=device), quant_type=spec.quantization)
+    codes = torch.zeros(1, dtype=torch.uint8, device=device).expand((in_features * out_features + 1) // 2, 1)
+    layer.weight = bnb.nn.Params4bit(codes, requires_grad=False, quant_state=state, quant_type=spec.quantization,
+                                     compress_statistics=spec.double_quant, blocksize=spec.blocksize,
+                                     bnb_quantized=True)
+    return layer
+
+
 CPU_CHUNK = 1 << 18
 """Values per call of bitsandbytes' CPU 4-bit quantiser, which makes ~20 bytes of temporaries per value (fp32
 copies, bucket indices): a 5632 x 2048 weight would take 230 MB at once, in chunks it takes 20 MB."""

@@ -20,7 +20,9 @@ import torch
 
 from ..config import dump_config, resolve_config
 from ..errors import ConfigError
+from ..methods.api import init_reads_base
 from ..models.from_config import load_model_for
+from ..models.loader_deferred import deferred_of
 from . import data_report, launcher, self_training
 from .distributed import load_options
 from .loop import TrainResult, run_training
@@ -58,10 +60,26 @@ def write_summary(path: Path, result: TrainResult, applied: list[str]) -> Path:
     return path
 
 
-def _load_model(cfg):
-    """The run's base model (the seam tests replace with a tiny one); a base to be sharded over GPUs is loaded
-    into host memory first (distributed.load_options)."""
-    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size()))
+def _load_model(cfg, defer: bool = True):
+    """The run's base model (the seam tests replace with a tiny one); a base to be sharded is built with
+    placeholders each process fills with its own shard, or loaded into host memory first on GPUs
+    (distributed.load_options)."""
+    return load_model_for(cfg.model, **load_options(cfg, launcher.launched_world_size(), defer))
+
+
+def _half_matmuls(model, cfg) -> list:
+    """train.base_matmul_dtype bfloat16: bf16 copies of the adapted frozen weights for the fused kernels
+    (models/fused_linear.py); returns the layers that got one."""
+    if cfg.train.base_matmul_dtype != "bfloat16":
+        return []
+    from ..models.fused_linear import FusableLinear, use_half_matmuls
+
+    layers = [m.base_layer for m in model.modules()
+              if isinstance(m, FusableLinear) and isinstance(getattr(m, "base_layer", None), torch.nn.Linear)]
+    count = use_half_matmuls(layers, torch.bfloat16)
+    if launcher.process_rank() == 0:
+        print(f"base matmuls in bfloat16: {count} frozen weights (activations, adapters and optimizer in fp32)")
+    return layers
 
 
 def dry_run_report(cfg, model) -> dict:
@@ -102,6 +120,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
     model = _load_model(cfg)
     task.configure_model(model, cfg)  # check / name the head's outputs
     cfg.method = task.configure_method(cfg.method, model)  # e.g. a new classifier head to save
+    if deferred_of(model) is not None and init_reads_base(cfg.method):  # modules to save copy the base's values
+        torch.manual_seed(cfg.train.seed)
+        model = _load_model(cfg, defer=False)
+        task.configure_model(model, cfg)
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
@@ -121,6 +143,7 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         from ..models.norm_recompute import use_norm_recompute
 
         use_norm_recompute(model)  # norm outputs recomputed in backward, same bits (models/norm_recompute.py)
+    half = _half_matmuls(model, cfg)
     tokenizer = task.load_preprocessor(cfg)  # the tokenizer, or an image model's preprocessor
     own_run = task.run  # a task whose training is not one loss per batch (PPO) runs itself (None: the loop)
     if own_run is not None and launcher.launched_world_size() > 1:
@@ -170,6 +193,10 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
             )
     finally:
         restore_dtypes(master)
+        if half:
+            from ..models.fused_linear import drop_half_matmuls
+
+            drop_half_matmuls(half)  # saving, merging and export read the fp32 weights
     if own_group:
         launcher.shutdown()
     result.data_report = report

@@ -171,13 +171,20 @@ class Parallel:
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg) -> None:
         """Replicate or shard the model (module docstring); called once the optimizer exists, before a resume."""
+        from ..models.loader_deferred import deferred_of
+
+        if self.world_size > 1:
+            params = {id(p): p for p in model.parameters()}.values()
+            trained = sum(p.numel() for p in params if p.requires_grad)
+            self.adapters = trained <= SHARD_ABOVE * sum(p.numel() for p in params)
+            shard = getattr(cfg, "shard", "auto")
+            self.sharded = shard is True or (shard == "auto" and (not self.adapters or getattr(cfg, "cpu_offload",
+                                                                                              False)))
+        if deferred_of(model) is not None and not self.sharded:  # load_options defers only what setup shards
+            raise TuneforgeError("a model loaded for rank-local sharding (placeholder weights) trains only sharded "
+                                 "over several processes (train.shard: true)")
         if self.world_size == 1:
             return
-        params = {id(p): p for p in model.parameters()}.values()
-        trained = sum(p.numel() for p in params if p.requires_grad)
-        self.adapters = trained <= SHARD_ABOVE * sum(p.numel() for p in params)
-        shard = getattr(cfg, "shard", "auto")
-        self.sharded = shard is True or (shard == "auto" and (not self.adapters or getattr(cfg, "cpu_offload", False)))
         if self.sharded:
             self._shard(model, optimizer, cfg)
             return
@@ -195,8 +202,12 @@ class Parallel:
             fully_shard,
         )
 
+        from ..models.loader_deferred import deferred_of
         from ..quant.layers import reattach_quant_states, shard_ready_4bit
 
+        deferred = deferred_of(model) is not None  # placeholders: each process reads its own shard below
+        if deferred:
+            _placeholders_to_meta(model, optimizer)
         device = self._comm_device()  # a base loaded into host memory (load_options) moves to the GPU shard by shard
         mesh = init_device_mesh(device.type, (self.world_size,))
         self.device = device
@@ -218,6 +229,8 @@ class Parallel:
                 if model.get_parameter(name) is not p:
                     p.data = p.data.new_empty(0)  # the shards hold the values now; finish() puts them back
                     del whole[name]
+        if deferred:
+            self._read_shards(model, torch.bfloat16 if bf16 else frozen, offload)
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 module.set_gradient_divide_factor(1.0)  # the loss is already normalised over all processes
@@ -233,6 +246,42 @@ class Parallel:
         swap = {id(p): sharded[name] for name, p in self._originals.items()}
         for group in optimizer.param_groups:  # no step taken yet: the groups may still change their tensors
             group["params"] = [swap.get(id(p), p) for p in group["params"]]
+
+    def _read_shards(self, model: nn.Module, storage: torch.dtype, offload) -> None:
+        """Fill the meta shards of a rank-local model (models/loader_deferred.py) with this process's rows of each
+        checkpoint tensor, cut as FSDP cut them (dim 0 in chunks of ceil(n / processes) rows, the last ones
+        shorter or empty), so the process never holds more than its shard and one tensor in flight."""
+        from torch.distributed.fsdp import CPUOffloadPolicy
+        from torch.distributed.tensor import DTensor
+
+        from ..models import loader_deferred
+
+        owners: dict[int, list[tuple[nn.Module, str]]] = {}
+        for module in model.modules():
+            for attr, p in module._parameters.items():
+                if p is not None:
+                    owners.setdefault(id(p), []).append((module, attr))
+
+        def rows(n: int) -> tuple[int, int]:
+            size = -(-n // self.world_size)
+            lo = min(self.rank * size, n)
+            return lo, min(lo + size, n)
+
+        local_device = torch.device("cpu") if isinstance(offload, CPUOffloadPolicy) else self.device
+        for name, piece, state in loader_deferred.read_shards(model, rows, storage):
+            old = model.get_parameter(name)
+            if tuple(piece.shape) != tuple(old.to_local().shape):
+                raise TuneforgeError(f"FSDP keeps rows of shape {tuple(old.to_local().shape)} of {name} on process "
+                                     f"{self.rank}, rank-local loading read {tuple(piece.shape)}")
+            local = DTensor.from_local(piece.to(local_device), old.device_mesh, old.placements, run_check=False,
+                                       shape=old.shape, stride=old.stride())
+            new = nn.Parameter(local, requires_grad=old.requires_grad)
+            for module, attr in owners[id(old)]:  # a tied weight: every module that holds it
+                module._parameters[attr] = new
+            if state is not None:  # whole on every process, where the layer computes
+                state.to(self.device)
+                owners[id(old)][0][0].quant_state = state
+        loader_deferred.finish(model)
 
     def gather_top(self, model: nn.Module) -> None:
         """Unshard the sharded model's own (top-level) parameters; FSDP reshards them after the backward pass."""
@@ -306,6 +355,7 @@ class Parallel:
         )
         from torch.distributed.fsdp import FSDPModule
 
+        from ..models.loader_deferred import same_kind
         from ..quant.layers import unshard_ready_4bit
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -313,10 +363,18 @@ class Parallel:
             hook.remove()
         if not self.is_main:
             return
+        rebuilt: dict[int, nn.Parameter] = {}  # rank-local loading left meta originals: new tensors of their kind
         for name, tensor in full.items():
             if name in self._originals:
                 original = self._originals[name]
+                if original.is_meta:
+                    if id(original) not in rebuilt:
+                        rebuilt[id(original)] = same_kind(original, tensor.to(device=self.device,
+                                                                                dtype=original.dtype))
+                    continue
                 original.data = tensor.to(device=original.device, dtype=original.dtype)
+        for name, original in list(self._originals.items()):
+            self._originals[name] = rebuilt.get(id(original), original)
         for prefix, module in model.named_modules():
             for attr in list(module._parameters):
                 original = self._originals.get(f"{prefix}.{attr}" if prefix else attr)
@@ -331,11 +389,14 @@ class Parallel:
         self.sharded = False
 
 
-def load_options(cfg, world_size: int) -> dict:
-    """`load_model` overrides for a base that will be sharded over GPUs (train.shard: true or cpu_offload): load
-    it into host memory, in the dtype the GPU would have given it, so that no GPU ever holds the whole base;
-    `Parallel.setup` then moves each unit to the GPU, shards it and frees the rest, one unit at a time.
-    Refuses cpu_offload in one process (before any weight is read): only a sharded model is offloaded."""
+def load_options(cfg, world_size: int, defer: bool = True) -> dict:
+    """`load_model` overrides for a base that will be sharded (train.shard: true or cpu_offload, several
+    processes). When the adapter's initialisation reads no base values (methods' `init_reads_base`), the base is
+    built with placeholders and each process reads only its own shard in `Parallel.setup` (rank-local loading,
+    models/loader_deferred.py). Otherwise, on GPUs, it is loaded whole into host memory, in the dtype the GPU would
+    have given it, so that no GPU ever holds the whole base; `Parallel.setup` then moves each unit to the GPU,
+    shards it and frees the rest, one unit at a time. Refuses cpu_offload in one process (before any weight is
+    read): only a sharded model is offloaded."""
     from ..config.model_options import resolve_device, resolve_dtype
 
     train, model = cfg.train, cfg.model
@@ -345,10 +406,24 @@ def load_options(cfg, world_size: int) -> dict:
                           "or set cpu_offload: false", key="train.cpu_offload")
     if world_size < 2 or not (train.shard is True or train.cpu_offload) or model.device_map is not None:
         return {}
+    from ..methods.api import init_reads_base
+
+    if defer and not init_reads_base(cfg.method):
+        return {"deferred": True}
     target = resolve_device(model.device)
     if target.type != "cuda":
         return {}
     return {"device": "cpu", "dtype": str(resolve_dtype(model.dtype, target)).removeprefix("torch.")}
+
+
+def _placeholders_to_meta(model: nn.Module, optimizer) -> None:
+    """A rank-local model's placeholders become meta parameters for FSDP (models/loader_deferred.py `to_meta`); an
+    optimizer that holds one (a trained base bias: LoRA's bias: all) gets the new one."""
+    from ..models.loader_deferred import to_meta
+
+    moved = to_meta(model)
+    for group in optimizer.param_groups:
+        group["params"] = [moved.get(id(p), p) for p in group["params"]]
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
