@@ -66,7 +66,7 @@ export TUNEFORGE_BENCH_MODEL=/tmp/smollm2-random
 
 # flash-attn has no wheel on PyPI (it builds from source, which needs the network and ~1 hour): it is used only
 # when a wheel was put in .dev/whl by hand; without it the flash-attn rows and tests skip.
-step tests 60 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/quant tests/methods/test_half_precision.py
+step tests 90 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/quant tests/methods/test_half_precision.py
 # issue #18: 1B and 8B shapes, LoRA bf16 and QLoRA nf4, packed 4 x 2048, ours vs peft (sdpa / flash-attn)
 step scale 330 python3 benchmarks/gpu_scale.py --steps 4 --warmup 2
 # issue #18 item 3: FSDP-QLoRA, the NF4 base sharded over 2 GPUs (NCCL), then with its shards in host memory

@@ -14,6 +14,7 @@ absmax constants); for the 1.07B shape that is ~0.33x.
     python benchmarks/load_memory.py --preset test      # 365M parameters, what tests/models/test_lean_load.py runs
     python benchmarks/load_memory.py --json out.json    # also write the figures as JSON
     python benchmarks/load_memory.py --shard            # 2 processes (gloo), train.shard: true, QLoRA nf4
+    python benchmarks/load_memory.py --shard --quantization none --preset test   # LoRA over a bf16 base
 
 --shard measures what a sharded QLoRA run's processes hold (issue #18): 2 processes load the checkpoint (nf4,
 LoRA r=8 on all projections, train.shard: true) and shard it with FSDP2 as `tuneforge train` does, each in a fresh
@@ -168,11 +169,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure_shard(folder: Path, world: int = 2) -> dict:
+def measure_shard(folder: Path, world: int = 2, quantization: str | None = "nf4") -> dict:
     """Per process: peak RSS added over the baseline, base bytes held after loading and after sharding, seconds,
     for the `whole` and `rank_local` paths (module docstring), each a fresh group of `world` processes."""
     config = {
-        "model": {"name": str(folder), "dtype": "bfloat16", "device": "cpu", "quantization": "nf4"},
+        "model": {"name": str(folder), "dtype": "bfloat16", "device": "cpu", "quantization": quantization},
         "method": {"name": "lora", "r": 8, "target_modules": "all-linear"},
         "train": {"shard": True},
         "output_dir": str(folder / "run"),
@@ -213,19 +214,23 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--shard", action="store_true",
                         help="per-process peak RSS of a 2-process sharded QLoRA load, whole vs rank-local")
+    parser.add_argument("--quantization", choices=["nf4", "none"], default="nf4",
+                        help="with --shard: nf4 (QLoRA) or none (LoRA over the bf16 base)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tf-load-") as tmp:
         folder = Path(args.dir) if args.dir else Path(tmp) / "ckpt"
         params, size = write_checkpoint(folder, PRESETS[args.preset])
         figures = {"preset": args.preset, "parameters": params, "checkpoint_bytes": size}
         if args.shard:
-            figures["shard"] = measure_shard(folder)
+            quantization = None if args.quantization == "none" else args.quantization
+            figures["shard"] = measure_shard(folder, quantization=quantization)
+            figures["quantization"] = quantization
         else:
             figures.update(measure(folder, dry_run=not args.no_cli))
     gb = 1e9
     if args.shard:
         print(f"checkpoint: {params / 1e9:.3f}B parameters, {size / gb:.2f} GB bf16 safetensors; 2 processes, "
-              "nf4 + LoRA r=8, train.shard: true")
+              f"{figures['quantization'] or 'bf16'} base + LoRA r=8, train.shard: true")
         print(f"baseline peak RSS (imports + process group): {max(r['peak'] for r in figures['shard']['baseline']) / gb:.2f} GB")
         for mode in ("whole", "rank_local"):
             for rank, r in enumerate(figures["shard"][mode]):

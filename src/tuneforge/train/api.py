@@ -72,6 +72,10 @@ def _half_matmuls(model, cfg) -> list:
     (models/fused_linear.py); returns the layers that got one."""
     if cfg.train.base_matmul_dtype != "bfloat16":
         return []
+    if deferred_of(model) is not None:  # copies of placeholders would make the whole base in bf16, never used:
+        if launcher.process_rank() == 0:  # FSDP replaces the weights they were taken from
+            print("base_matmul_dtype: bfloat16 is ignored on a base loaded rank-local for sharding")
+        return []
     from ..models.fused_linear import FusableLinear, use_half_matmuls
 
     layers = [m.base_layer for m in model.modules()
@@ -124,6 +128,8 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
         torch.manual_seed(cfg.train.seed)
         model = _load_model(cfg, defer=False)
         task.configure_model(model, cfg)
+    if deferred_of(model) is not None and launcher.process_rank() == 0:
+        print("rank-local loading: each process reads only its own shard of the base when it is sharded")
     if dry_run:
         info = dry_run_report(cfg, model)
         print(f"method {info['method']} on {cfg.model.name}: {len(info['targets'])} targeted modules")
