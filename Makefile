@@ -43,12 +43,18 @@ clean:
 	rm -rf $(VENV) runs
 
 # The offline vision transfer demonstration (docs/vision.md): pretrain a small ResNet on the digits 0-4 of
-# scikit-learn's bundled digits (shipped in data/digits), then compare transfers to 5-9 with 10 labels per digit.
+# scikit-learn's bundled digits (shipped in data/digits), once on the 5 digits and once on 20 classes (each digit at
+# 4 rotations), then the learning curve: every method at 1, 3 and 10 labels per digit of 5-9, learning rates chosen
+# on data/digits/transfer/tune, scored on transfer/test, 3 seeds (benchmarks/digits_curve.py).
+ROT_LABELS = 0-r0,0-r180,0-r270,0-r90,1-r0,1-r180,1-r270,1-r90,2-r0,2-r180,2-r270,2-r90,3-r0,3-r180,3-r270,3-r90,4-r0,4-r180,4-r270,4-r90
 digits-transfer: setup
 	$(VENV)/bin/tuneforge init-model runs/digits/resnet-init --arch resnet --labels 0,1,2,3,4 --image-size 32 --seed 0
 	$(VENV)/bin/tuneforge train configs/vision/digits_pretrain_resnet.yaml
+	$(VENV)/bin/tuneforge init-model runs/digits/resnet-init-rot --arch resnet --labels $(ROT_LABELS) --image-size 32 --seed 0
+	$(VENV)/bin/tuneforge train configs/vision/digits_pretrain_resnet_rot.yaml
 	$(VENV)/bin/tuneforge init-model runs/digits/resnet-scratch --arch resnet --labels 5,6,7,8,9 --image-size 32 --seed 1
-	$(VENV)/bin/tuneforge compare configs/compare/digits_transfer_resnet.yaml --seeds 0,1,2
+	$(PY) benchmarks/digits_curve.py --per-class 1,3,10 --seeds 0,1,2 --out runs/digits/curve
+	$(PY) benchmarks/digits_curve.py --per-class 1,3,10 --seeds 0,1,2 --out runs/digits/curve-rot --model runs/digits/pretrain-rot/model
 
 # The web console's browser tests (tests/serve/console) need Debian's chromium (root: `make browser`, which
 # .ci/run does too) and the playwright package (the test extra); without chromium they skip, unless CI is set.

@@ -1,5 +1,6 @@
 """The self-training figure: supervised-only (round 0) against self-training (the last round) per seed, from the
-runs' self_training.jsonl files, with mean +- sample std and the paired difference per seed.
+runs' self_training.jsonl files, with mean +- sample std, the paired difference per seed and its 95% t interval
+over the seeds.
 
     python benchmarks/selftrain_table.py runs/selftrain-sst2-minilm-seed1 runs/selftrain-sst2-minilm-seed2 ...
 
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -40,7 +43,13 @@ def table(run_dirs: list[str], metric: str = "accuracy") -> str:
             "(agreement with the hidden labels) | minutes |" % (len(log) - 1),
             "|---:|---:|---:|---:|---:|---:|"]
     tail = f"| mean +- std | {_mean_std(supervised)} | {_mean_std(selftrained)} | {_mean_std(diffs)} | | |"
-    return "\n".join(head + rows + [tail])
+    lines = head + rows + [tail]
+    if len(diffs) > 1:  # Student t over the seeds: the draw of the labelled records varies with the seed
+        half = T975[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        mean = statistics.mean(diffs)
+        lines += ["", f"paired difference (self-training - supervised), mean over {len(diffs)} seeds: {mean:+.4f}, "
+                  f"95% t interval [{mean - half:+.4f}, {mean + half:+.4f}]"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

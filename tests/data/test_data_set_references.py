@@ -40,3 +40,11 @@ def test_an_unknown_split_lists_the_splits_there_are(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEFORGE_DATA", str(_full_data(tmp_path)))
     with pytest.raises(ConfigError, match=r"alpaca has the splits .*train.*validation"):
         resolve_data_path("alpaca:zzzz")
+
+
+def test_a_data_folder_that_is_not_there_is_an_error_not_a_slice(tmp_path, monkeypatch):
+    """A mistyped or wrongly relative $TUNEFORGE_DATA must not quietly turn a full-data run into a slice run."""
+    monkeypatch.setenv("TUNEFORGE_DATA", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"TUNEFORGE_DATA.*missing.*not a folder") as error:
+        resolve_data_path("alpaca:train", key="data.train")
+    assert "data.train" in str(error.value)

@@ -113,6 +113,34 @@ def test_rounds_are_logged_with_pseudo_label_counts_and_hidden_accuracy(tiny_ber
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_round_records_reach_the_trackers(tiny_bert_dir, tmp_path):
+    """With report_to: tensorboard, output_dir/tensorboard holds one point per round (step = round) of the
+    counts, the hidden labels' agreement and the validation metrics, equal to self_training.jsonl's values
+    (event files store float32: one rounding, relative error <= 2^-24); each round's training has its own."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = st_config(tiny_bert_dir, tmp_path / "run", FIXTURES / "sst2_train.jsonl", threshold=0.5, rounds=2,
+                    max_per_round=10)
+    cfg["train"]["report_to"] = ["tensorboard"]
+    result = train(cfg, progress=False)
+    out = tmp_path / "run"
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    log = result.self_training
+    for tag, key in (("self_training/pseudo_labels", "pseudo_labels"), ("self_training/pool", "pool"),
+                     ("self_training/examples", "examples")):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [(r["round"], r[key]) for r in log]
+    # round 0 predicts nothing: the counts of predictions start at round 1
+    above = [(e.step, e.value) for e in events.Scalars("self_training/above_threshold")]
+    assert above == [(r["round"], r["above_threshold"]) for r in log[1:]]
+    agree = [(e.step, e.value) for e in events.Scalars("self_training/pseudo_accuracy")]
+    assert agree == [(r["round"], pytest.approx(r["pseudo_accuracy"], rel=2**-23)) for r in log[1:]]
+    accuracy = [(e.step, e.value) for e in events.Scalars("self_training/eval/accuracy")]
+    assert accuracy == [(r["round"], pytest.approx(r["eval"]["accuracy"], rel=2**-23)) for r in log]
+    for r in range(3):
+        assert list((out / "rounds" / f"round-{r}" / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_each_round_restarts_from_the_initial_weights(tiny_bert_dir, tmp_path):
     """threshold 1.0 keeps no pseudo-label (a float32 softmax of two finite logits never reaches 1 for this
     tiny model's logit gaps), so round 1 trains on round 0's examples: from the initial weights with the same seed

@@ -52,11 +52,16 @@ def register(app: typer.Typer) -> None:
 @data_app.command("digits")
 def digits_cmd(
     out: str = typer.Argument(..., help="Folder to write (replaced if it exists)."),
-    per_class: int = typer.Option(10, "--per-class", help="Training images per digit of the transfer label set."),
+    per_class: int = typer.Option(20, "--per-class", help="Labelled pool per digit of the transfer label set."),
+    tune_per_class: int = typer.Option(20, "--tune-per-class",
+                                       help="Images per transfer digit set aside for choosing learning rates."),
     seed: int = typer.Option(0, "--seed", help="Seed of the splits."),
+    rotations: bool = typer.Option(False, "--rotations",
+                                   help="Also pretrain-rot/: 20 classes, each of 0-4 at 0, 90, 180 and 270 degrees."),
 ) -> None:
     """Write scikit-learn's bundled digits as image folders: digits 0-4 to pretrain on, 5-9 with few labels to
     transfer to (offline; BSD-3 / CC BY 4.0, see the LICENSE.txt written with them)."""
     from tuneforge.data.digits import write_digits
 
-    typer.echo(write_digits(out, per_class=per_class, seed=seed))
+    typer.echo(write_digits(out, per_class=per_class, tune_per_class=tune_per_class, seed=seed,
+                             rotations=rotations))

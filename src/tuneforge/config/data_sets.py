@@ -4,6 +4,8 @@ One rule, so the same config works in a plain clone, on a machine with the full 
 1. a path that exists is used as given;
 2. `NAME:SPLIT` reads `$TUNEFORGE_DATA/NAME/SPLIT.jsonl` (the full data sets, e.g. TUNEFORGE_DATA=../shared/data);
 3. else the slice shipped in the repository, `data/NAME/SPLIT.jsonl` (a few hundred rows each), saying so once.
+$TUNEFORGE_DATA set to a folder that does not exist is an error, not a quiet fall-back to the slices: a relative
+path resolved from another directory would otherwise turn a full-data run into a slice run with one stderr line.
 `NAME:` alone names the data set's folder (a BEIR corpus directory such as `scifact:`).
 """
 from __future__ import annotations
@@ -43,6 +45,11 @@ def resolve_data_path(value: str | os.PathLike | None, key: str | None = None) -
         return text
     name, split = match["name"], match["split"]
     full = os.environ.get(ENV)
+    if full and not Path(full).is_dir():
+        raise ConfigError(
+            f"data set {text!r}: ${ENV} is {full!r}, which is not a folder (from {Path.cwd()} it resolves to "
+            f"{Path(full).resolve()}); point it at the folder holding {name}/, or unset it to use the repository's "
+            f"data/ slices", key=key)
     if full and _candidate(Path(full), name, split).exists():
         return str(_candidate(Path(full), name, split))
     for root in slice_roots():

@@ -6,8 +6,15 @@ Handwritten Digits" data set (Alpaydin and Kaynak, 1998; https://doi.org/10.2443
 
 `write_digits(out)` writes, as PNGs scaled to 0-255 (named by their index in load_digits):
     pretrain/{train,validation}/<digit>/   the pretraining label set (0-4): every image, split 85 / 15
-    transfer/train/<digit>/                 the transfer label set (5-9): `per_class` images per digit
-    transfer/validation/<digit>/            every other image of 5-9: the held-out evaluation
+    transfer/train/<digit>/                 the transfer label set (5-9): `per_class` images per digit, the
+                                            labelled pool a run draws its few labels from (task.train_per_class)
+    transfer/tune/<digit>/                  `tune_per_class` images per digit: where learning rates are chosen
+    transfer/test/<digit>/                  every other image of 5-9: the held-out evaluation, never tuned on
+With `rotations`, also a richer pretraining task:
+    pretrain-rot/{train,validation}/<digit>-r<angle>/   every 0-4 image of pretrain/ at 0, 90, 180 and 270
+                                                        degrees, each (digit, turn) its own class (20 classes)
+so the network must learn stroke features that tell orientation apart instead of only what separates five
+digits; the rotations of one image stay in its split. The other folders are the same with or without it.
 The splits are seeded; the folder appears whole or not at all (written beside it, then renamed).
 """
 from __future__ import annotations
@@ -26,8 +33,9 @@ https://doi.org/10.24432/C50P49), licensed under Creative Commons Attribution 4.
 """
 
 
-def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), per_class: int = 10, seed: int = 0,
-                 validation_share: float = 0.15) -> Path:
+def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), per_class: int = 20,
+                 tune_per_class: int = 20, seed: int = 0, validation_share: float = 0.15,
+                 rotations: bool = False) -> Path:
     """Write the pretraining and few-label transfer image folders (see the module docstring); returns out_dir."""
     import numpy as np
     from PIL import Image
@@ -36,8 +44,9 @@ def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), pe
     pretrain, transfer = [int(d) for d in pretrain], [int(d) for d in transfer]
     if set(pretrain) & set(transfer) or not set(pretrain + transfer) <= set(range(10)):
         raise ConfigError("pretrain and transfer must be disjoint sets of digits 0-9", key="transfer")
-    if per_class < 1 or not 0 < validation_share < 1:
-        raise ConfigError("per_class must be >= 1 and validation_share in (0, 1)", key="per_class")
+    if per_class < 1 or tune_per_class < 1 or not 0 < validation_share < 1:
+        raise ConfigError("per_class and tune_per_class must be >= 1 and validation_share in (0, 1)",
+                          key="per_class")
     digits = load_digits()
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
@@ -50,16 +59,23 @@ def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), pe
                 cut = int(round(len(index) * (1 - validation_share)))
                 parts = {"pretrain/train": index[:cut], "pretrain/validation": index[cut:]}
             else:
-                if per_class >= len(index):
-                    raise ConfigError(f"digit {digit} has only {len(index)} images; per_class must be smaller",
-                                      key="per_class")
-                parts = {"transfer/train": index[:per_class], "transfer/validation": index[per_class:]}
+                cut = per_class + tune_per_class
+                if cut >= len(index):
+                    raise ConfigError(f"digit {digit} has only {len(index)} images; per_class + tune_per_class "
+                                      "must be smaller", key="per_class")
+                parts = {"transfer/train": index[:per_class], "transfer/tune": index[per_class:cut],
+                         "transfer/test": index[cut:]}
+            if rotations and digit in pretrain:
+                parts.update({"pretrain-rot/train": parts["pretrain/train"],
+                              "pretrain-rot/validation": parts["pretrain/validation"]})
             for part, rows in parts.items():
-                folder = tmp / part / str(digit)
-                folder.mkdir(parents=True, exist_ok=True)
-                for row in rows:
-                    pixels = (digits.images[row] * (255 / 16)).round().astype("uint8")
-                    Image.fromarray(pixels, mode="L").save(folder / f"{int(row):04d}.png")
+                for turn in (0, 1, 2, 3) if part.startswith("pretrain-rot") else (None,):
+                    folder = tmp / part / (str(digit) if turn is None else f"{digit}-r{90 * turn}")
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for row in rows:
+                        pixels = (digits.images[row] * (255 / 16)).round().astype("uint8")
+                        pixels = pixels if turn is None else np.ascontiguousarray(np.rot90(pixels, turn))
+                        Image.fromarray(pixels, mode="L").save(folder / f"{int(row):04d}.png")
         (tmp / "LICENSE.txt").write_text(LICENSE_TEXT)
         if out.exists():
             shutil.rmtree(out)

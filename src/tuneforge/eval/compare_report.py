@@ -93,6 +93,9 @@ def budget_lines(cc, labels=None) -> list[str]:
         used = min(total, data.limit_train or total)
         sub = f"{used:,} of {total:,} records (seeded subsample, shuffle_seed {data.shuffle_seed})" \
             if used < total else f"all {total:,} records"
+        per_class = getattr(first.task_config, "train_per_class", None)
+        if per_class is not None:
+            sub = f"{per_class} per class, drawn with each seed (task.train_per_class) from {total:,} records"
         lines.append(f"- train: `{data.train}`: {sub}")
     if data.validation:
         total = _count_records(data.validation)

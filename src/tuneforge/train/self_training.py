@@ -12,6 +12,11 @@ Each round is a normal `run_training` into its own folder, so it checkpoints and
                                    written before the round trains, reused on resume), round.json (last: done)
     output_dir/self_training.jsonl one line per finished round (rewritten from the round.json files)
 
+With train.report_to, each round's training reports to its own tracker run (the round's folder), and the round
+records go to one more at output_dir, step = round number (`round_scalars`): the pseudo-label counts, their
+agreement with the hidden labels and the validation metrics after the round. A resumed run sends every round
+again (a fresh TensorBoard folder, a new MLflow / W&B run).
+
 The final adapter (output_dir/adapter) is written by `train()` only after the last round. A run started again
 reloads each finished round from its last checkpoint (seconds) and continues in the first unfinished one.
 
@@ -43,6 +48,7 @@ from . import launcher
 from .loop import TrainResult, run_training
 from .pseudo_labels import agreement, class_counts, predict_proba, select
 from .resume_check import check_resume
+from .tracking import Trackers
 
 ROUNDS = "rounds"
 LOG = "self_training.jsonl"
@@ -173,6 +179,27 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
     amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
     names = [str(n) for n in task.labels or []]
     initial = _snapshot(model) if st.reinit else None
+    trackers = Trackers(cfg, out)
+    try:
+        return _rounds(model, task, train_examples, eval_examples, cfg, st, out, pool, initial, names, amp,
+                       trackers, resume, progress)
+    except BaseException as err:
+        trackers.close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def round_scalars(record: dict) -> dict:
+    """A round record as tracker tags: self_training/<count or share>, .../pseudo_labels/<class>, .../eval/<m>."""
+    keys = ("labelled", "pool", "above_threshold", "pseudo_labels", "pseudo_accuracy", "pool_accuracy",
+            "mean_confidence", "examples", "steps", "wall_time_s", "predict_s")
+    out = {f"self_training/{k}": record.get(k) for k in keys}
+    out.update({f"self_training/pseudo_labels/{name}": n for name, n in (record.get("per_class") or {}).items()})
+    out.update({f"self_training/eval/{k}": v for k, v in (record.get("eval") or {}).items()})
+    return out
+
+
+def _rounds(model, task, train_examples, eval_examples, cfg, st, out: Path, pool: Pool, initial, names, amp,
+            trackers: Trackers, resume: bool, progress: bool) -> TrainResult:
     records: list[dict] = []
     steps, wall = 0, 0.0
     result: TrainResult | None = None
@@ -208,7 +235,9 @@ def run(model, task, train_examples: list, eval_examples: list, run_cfg, output_
         _write_json(folder / DONE, record)
         records.append(record)
         _write_log(out, records)
+        trackers.log_values(r, round_scalars(record))
         shown = ", ".join(f"{k} {v:.4g}" for k, v in record["eval"].items())
         print(f"self-training round {r} done: {shown or 'no validation set'}")
     assert result is not None
+    trackers.close("FINISHED")
     return dataclasses.replace(result, steps=steps, wall_time_s=wall, self_training=records)

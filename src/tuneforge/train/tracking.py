@@ -4,6 +4,7 @@ their own libraries, so their UIs read our runs like anyone else's. Process 0 al
 Names, the same in every tracker:
     train/loss, train/learning_rate, train/grad_norm, train/tokens_per_s, train/epoch   each logged train line
     eval/<metric>                                                                      each evaluation
+    self_training/<count>, self_training/eval/<metric>   one point per self-training round (step = round)
 TensorBoard writes output_dir/tensorboard/; MLflow a run in train.mlflow_experiment at train.mlflow_tracking_uri
 (default the SQLite store output_dir/mlflow.db, artifacts in output_dir/mlruns) with the resolved config as
 params; W&B a run under output_dir/wandb, offline unless configured: train.wandb.mode, else WANDB_MODE, else
@@ -185,6 +186,14 @@ class Trackers:
         if values:
             for tracker in self.items:
                 tracker.log(int(record["step"]), values)
+
+    def log_values(self, step: int, values: dict) -> None:
+        """Tags chosen by the caller (self-training's per-round counts): finite numbers only."""
+        values = {tag: float(v) for tag, v in values.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if values:
+            for tracker in self.items:
+                tracker.log(int(step), values)
 
     def state(self) -> dict:
         out: dict = {}

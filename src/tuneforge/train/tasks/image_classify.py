@@ -55,6 +55,11 @@ class ImageClassifyConfig:
     """The declared label set, in head-output order. None: the distinct training labels, sorted (an image
     folder's class folder names). A record whose label is outside the set is an error naming its file and line."""
 
+    train_per_class: Union[int, None] = None
+    """Train on this many images of each class, drawn from data.train with `train.seed` (so each seed of a
+    comparison draws its own few labels, the same ones for every method of that seed); None: every image. A
+    class with fewer images is an error. The few-label regime of a learning curve (docs/vision.md)."""
+
     image_size: Union[int, None] = None
     """Side of the square input of the default preprocessing (a model folder without an image processor);
     None: the model config's image_size, else 224."""
@@ -86,6 +91,10 @@ class ImageClassifyConfig:
                 raise ConfigError("labels must be a list of at least two label names", key="labels")
             if len(set(map(str, self.labels))) != len(self.labels):
                 raise ConfigError("labels must not repeat", key="labels")
+        if self.train_per_class is not None and (isinstance(self.train_per_class, bool)
+                                                 or not isinstance(self.train_per_class, int)
+                                                 or self.train_per_class < 1):
+            raise ConfigError("train_per_class must be a positive number of images", key="train_per_class")
         if self.image_size is not None and (isinstance(self.image_size, bool) or self.image_size < 1):
             raise ConfigError("image_size must be a positive number of pixels", key="image_size")
         for key, low in (("crop_scale", 0.0), ("crop_ratio", 0.0)):
@@ -117,6 +126,23 @@ def random_resized_crop(x: torch.Tensor, scale, ratio) -> torch.Tensor:
         top, left = (height - h) // 2, (width - w) // 2
     crop = x[:, top:top + h, left:left + w]
     return F.interpolate(crop[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def per_class_draw(records: list, per_class: int, seed: int, source=None) -> list:
+    """`per_class` records of every label, a seeded random draw (random.Random(seed)), kept in file order."""
+    import random
+
+    by_label: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_label.setdefault(str(record["label"]), []).append(i)
+    rng, keep = random.Random(seed), []
+    for label in sorted(by_label):
+        rows = by_label[label]
+        if len(rows) < per_class:
+            raise DataError(f"label {label!r} has {len(rows)} training images, fewer than task.train_per_class "
+                            f"{per_class}", file=source, key="train_per_class")
+        keep += rng.sample(rows, per_class)
+    return [records[i] for i in sorted(keep)]
 
 
 def freeze_norm_statistics(model: nn.Module) -> None:
@@ -211,7 +237,10 @@ class ImageClassifyTask(BaseTask):
         if run_cfg.data.train is None:
             raise ConfigError("image classification needs training data", key="data.train")
         if self._train_records is None:
-            self._train_records = self.read(run_cfg, "train")
+            records, source = self.read(run_cfg, "train")
+            if cfg.train_per_class is not None:
+                records = per_class_draw(records, cfg.train_per_class, run_cfg.train.seed, source)
+            self._train_records = records, source
         self.labels = [str(x) for x in cfg.labels] if cfg.labels else infer_labels(self._train_records[0], "label")
         self.cfg = dataclasses.replace(cfg, labels=list(self.labels))
         run_cfg.task_config = self.cfg  # config.yaml says what each head output means
