@@ -110,19 +110,12 @@ def load_quantized_streaming(location, build: Callable[[], nn.Module], spec, pla
     safetensors shards in `location` one at a time, targeted Linear layers quantised per `spec` (a QuantSpec)
     onto `place(module name)`. Parameters of modules named in `new_modules` that the checkpoint lacks (a new
     classifier head) are initialised as from_pretrained would. None when this checkpoint cannot be streamed."""
-    from accelerate import init_empty_weights
-
     from ..quant.layers import mark_quantized, quantization_targets, quantized_layer
 
-    files = safetensors_files(location)
-    if not files:
-        return None
-    with init_empty_weights(include_buffers=False):
-        model = build()
-    planned = plan(model, files, new_modules)
+    planned = empty_model_and_plan(location, build, new_modules)
     if planned is None:
         return None
-    headers, key_map, fresh = planned
+    model, files, headers, key_map, fresh = planned
     check_placement(model, place)
     targets = set(quantization_targets(model))
     for path in files:
@@ -159,6 +152,20 @@ def load_quantized_streaming(location, build: Callable[[], nn.Module], spec, pla
         raise RuntimeError(f"lean loading left {len(leftover)} tensors unloaded, e.g. {leftover[:3]}")
     mark_quantized(model, spec)
     return model
+
+
+def empty_model_and_plan(location, build: Callable[[], nn.Module], new_modules):
+    """(model, files, headers, key_map, fresh): the model `build()` makes without allocating its weights, its
+    safetensors files and their `plan`; None when there are none or they lack a weight the model needs."""
+    from accelerate import init_empty_weights
+
+    files = safetensors_files(location)
+    if not files:
+        return None
+    with init_empty_weights(include_buffers=False):
+        model = build()
+    planned = plan(model, files, new_modules)
+    return None if planned is None else (model, files, *planned)
 
 
 def plan(model: nn.Module, files: list[Path], new_modules=("score", "classifier")):

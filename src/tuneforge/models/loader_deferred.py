@@ -39,10 +39,9 @@ from .lean_load import (
     _return_freed_memory,
     _set_module,
     _SAFE_DTYPES,
+    empty_model_and_plan,
     iter_tensors,
-    plan,
     read_header,
-    safetensors_files,
 )
 
 _ATTR = "_tuneforge_deferred"
@@ -80,19 +79,12 @@ def build_deferred(location, build: Callable[[], nn.Module], spec, device: torch
     """The model `build()` makes, its checkpoint weights placeholders to be read by `read_shards`; `spec` (a
     QuantSpec or None) quantises the Linear layers quantize_model would. None when the checkpoint is not
     safetensors or lacks a weight (the caller loads the whole model then)."""
-    from accelerate import init_empty_weights
-
     from ..quant.layers import mark_quantized, placeholder_4bit_layer, quantization_targets
 
-    files = safetensors_files(location)
-    if not files:
-        return None
-    with init_empty_weights(include_buffers=False):
-        model = build()
-    planned = plan(model, files, new_modules)
+    planned = empty_model_and_plan(location, build, new_modules)
     if planned is None:
         return None
-    headers, key_map, fresh = planned
+    model, files, headers, key_map, fresh = planned
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     entries, buffers = {}, {}
     for path in files:
