@@ -116,11 +116,15 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
 
 def check_resume_rounds(cfg_data: dict, output_dir, processes: int = 1) -> list[str]:
     """check_resume for every round folder that holds checkpoints: a config change that cannot resume exactly
-    is refused before anything is written; returns the harmless changes applied."""
+    is refused before anything is written; returns the harmless changes applied. A change of the self-training
+    settings is harmless to round 0 (its checkpoints resume), not to the later rounds."""
     applied: list[str] = []
     root = Path(output_dir) / ROUNDS
     for folder in sorted(root.glob("round-*")) if root.is_dir() else []:
-        for line in check_resume(cfg_data, folder, processes)[1]:
+        # round 0 trains on the labelled records alone: no self-training setting changes it, so a run with other
+        # settings (threshold, pool, rounds...) reuses a finished supervised round (copied into its output_dir)
+        harmless = ("task.self_training",) if folder.name == "round-0" else ()
+        for line in check_resume(cfg_data, folder, processes, harmless)[1]:
             if line not in applied:
                 applied.append(line)
     return applied
