@@ -52,8 +52,13 @@ def _run(config: dict, path: Path, seeds: str) -> dict:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    compare_seeds(str(path), seeds)
-    return json.loads((Path(config["output_dir"]) / "seeds.json").read_text())
+    runs = compare_seeds(str(path), seeds)
+    found = json.loads((Path(config["output_dir"]) / "seeds.json").read_text())
+    rows = next(iter(runs["per_seed"].values()))["rows"]  # trainable parameters: the same for every seed
+    for m in found["methods"]:
+        row = next(r for r in rows if r["label"] == m["label"])
+        m["trainable"], m["total"] = row["trainable"], row["total"]
+    return found
 
 
 def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None, base_path: str = BASE,
@@ -88,6 +93,7 @@ def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None,
             mean = statistics.fmean(diffs)
             half = T975[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
             rows.append({"label": m["label"], "mean": m["mean"], "std": m["std"], "per_seed": m["per_seed"],
+                         "trainable": m["trainable"], "trainable_pct": 100.0 * m["trainable"] / max(1, m["total"]),
                          "chosen": choices[m["label"]], "tune_mean": scores[f"{m['label']} @ {choices[m['label']]:g}"],
                          "vs_scratch": mean, "vs_scratch_low": None if half is None else mean - half,
                          "vs_scratch_high": None if half is None else mean + half})
@@ -99,14 +105,15 @@ def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None,
 def _write(result: dict, out: Path, seeds: str, test_data: str) -> None:
     lines = [f"# test accuracy on {test_data} by labels per class, seeds {seeds}", "",
              f"pretrained start: `{yaml.safe_load((out / f'k{next(iter(result))}' / 'test.yaml').read_text())['model']['name']}`", "",
-             "| labels per digit | method | chosen lr (C) | accuracy mean ± std | vs scratch, paired [95% t interval "
-             "over seeds] |", "|---:|---|---:|---:|---:|"]
+             "| labels per class | method | trainable | chosen lr (C) | accuracy mean ± std | vs scratch, paired [95% t "
+             "interval over seeds] |", "|---:|---|---:|---:|---:|---:|"]
     for k, rows in result.items():
         for r in rows:
             vs = "-" if r["label"] == "scratch" else (
                 f"{r['vs_scratch']:+.3f}" + ("" if r["vs_scratch_low"] is None else
                                               f" [{r['vs_scratch_low']:+.3f}, {r['vs_scratch_high']:+.3f}]"))
-            lines.append(f"| {k} | {r['label']} | {r['chosen']:g} | {r['mean']:.3f} ± {r['std']:.3f} | {vs} |")
+            lines.append(f"| {k} | {r['label']} | {r['trainable']:,} ({r['trainable_pct']:.3g}%) | {r['chosen']:g} | "
+                         f"{r['mean']:.3f} ± {r['std']:.3f} | {vs} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.md").write_text("\n".join(lines) + "\n")
     (out / "curve.json").write_text(json.dumps(result, indent=2))

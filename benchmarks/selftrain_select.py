@@ -33,10 +33,12 @@ SETTINGS = {
     "pool-all-1000": {"limit": None},
     "pool-all-3000": {"limit": None, "max_per_round": 3000},
     "pool-all-nocap": {"limit": None, "max_per_round": None},
-    "pool-all-nocap-t0.99": {"limit": None, "max_per_round": None, "threshold": 0.99},
+    "pool-all-nocap-300steps": {"limit": None, "max_per_round": None, "max_steps": 300},
     "pool-all-3000-continue": {"limit": None, "max_per_round": 3000, "reinit": False},
+    "pool-all-nocap-t0.99": {"limit": None, "max_per_round": None, "threshold": 0.99},
     "pool-all-3000-unbalanced": {"limit": None, "max_per_round": 3000, "balance": False},
 }
+DEFAULT = ("base", "pool-all-3000", "pool-all-nocap", "pool-all-nocap-300steps", "pool-all-3000-continue")
 
 
 def split(data_dir: Path, out: Path, dev: int, seed: int = 0) -> tuple[Path, Path]:
@@ -114,7 +116,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--out", default="runs/selftrain-select")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default=",".join(DEFAULT), help=f"some of {', '.join(SETTINGS)}")
     parser.add_argument("--dev", type=int, default=872)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()

@@ -261,3 +261,12 @@ def test_other_settings_reuse_a_finished_supervised_round(tiny_bert_dir, tmp_pat
     with pytest.raises(ConfigError, match="threshold"):  # round 1 of b was trained under 0.6
         train(st_config(tiny_bert_dir, tmp_path / "b", pool, rounds=1, threshold=0.7, max_per_round=4),
               progress=False)
+
+
+def test_self_training_rounds_may_take_their_own_number_of_steps(tiny_bert_dir, tmp_path):
+    pool = FIXTURES / "sst2_validation.jsonl"
+    result = train(st_config(tiny_bert_dir, tmp_path / "run", pool, rounds=2, threshold=0.5, max_steps=3),
+                   progress=False)
+    assert [r["steps"] for r in result.self_training] == [2 * -(-12 // 16), 3, 3]  # round 0: train.epochs (2)
+    with pytest.raises(ConfigError, match="max_steps"):
+        train(st_config(tiny_bert_dir, tmp_path / "bad", pool, max_steps=0), progress=False)

@@ -3,7 +3,8 @@
     round 0:  train on the labelled records (the supervised baseline, evaluated like any run)
     round r:  the model of round r-1 predicts every unlabelled record; the predictions at least `threshold`
               confident (optionally class-balanced, capped) become labels; train on labelled + pseudo-labelled
-              records, from the initial weights (`reinit`, default) or on from round r-1's
+              records, from the initial weights (`reinit`, default) or on from round r-1's, for train's steps
+              or `max_steps`
 
 Each round is a normal `run_training` into its own folder, so it checkpoints and resumes exactly as any run:
 
@@ -230,7 +231,9 @@ def _rounds(model, task, train_examples, eval_examples, cfg, st, out: Path, pool
                         if info.get("pseudo_accuracy") is not None else "")
             print(f"self-training round {r}: {info['pseudo_labels']} of {info['pool']} unlabelled records "
                   f"pseudo-labelled ({shown}){accuracy}")
-        result = run_training(model, task, examples, eval_examples, cfg, folder, resume=resume, progress=progress)
+        round_cfg = dataclasses.replace(cfg, max_steps=st.max_steps) if r > 0 and st.max_steps else cfg
+        result = run_training(model, task, examples, eval_examples, round_cfg, folder, resume=resume,
+                              progress=progress)
         steps, wall = steps + result.steps, wall + result.wall_time_s
         record = {"round": r, "labelled": len(train_examples),
                   **{k: v for k, v in info.items() if k != "kept"}, "examples": len(examples),
