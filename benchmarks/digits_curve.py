@@ -30,7 +30,7 @@ TUNE, TEST = "data/digits/transfer/tune", "data/digits/transfer/test"
 LR = (1.0e-3, 3.0e-3, 1.0e-2)
 LR_HIGH = (3.0e-3, 1.0e-2, 3.0e-2)
 GRIDS = {"scratch": LR, "head_only": (3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1), "feature_based": (1.0, 10.0, 100.0, 1000.0),
-         "lora": LR_HIGH}
+         "lora": LR_HIGH, "bitfit": (3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1)}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
