@@ -33,9 +33,10 @@ FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "Dej
 
 LICENSE_TEXT = """Synthetic images written by `tuneforge data glyphs`: letters rendered from the fonts that ship with
 matplotlib (mpl-data/fonts/ttf), randomly distorted and reduced to 8x8 block counts. The fonts' licenses:
-DejaVu fonts (Bitstream Vera license, public-domain changes; matplotlib's LICENSE_DEJAVU), STIX fonts (SIL Open
-Font License 1.1; LICENSE_STIX), Computer Modern (BaKoMa TrueType versions, freely redistributable; matplotlib's
-LICENSE_BAKOMA). The images themselves are generated data with no further terms.
+DejaVu fonts (Bitstream Vera license, public-domain changes; mpl-data/fonts/ttf/LICENSE_DEJAVU), STIX fonts (SIL
+Open Font License 1.1; mpl-data/fonts/ttf/LICENSE_STIX), Computer Modern (BaKoMa TrueType versions, freely
+redistributable; LICENSE/LICENSE_BAKOMA in matplotlib's source). The images are generated data rendered with the
+fonts (the fonts themselves are not copied).
 """
 
 
