@@ -99,6 +99,18 @@ def test_evaluate_retrieval_reuses_its_index(tiny_bert_dir, tmp_path):
     assert again == first and (tmp_path / "idx" / "index.faiss").stat().st_mtime_ns == stamp
 
 
+def test_the_baseline_index_is_kept_and_reused(tiny_bert_dir, tmp_path):
+    """--baseline-index: the untouched model's corpus is encoded once (e.g. when mining), not per comparison."""
+    first = evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", baseline=tiny_bert_dir,
+                               baseline_index_dir=tmp_path / "base", resamples=50)
+    assert first["difference"]["ndcg@10"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert not (tmp_path / "idx").exists() and (tmp_path / "base" / "index.faiss").is_file()
+    stamp = (tmp_path / "base" / "index.faiss").stat().st_mtime_ns
+    again = evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", baseline=tiny_bert_dir,
+                               baseline_index_dir=tmp_path / "base", resamples=50)
+    assert again == first and (tmp_path / "base" / "index.faiss").stat().st_mtime_ns == stamp
+
+
 def test_evaluate_sts(tiny_bert_dir):
     m = evaluate_sts(tiny_bert_dir, FIXTURES / "stsb_validation.jsonl")
     assert m["num_pairs"] == 16 and m["spearman"] == pytest.approx(rank_correlation(tiny_bert_dir), abs=1e-9)

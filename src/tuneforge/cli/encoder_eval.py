@@ -43,6 +43,8 @@ def retrieval_eval_cmd(
                                                  "paired bootstrap interval of the difference (repeatable)."),
     index: Optional[str] = typer.Option(None, "--index", help="Keep (or reuse) the corpus index of the first "
                                         "--model here."),
+    baseline_index: Optional[str] = typer.Option(None, "--baseline-index", help="Keep (or reuse) the corpus "
+                                                 "index of the first --baseline here."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Rank only the judged documents plus a seeded "
                                            "sample of the others, this many in all (a quick, optimistic check)."),
@@ -55,7 +57,7 @@ def retrieval_eval_cmd(
 
     _print(evaluate_retrieval(model if len(model) > 1 else model[0], data, split, index_dir=index,
                               batch_size=batch_size, max_docs=max_docs, baseline=baseline or None,
-                              resamples=resamples, seed=bootstrap_seed), as_json)
+                              resamples=resamples, seed=bootstrap_seed, baseline_index_dir=baseline_index), as_json)
 
 
 def sts_eval_cmd(

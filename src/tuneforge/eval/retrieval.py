@@ -63,7 +63,8 @@ def _ranked(model_dir, data, query_ids, corpus, index_dir, batch_size) -> dict[s
 
 def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir=None, batch_size: int = 64,
                        max_queries: int | None = None, max_docs: int | None = None, baseline=None,
-                       resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED) -> dict:
+                       resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED,
+                       baseline_index_dir=None) -> dict:
     """Score `model_dir` (alias, model / adapter / run directory) on a BEIR split of `data_dir`.
 
     The corpus is encoded once into a faiss index at `index_dir` (kept for `tuneforge search`), or into a
@@ -71,7 +72,8 @@ def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir
     encodes the queries. max_queries / max_docs evaluate a seeded subset (see sample_corpus). Returns the metrics
     with bootstrap 95% intervals over queries, plus num_queries and num_docs. `model_dir` may be a list (seeds
     of one recipe: mean, std, per-model values); `baseline` (a model or list) adds the paired interval of the
-    difference. With several models `index_dir` serves the first only."""
+    difference. With several models `index_dir` serves the first only; `baseline_index_dir` does the same for
+    the first baseline (the untouched model's corpus index, built once, e.g. when mining hard negatives)."""
     data = load_beir(data_dir, split)
     query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     qrels = {q: data.qrels[q] for q in query_ids}
@@ -85,6 +87,6 @@ def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir
             out.append({k: bootstrap.mean_of(v) for k, v in per_query_metrics(qrels, ranked).items()})
         return out
 
-    report = bootstrap.report_runs(runs(model_dir, index_dir), len(query_ids), runs(baseline) if baseline else (),
+    report = bootstrap.report_runs(runs(model_dir, index_dir), len(query_ids), runs(baseline, baseline_index_dir) if baseline else (),
                                    resamples, seed)
     return {**report, "num_queries": len(query_ids), "num_docs": len(corpus)}
