@@ -3,6 +3,8 @@ numbers of labels per digit, each with its learning rate (feature_based: C) chos
 
     python benchmarks/digits_curve.py [--per-class 1,3,10] [--seeds 0,1,2] [--out runs/digits/curve]
                                       [--model runs/digits/pretrain-rot/model]   (another pretrained start)
+                                      [--base CONFIG --tune FOLDER --test FOLDER]  (another comparison, e.g.
+        configs/compare/digits10_transfer_glyphs.yaml: the letters-pretrained start, all ten digits)
 
 For each number of labels K: (1) `compare --seeds` of every method at every value of its grid, evaluated on
 data/digits/transfer/tune (100 images never used for the final figures); (2) per method the value with the best
@@ -28,7 +30,7 @@ TUNE, TEST = "data/digits/transfer/tune", "data/digits/transfer/test"
 LR = (1.0e-3, 3.0e-3, 1.0e-2)
 LR_HIGH = (3.0e-3, 1.0e-2, 3.0e-2)
 GRIDS = {"scratch": LR, "head_only": (3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1), "feature_based": (1.0, 10.0, 100.0, 1000.0),
-         "lora": LR_HIGH}
+         "lora": LR_HIGH, "bitfit": (3.0e-3, 1.0e-2, 3.0e-2, 1.0e-1)}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -50,12 +52,18 @@ def _run(config: dict, path: Path, seeds: str) -> dict:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    compare_seeds(str(path), seeds)
-    return json.loads((Path(config["output_dir"]) / "seeds.json").read_text())
+    runs = compare_seeds(str(path), seeds)
+    found = json.loads((Path(config["output_dir"]) / "seeds.json").read_text())
+    rows = next(iter(runs["per_seed"].values()))["rows"]  # trainable parameters: the same for every seed
+    for m in found["methods"]:
+        row = next(r for r in rows if r["label"] == m["label"])
+        m["trainable"], m["total"] = row["trainable"], row["total"]
+    return found
 
 
-def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None) -> dict:
-    base = yaml.safe_load(Path(BASE).read_text())
+def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None, base_path: str = BASE,
+          tune_data: str = TUNE, test_data: str = TEST) -> dict:
+    base = yaml.safe_load(Path(base_path).read_text())
     if model is not None:  # the pretrained start of every row but scratch (a head of another size is replaced)
         base["model"]["name"] = model
     result = {}
@@ -66,7 +74,7 @@ def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None)
         for entry in base["methods"]:
             for value in GRIDS.get(_label(entry), GRIDS.get(entry["name"], LR)):
                 grid_entries.append({**_with_value(entry, value), "label": f"{_label(entry)} @ {value:g}"})
-        tune = {**copy.deepcopy(shared), "data": {**shared["data"], "validation": TUNE},
+        tune = {**copy.deepcopy(shared), "data": {**shared["data"], "validation": tune_data},
                 "output_dir": str(out / f"k{k}" / "tune"), "methods": grid_entries}
         scores = {m["label"]: m["mean"] for m in _run(tune, out / f"k{k}" / "tune.yaml", seeds)["methods"]}
         chosen = []
@@ -75,7 +83,7 @@ def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None)
             best = max(values, key=lambda v: scores[f"{_label(entry)} @ {v:g}"])
             choices[_label(entry)] = best
             chosen.append(_with_value(entry, best))
-        test = {**copy.deepcopy(shared), "data": {**shared["data"], "validation": TEST},
+        test = {**copy.deepcopy(shared), "data": {**shared["data"], "validation": test_data},
                 "output_dir": str(out / f"k{k}" / "test"), "methods": chosen}
         methods = _run(test, out / f"k{k}" / "test.yaml", seeds)["methods"]
         scratch = next(m for m in methods if m["label"] == "scratch")
@@ -85,25 +93,27 @@ def curve(per_class: list[int], seeds: str, out: Path, model: str | None = None)
             mean = statistics.fmean(diffs)
             half = T975[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
             rows.append({"label": m["label"], "mean": m["mean"], "std": m["std"], "per_seed": m["per_seed"],
+                         "trainable": m["trainable"], "trainable_pct": 100.0 * m["trainable"] / max(1, m["total"]),
                          "chosen": choices[m["label"]], "tune_mean": scores[f"{m['label']} @ {choices[m['label']]:g}"],
                          "vs_scratch": mean, "vs_scratch_low": None if half is None else mean - half,
                          "vs_scratch_high": None if half is None else mean + half})
         result[k] = rows
-    _write(result, out, seeds)
+    _write(result, out, seeds, test_data)
     return result
 
 
-def _write(result: dict, out: Path, seeds: str) -> None:
-    lines = [f"# digits 5-9: test accuracy (696 images) by labels per digit, seeds {seeds}", "",
+def _write(result: dict, out: Path, seeds: str, test_data: str) -> None:
+    lines = [f"# test accuracy on {test_data} by labels per class, seeds {seeds}", "",
              f"pretrained start: `{yaml.safe_load((out / f'k{next(iter(result))}' / 'test.yaml').read_text())['model']['name']}`", "",
-             "| labels per digit | method | chosen lr (C) | accuracy mean ± std | vs scratch, paired [95% t interval "
-             "over seeds] |", "|---:|---|---:|---:|---:|"]
+             "| labels per class | method | trainable | chosen lr (C) | accuracy mean ± std | vs scratch, paired [95% t "
+             "interval over seeds] |", "|---:|---|---:|---:|---:|---:|"]
     for k, rows in result.items():
         for r in rows:
             vs = "-" if r["label"] == "scratch" else (
                 f"{r['vs_scratch']:+.3f}" + ("" if r["vs_scratch_low"] is None else
                                               f" [{r['vs_scratch_low']:+.3f}, {r['vs_scratch_high']:+.3f}]"))
-            lines.append(f"| {k} | {r['label']} | {r['chosen']:g} | {r['mean']:.3f} ± {r['std']:.3f} | {vs} |")
+            lines.append(f"| {k} | {r['label']} | {r['trainable']:,} ({r['trainable_pct']:.3g}%) | {r['chosen']:g} | "
+                         f"{r['mean']:.3f} ± {r['std']:.3f} | {vs} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.md").write_text("\n".join(lines) + "\n")
     (out / "curve.json").write_text(json.dumps(result, indent=2))
@@ -116,5 +126,9 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/digits/curve")
     parser.add_argument("--model", default=None, help="pretrained start (default: the config's)")
+    parser.add_argument("--base", default=BASE, help="the compare config whose methods are tuned and tested")
+    parser.add_argument("--tune", default=TUNE, help="image folder the learning rates are chosen on")
+    parser.add_argument("--test", default=TEST, help="image folder the chosen values are scored on")
     args = parser.parse_args()
-    curve([int(x) for x in args.per_class.split(",")], args.seeds, Path(args.out), args.model)
+    curve([int(x) for x in args.per_class.split(",")], args.seeds, Path(args.out), args.model, args.base,
+          args.tune, args.test)

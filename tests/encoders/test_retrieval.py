@@ -99,6 +99,28 @@ def test_evaluate_retrieval_reuses_its_index(tiny_bert_dir, tmp_path):
     assert again == first and (tmp_path / "idx" / "index.faiss").stat().st_mtime_ns == stamp
 
 
+def test_the_baseline_index_is_kept_and_reused(tiny_bert_dir, tmp_path):
+    """--baseline-index: the untouched model's corpus is encoded once (e.g. when mining), not per comparison."""
+    first = evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", baseline=tiny_bert_dir,
+                               baseline_index_dir=tmp_path / "base", resamples=50)
+    assert first["difference"]["ndcg@10"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+    assert not (tmp_path / "idx").exists() and (tmp_path / "base" / "index.faiss").is_file()
+    stamp = (tmp_path / "base" / "index.faiss").stat().st_mtime_ns
+    again = evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", baseline=tiny_bert_dir,
+                               baseline_index_dir=tmp_path / "base", resamples=50)
+    assert again == first and (tmp_path / "base" / "index.faiss").stat().st_mtime_ns == stamp
+    # one index per model, in order: seeds scored one by one are not encoded again when scored together
+    two = evaluate_retrieval([tiny_bert_dir, tiny_bert_dir], FIXTURES / "scifact", index_dir=[tmp_path / "a",
+                             tmp_path / "b"], baseline=tiny_bert_dir, baseline_index_dir=tmp_path / "base",
+                             resamples=50)
+    assert (tmp_path / "a" / "index.faiss").is_file() and (tmp_path / "b" / "index.faiss").is_file()
+    assert two["ndcg@10"] == pytest.approx(first["ndcg@10"]) and two["std"]["ndcg@10"] == 0.0
+    from tuneforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="index directories"):
+        evaluate_retrieval(tiny_bert_dir, FIXTURES / "scifact", index_dir=[tmp_path / "a", tmp_path / "b"])
+
+
 def test_evaluate_sts(tiny_bert_dir):
     m = evaluate_sts(tiny_bert_dir, FIXTURES / "stsb_validation.jsonl")
     assert m["num_pairs"] == 16 and m["spearman"] == pytest.approx(rank_correlation(tiny_bert_dir), abs=1e-9)
@@ -134,7 +156,7 @@ def rank_correlation(model_dir) -> float:
     return float(np.corrcoef(ranks(cos), ranks([float(r["score"]) for r in rows]))[0, 1])
 
 
-def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys):
+def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys, tmp_path):
     from tuneforge.cli.main import main
 
     with pytest.raises(SystemExit) as done:
@@ -144,6 +166,11 @@ def test_cli_retrieval_and_sts_eval(tiny_bert_dir, capsys):
     assert set(metrics) == {"ndcg@10", "mrr@10", "recall@100", "num_queries", "num_docs", "intervals", "bootstrap"}
     for name, (low, high) in metrics["intervals"].items():
         assert low <= metrics[name] <= high
+    with pytest.raises(SystemExit) as done:  # two models, each its own kept index
+        main(["retrieval-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "scifact"), "--json",
+              "--model", str(tiny_bert_dir), "--index", str(tmp_path / "a"), "--index", str(tmp_path / "b")])
+    assert done.value.code == 0 and len(json.loads(capsys.readouterr().out)["runs"]) == 2
+    assert (tmp_path / "a" / "index.faiss").is_file() and (tmp_path / "b" / "index.faiss").is_file()
     with pytest.raises(SystemExit):
         main(["sts-eval", "--model", str(tiny_bert_dir), "--data", str(FIXTURES / "stsb_validation.jsonl")])
     assert "spearman" in capsys.readouterr().out

@@ -238,3 +238,35 @@ def test_pool_limit_is_drawn_after_the_labelled_records_are_left_out(tiny_bert_d
                     limit=30)
     log = train(cfg, progress=False).self_training
     assert log[1]["pool"] == 30 and log[1]["hidden_labels"] == 30
+
+
+def test_other_settings_reuse_a_finished_supervised_round(tiny_bert_dir, tmp_path):
+    """Round 0 trains on the labelled records alone, so a run with other self-training settings may start from a
+    copy of a finished round 0 (how benchmarks/selftrain_select.py compares settings at one supervised cost);
+    the later rounds still refuse a setting that changes them."""
+    import shutil
+
+    pool = FIXTURES / "sst2_validation.jsonl"
+    first = train(st_config(tiny_bert_dir, tmp_path / "a", pool, rounds=1, threshold=0.5), progress=False)
+    (tmp_path / "b" / "rounds").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "rounds" / "round-0", tmp_path / "b" / "rounds" / "round-0")
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "rounds" / "round-0" / "checkpoints").rglob("*")}
+    other = train(st_config(tiny_bert_dir, tmp_path / "b", pool, rounds=1, threshold=0.6, max_per_round=4),
+                  progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # round 0 was reloaded, not trained again
+    assert other.self_training[0]["eval"] == first.self_training[0]["eval"]
+    assert other.self_training[1]["pseudo_labels"] <= 4
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert any(line.startswith("task.self_training.threshold") for line in summary["resume_changes"])
+    with pytest.raises(ConfigError, match="threshold"):  # round 1 of b was trained under 0.6
+        train(st_config(tiny_bert_dir, tmp_path / "b", pool, rounds=1, threshold=0.7, max_per_round=4),
+              progress=False)
+
+
+def test_self_training_rounds_may_take_their_own_number_of_steps(tiny_bert_dir, tmp_path):
+    pool = FIXTURES / "sst2_validation.jsonl"
+    result = train(st_config(tiny_bert_dir, tmp_path / "run", pool, rounds=2, threshold=0.5, max_steps=3),
+                   progress=False)
+    assert [r["steps"] for r in result.self_training] == [2 * -(-12 // 16), 3, 3]  # round 0: train.epochs (2)
+    with pytest.raises(ConfigError, match="max_steps"):
+        train(st_config(tiny_bert_dir, tmp_path / "bad", pool, max_steps=0), progress=False)

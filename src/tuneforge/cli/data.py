@@ -58,10 +58,32 @@ def digits_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the splits."),
     rotations: bool = typer.Option(False, "--rotations",
                                    help="Also pretrain-rot/: 20 classes, each of 0-4 at 0, 90, 180 and 270 degrees."),
+    pretrain: str = typer.Option("0,1,2,3,4", "--pretrain", help="Digits to pretrain on ('' for none)."),
+    transfer: str = typer.Option("5,6,7,8,9", "--transfer", help="Digits to transfer to with few labels."),
 ) -> None:
     """Write scikit-learn's bundled digits as image folders: digits 0-4 to pretrain on, 5-9 with few labels to
     transfer to (offline; BSD-3 / CC BY 4.0, see the LICENSE.txt written with them)."""
     from tuneforge.data.digits import write_digits
 
-    typer.echo(write_digits(out, per_class=per_class, tune_per_class=tune_per_class, seed=seed,
-                             rotations=rotations))
+    def digits(text: str, key: str) -> tuple:
+        try:
+            return tuple(int(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise typer.BadParameter(f"expected comma-separated digits, got {text!r}", param_hint=key) from None
+
+    typer.echo(write_digits(out, pretrain=digits(pretrain, "--pretrain"), transfer=digits(transfer, "--transfer"),
+                             per_class=per_class, tune_per_class=tune_per_class, seed=seed, rotations=rotations))
+
+
+@data_app.command("glyphs")
+def glyphs_cmd(
+    out: str = typer.Argument(..., help="Folder to write (replaced if it exists)."),
+    per_class: int = typer.Option(300, "--per-class", help="Training images per letter."),
+    validation_per_class: int = typer.Option(40, "--validation-per-class", help="Validation images per letter."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fonts and distortions drawn."),
+) -> None:
+    """Write synthetic letters rendered from matplotlib's fonts as 8x8 images in the format of the digits: a broad
+    pretraining source for the offline transfer demonstration (42 classes; no digits)."""
+    from tuneforge.data.glyphs import write_glyphs
+
+    typer.echo(write_glyphs(out, per_class=per_class, validation_per_class=validation_per_class, seed=seed))

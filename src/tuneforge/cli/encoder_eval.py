@@ -41,8 +41,10 @@ def retrieval_eval_cmd(
     split: str = typer.Option("validation", "--split", help="Which queries_/qrels_ split to score."),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Encoder(s) to compare with: adds the "
                                                  "paired bootstrap interval of the difference (repeatable)."),
-    index: Optional[str] = typer.Option(None, "--index", help="Keep (or reuse) the corpus index of the first "
-                                        "--model here."),
+    index: Optional[List[str]] = typer.Option(None, "--index", help="Keep (or reuse) the corpus index of the "
+                                              "first --model here; repeat for the next models, in order."),
+    baseline_index: Optional[List[str]] = typer.Option(None, "--baseline-index", help="Keep (or reuse) the "
+                                                       "corpus index of the first --baseline here (repeatable)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Texts per encoder forward pass."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="Rank only the judged documents plus a seeded "
                                            "sample of the others, this many in all (a quick, optimistic check)."),
@@ -53,9 +55,10 @@ def retrieval_eval_cmd(
     """nDCG@10, MRR@10 and Recall@100 of ranking the whole corpus for every query (trec_eval), with intervals."""
     from tuneforge.eval.retrieval import evaluate_retrieval
 
-    _print(evaluate_retrieval(model if len(model) > 1 else model[0], data, split, index_dir=index,
+    _print(evaluate_retrieval(model if len(model) > 1 else model[0], data, split, index_dir=index or None,
                               batch_size=batch_size, max_docs=max_docs, baseline=baseline or None,
-                              resamples=resamples, seed=bootstrap_seed), as_json)
+                              resamples=resamples, seed=bootstrap_seed, baseline_index_dir=baseline_index or None),
+           as_json)
 
 
 def sts_eval_cmd(

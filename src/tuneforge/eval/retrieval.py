@@ -13,6 +13,7 @@ The ranking goes through the same persisted faiss index as `tuneforge search` (s
 from __future__ import annotations
 
 from ..data.beir import load_beir
+from ..errors import ConfigError
 from . import bootstrap
 
 DEPTH = 100
@@ -63,7 +64,8 @@ def _ranked(model_dir, data, query_ids, corpus, index_dir, batch_size) -> dict[s
 
 def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir=None, batch_size: int = 64,
                        max_queries: int | None = None, max_docs: int | None = None, baseline=None,
-                       resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED) -> dict:
+                       resamples: int = bootstrap.RESAMPLES, seed: int = bootstrap.SEED,
+                       baseline_index_dir=None) -> dict:
     """Score `model_dir` (alias, model / adapter / run directory) on a BEIR split of `data_dir`.
 
     The corpus is encoded once into a faiss index at `index_dir` (kept for `tuneforge search`), or into a
@@ -71,20 +73,27 @@ def evaluate_retrieval(model_dir, data_dir, split: str = "validation", index_dir
     encodes the queries. max_queries / max_docs evaluate a seeded subset (see sample_corpus). Returns the metrics
     with bootstrap 95% intervals over queries, plus num_queries and num_docs. `model_dir` may be a list (seeds
     of one recipe: mean, std, per-model values); `baseline` (a model or list) adds the paired interval of the
-    difference. With several models `index_dir` serves the first only."""
+    difference. With several models `index_dir` may be a list, one index per model in order (a single one serves
+    the first model only); `baseline_index_dir` likewise for the baselines (the untouched model's corpus index,
+    built once, e.g. when mining hard negatives), so the seeds of a recipe evaluated one by one are not encoded
+    again when they are compared together."""
     data = load_beir(data_dir, split)
     query_ids = sorted(data.queries)[:max_queries] if max_queries else sorted(data.queries)
     qrels = {q: data.qrels[q] for q in query_ids}
     corpus = sample_corpus(data.corpus, qrels, max_docs)
 
-    def runs(models, index_for_first=None) -> list[dict]:
-        models = bootstrap.as_list(models)
+    def runs(models, index_dirs=None) -> list[dict]:
+        models, index_dirs = bootstrap.as_list(models), bootstrap.as_list(index_dirs)
+        if len(index_dirs) > len(models):
+            raise ConfigError(f"{len(index_dirs)} index directories for {len(models)} model(s): give at most one "
+                              f"per model, in order", key="index")
         out = []
         for i, model in enumerate(models):
-            ranked = _ranked(model, data, query_ids, corpus, index_for_first if i == 0 else None, batch_size)
+            ranked = _ranked(model, data, query_ids, corpus, index_dirs[i] if i < len(index_dirs) else None,
+                             batch_size)
             out.append({k: bootstrap.mean_of(v) for k, v in per_query_metrics(qrels, ranked).items()})
         return out
 
-    report = bootstrap.report_runs(runs(model_dir, index_dir), len(query_ids), runs(baseline) if baseline else (),
+    report = bootstrap.report_runs(runs(model_dir, index_dir), len(query_ids), runs(baseline, baseline_index_dir) if baseline else (),
                                    resamples, seed)
     return {**report, "num_queries": len(query_ids), "num_docs": len(corpus)}

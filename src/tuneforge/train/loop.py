@@ -37,6 +37,7 @@ from .memory import release_freed_memory
 from .activation_checkpointing import activation_checkpointing
 from .compile import attention_for_compile, compile_blocks
 from .interrupts import Interrupts
+from .length_groups import grouped_order
 from .optim import build_optimizer, build_scheduler, on_optimizer_step, sync_lr
 from .report import plot_losses
 from .step_stats import StepStats
@@ -66,14 +67,19 @@ class TrainResult:
 class DataOrder:
     """Which examples each optimizer step sees. Epoch e visits a permutation drawn from a torch.Generator
     seeded with (seed, e); micro-batches are consecutive slices of it; a step takes grad_accum_steps of them
-    (fewer at the end of an epoch). The position (epoch, index into the permutation) is all a resume needs."""
+    (fewer at the end of an epoch). The position (epoch, index into the permutation) is all a resume needs.
+    With `lengths` and a `group_window` the permutation is length-grouped (length_groups.py)."""
 
-    def __init__(self, n: int, micro_batch_size: int, grad_accum_steps: int, seed: int):
+    def __init__(self, n: int, micro_batch_size: int, grad_accum_steps: int, seed: int,
+                 lengths: list[int] | None = None, group_window: int = 0):
         if n == 0:
             raise ConfigError("there are no training examples", key="data.train")
         if micro_batch_size < 1 or grad_accum_steps < 1:
             raise ConfigError("micro_batch_size and grad_accum_steps must be >= 1", key="train.micro_batch_size")
+        if group_window and (lengths is None or len(lengths) != n):
+            raise ValueError("a length-grouped order needs one length per example")
         self.n, self.micro, self.accum, self.seed = n, micro_batch_size, grad_accum_steps, seed
+        self.lengths, self.group_window = lengths, group_window
         self._cached: tuple[int, list[int]] | None = None
 
     @property
@@ -83,7 +89,10 @@ class DataOrder:
     def permutation(self, epoch: int) -> list[int]:
         if self._cached is None or self._cached[0] != epoch:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
-            self._cached = (epoch, torch.randperm(self.n, generator=gen).tolist())
+            perm = torch.randperm(self.n, generator=gen).tolist()
+            if self.group_window:
+                perm = grouped_order(perm, self.lengths, self.micro, self.group_window, gen)
+            self._cached = (epoch, perm)
         return self._cached[1]
 
     def step(self, epoch: int, index: int) -> tuple[list[list[int]], int, int]:
@@ -94,6 +103,16 @@ class DataOrder:
             chunks.append(perm[index : index + self.micro])
             index += self.micro
         return (chunks, epoch + 1, 0) if index >= self.n else (chunks, epoch, index)
+
+
+def example_lengths(task, examples: list) -> list[int]:
+    """Each training example's length in tokens, for a length-grouped order (the task's `example_length`)."""
+    length = getattr(task, "example_length", None)
+    lengths = [length(ex) for ex in examples] if length is not None else [None]
+    if any(n is None for n in lengths):
+        raise ConfigError(f"train.group_by_length needs each example's length, and task {task.name!r} does not "
+                          f"give one; set group_by_length: 0", key="train.group_by_length")
+    return lengths
 
 
 def _logged_eval(history: list[dict], step: int) -> dict:
@@ -239,9 +258,12 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
     if getattr(cfg, "release_memory", False):
         release_freed_memory(device.type)  # freed activations go back to the OS: a lower peak RSS (memory.py)
     par = Parallel.current()  # several processes: see distributed.py; one process: every call is a no-op
+    window = getattr(cfg, "group_by_length", 0)
+    lengths = example_lengths(task, train_examples) if window else None
     task = par.task(task)
     _seed_everything(cfg.seed + par.rank)
-    order = DataOrder(len(train_examples), cfg.micro_batch_size * par.world_size, cfg.grad_accum_steps, cfg.seed)
+    order = DataOrder(len(train_examples), cfg.micro_batch_size * par.world_size, cfg.grad_accum_steps, cfg.seed,
+                      lengths, window)
     total_steps = cfg.max_steps or cfg.epochs * order.steps_per_epoch
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
@@ -262,6 +284,11 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
             raise ConfigError(f"checkpoint {latest} was trained on {loaded['examples']} examples, this run has "
                               f"{order.n}: the data changed, so it cannot resume exactly; start over with "
                               f"--no-resume", key="data.train")
+        if loaded.get("group_by_length", 0) != order.group_window:  # so is the order's grouping
+            raise ConfigError(f"checkpoint {latest} was trained with group_by_length: "
+                              f"{loaded.get('group_by_length', 0)}, this run has {order.group_window}: the data "
+                              f"order differs, so it cannot resume exactly; set it back or start over with "
+                              f"--no-resume", key="train.group_by_length")
         state.update({k: loaded[k] for k in state}, window=StepStats.from_list(loaded["window"]))
         sync_lr(scheduler)
     elif par.is_main:
@@ -294,7 +321,7 @@ def _save(run: _Run) -> Path:
     run.state["elapsed_s"] = run.elapsed()
     extra = {"history": run.reporter.history, "total_steps": run.total_steps, "hooks": run.hooks.state(),
              "world_size": run.par.world_size, "sharded": run.par.sharded, "examples": run.order.n,
-             "window": run.state["window"].to_list()}
+             "group_by_length": run.order.group_window, "window": run.state["window"].to_list()}
     path = run.par.save_checkpoint(run.root, run.step, run.model, run.optimizer, run.scheduler,
                                    {**run.state, **extra}, run.rng, run.cfg.keep_last)
     run.hooks.on_save(run.step, path)

@@ -41,14 +41,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _harmless(key: str) -> bool:
-    return any(key == h or key.startswith(h + ".") for h in HARMLESS)
+def _harmless(key: str, extra: tuple = ()) -> bool:
+    return any(key == h or key.startswith(h + ".") for h in HARMLESS + tuple(extra))
 
 
-def compare(old: dict, new: dict, *, step: int = 0, old_processes: int = 1, new_processes: int = 1
-            ) -> tuple[list[str], list[str]]:
+def compare(old: dict, new: dict, *, step: int = 0, old_processes: int = 1, new_processes: int = 1,
+            harmless: tuple = ()) -> tuple[list[str], list[str]]:
     """(applied, refused): one "key: old -> new" line per changed key. `old` and `new` are resolved configs as
-    plain data (dump_config); keys the old config does not have (written by an older version) are not compared."""
+    plain data (dump_config); keys the old config does not have (written by an older version) are not compared.
+    `harmless`: more key paths whose change this checkpoint does not depend on."""
     before, after = flatten(old), flatten(new)
     applied, refused = [], []
     constant = (after.get("train.lr_schedule") == "constant" and not after.get("train.warmup_ratio")
@@ -60,7 +61,7 @@ def compare(old: dict, new: dict, *, step: int = 0, old_processes: int = 1, new_
         if a == b:
             continue
         line = f"{key}: {a!r} -> {b!r}"
-        if _harmless(key):
+        if _harmless(key, harmless):
             applied.append(line)
         elif key in LENGTH and constant and (after.get("train.max_steps") or step) >= step:
             applied.append(line + " (constant learning rate: more steps continue the same schedule)")
@@ -90,9 +91,10 @@ def saved_config(checkpoint: Path, output_dir: Path) -> dict | None:
     return None
 
 
-def check_resume(cfg_data: dict, output_dir: Path, processes: int = 1) -> tuple[Path | None, list[str]]:
+def check_resume(cfg_data: dict, output_dir: Path, processes: int = 1, harmless: tuple = ()
+                 ) -> tuple[Path | None, list[str]]:
     """(the checkpoint a resume will start from, the harmless changes it applies); raises ConfigError listing
-    every change that cannot resume exactly."""
+    every change that cannot resume exactly (`harmless`: as for compare)."""
     latest = ckpt.latest_checkpoint(output_dir / "checkpoints", warn=False)
     if latest is None:
         return None, []
@@ -101,7 +103,8 @@ def check_resume(cfg_data: dict, output_dir: Path, processes: int = 1) -> tuple[
         return latest, []
     state = json.loads((latest / "state.json").read_text())
     applied, refused = compare(old, cfg_data, step=int(state.get("global_step", 0)),
-                               old_processes=int(state.get("world_size", 1)), new_processes=processes)
+                               old_processes=int(state.get("world_size", 1)), new_processes=processes,
+                               harmless=harmless)
     if refused:
         shown = "\n  ".join(refused)
         raise ConfigError(

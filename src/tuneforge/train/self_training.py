@@ -3,7 +3,8 @@
     round 0:  train on the labelled records (the supervised baseline, evaluated like any run)
     round r:  the model of round r-1 predicts every unlabelled record; the predictions at least `threshold`
               confident (optionally class-balanced, capped) become labels; train on labelled + pseudo-labelled
-              records, from the initial weights (`reinit`, default) or on from round r-1's
+              records, from the initial weights (`reinit`, default) or on from round r-1's, for train's steps
+              or `max_steps`
 
 Each round is a normal `run_training` into its own folder, so it checkpoints and resumes exactly as any run:
 
@@ -116,11 +117,15 @@ def prepare_pool(task, run_cfg, tokenizer, train_examples: list) -> Pool:
 
 def check_resume_rounds(cfg_data: dict, output_dir, processes: int = 1) -> list[str]:
     """check_resume for every round folder that holds checkpoints: a config change that cannot resume exactly
-    is refused before anything is written; returns the harmless changes applied."""
+    is refused before anything is written; returns the harmless changes applied. A change of the self-training
+    settings is harmless to round 0 (its checkpoints resume), not to the later rounds."""
     applied: list[str] = []
     root = Path(output_dir) / ROUNDS
     for folder in sorted(root.glob("round-*")) if root.is_dir() else []:
-        for line in check_resume(cfg_data, folder, processes)[1]:
+        # round 0 trains on the labelled records alone: no self-training setting changes it, so a run with other
+        # settings (threshold, pool, rounds...) reuses a finished supervised round (copied into its output_dir)
+        harmless = ("task.self_training",) if folder.name == "round-0" else ()
+        for line in check_resume(cfg_data, folder, processes, harmless)[1]:
             if line not in applied:
                 applied.append(line)
     return applied
@@ -226,7 +231,9 @@ def _rounds(model, task, train_examples, eval_examples, cfg, st, out: Path, pool
                         if info.get("pseudo_accuracy") is not None else "")
             print(f"self-training round {r}: {info['pseudo_labels']} of {info['pool']} unlabelled records "
                   f"pseudo-labelled ({shown}){accuracy}")
-        result = run_training(model, task, examples, eval_examples, cfg, folder, resume=resume, progress=progress)
+        round_cfg = dataclasses.replace(cfg, max_steps=st.max_steps) if r > 0 and st.max_steps else cfg
+        result = run_training(model, task, examples, eval_examples, round_cfg, folder, resume=resume,
+                              progress=progress)
         steps, wall = steps + result.steps, wall + result.wall_time_s
         record = {"round": r, "labelled": len(train_examples),
                   **{k: v for k, v in info.items() if k != "kept"}, "examples": len(examples),

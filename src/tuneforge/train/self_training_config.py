@@ -44,6 +44,11 @@ class SelfTrainingConfig:
     labelled + pseudo-labelled records, so a round's mistakes are not trained into the next model twice).
     false: every round continues from the previous round's weights (fewer steps needed, more confirmation bias)."""
 
+    max_steps: int | None = None
+    """Optimizer steps of each self-training round (round 1 on); null: the same steps or epochs as round 0
+    (train.max_steps / train.epochs). More labelled + pseudo-labelled records than labelled ones may need more
+    steps to be seen; the supervised round 0 keeps train's budget either way."""
+
     limit: int | None = None
     """Use only this many of the unlabelled records (a seeded subset by data.shuffle_seed, drawn after the
     records equal to a labelled one are left out): a smaller pool keeps each round's pseudo-labelling short."""
@@ -58,7 +63,7 @@ class SelfTrainingConfig:
             raise ConfigError(f"threshold must be a probability in [0, 1], got {self.threshold}", key="threshold")
         if self.rounds < 1:
             raise ConfigError("rounds must be at least 1 (round 0, the supervised one, always runs)", key="rounds")
-        for key in ("max_per_round", "limit"):
+        for key in ("max_per_round", "limit", "max_steps"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be a positive number (or null for no limit)", key=key)

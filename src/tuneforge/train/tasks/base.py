@@ -20,6 +20,7 @@ those it needs):
                                                          per batch (PPO) runs its own loop instead of the shared one
     export(model, tokenizer, run_cfg, output_dir) -> path   extra artefacts after the adapter is saved
     data_notes() -> list[str]                            rows the task skipped or cut, repeated at the end
+    example_length(example) -> int | None                tokens of an example, for train.group_by_length
     encode_unlabeled / logits / example_key              self-training on pseudo-labels (train/self_training.py)
 """
 from __future__ import annotations
@@ -116,6 +117,12 @@ class BaseTask:
     def pseudo_example(self, example: dict, label: int) -> dict:
         """How a pool example trains under its pseudo-label (an image task turns augmentation on)."""
         return {**example, "label": label}
+
+    def example_length(self, example: dict) -> int | None:
+        """An example's cost in tokens, for a length-grouped order (train.group_by_length): its input_ids by
+        default; None for a task whose examples have none (grouping is then refused)."""
+        ids = example.get("input_ids") if isinstance(example, dict) else None
+        return len(ids) if ids is not None else None
 
     def num_tokens(self, batch: dict) -> int:
         """Real (non-padding) input tokens, for tokens/s: the collate's own count when it gives one (packed

@@ -250,6 +250,10 @@ class EmbedTask(BaseTask):
     def num_targets(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
 
+    def example_length(self, example: dict) -> int:
+        """Tokens of every text of a row (anchor, document, hard negatives): the forwards it costs."""
+        return len(example["a"]) + len(example["b"]) + sum(len(n) for n in example.get("negatives", ()))
+
     def embed(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         return pool(hidden, mask, self.cfg.pooling)
