@@ -31,7 +31,13 @@ def test_example_config_loads(path):
     for source in sources:
         for split in ("train", "validation"):
             data_path = getattr(source, split)
-            if data_path:
+            if data_path and Path(data_path).parts[0] == "runs":
+                # data an earlier step of the recipe writes (e.g. `tuneforge data glyphs runs/...`): the config's
+                # header must name the command that makes it, so a plain clone can follow it
+                folder = str(Path(data_path).parent)
+                assert "tuneforge data " in path.read_text() and folder in path.read_text(), (
+                    f"{_id(path)}: {split} data {data_path} is made by no command in the header")
+            elif data_path:
                 assert Path(data_path).exists(), f"{_id(path)}: {split} data {data_path} missing"
                 assert "shared" not in Path(data_path).parts, f"{_id(path)} reads outside the repository"
 
