@@ -96,6 +96,10 @@ def test_a_plain_clone_loads_every_shipped_config(tmp_path):
     assert len(loaded) >= 40
     for config, paths in loaded.items():
         for path in filter(None, paths):
+            if Path(path).parts[0] == "runs":  # written by an earlier step the config's header names
+                text = (clone / config).read_text()
+                assert "tuneforge data " in text and str(Path(path).parent) in text, (config, path)
+                continue
             resolved = (clone / path).resolve()  # relative to the clone, its working directory
             assert resolved.is_relative_to(clone.resolve()) and resolved.exists(), (config, path)
 
