@@ -19,12 +19,10 @@ The splits are seeded; the folder appears whole or not at all (written beside it
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from .whole_folder import whole_folder
 
 LICENSE_TEXT = """Images from scikit-learn's bundled digits data (sklearn.datasets.load_digits), written by
 `tuneforge data digits`. scikit-learn is BSD-3-Clause licensed. The images are the test part of the UCI
@@ -49,10 +47,7 @@ def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), pe
                           key="per_class")
     digits = load_digits()
     rng = np.random.default_rng(seed)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with whole_folder(out_dir) as tmp:
         for digit in pretrain + transfer:
             index = rng.permutation(np.flatnonzero(digits.target == digit))
             if digit in pretrain:
@@ -77,9 +72,4 @@ def write_digits(out_dir, pretrain=(0, 1, 2, 3, 4), transfer=(5, 6, 7, 8, 9), pe
                         pixels = pixels if turn is None else np.ascontiguousarray(np.rot90(pixels, turn))
                         Image.fromarray(pixels, mode="L").save(folder / f"{int(row):04d}.png")
         (tmp / "LICENSE.txt").write_text(LICENSE_TEXT)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir)

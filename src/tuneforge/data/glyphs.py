@@ -16,12 +16,10 @@ and the fonts' files; the folder appears whole or not at all.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from .whole_folder import whole_folder
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabdefghijkmnqrty"
 # Latin text fonts in matplotlib's mpl-data/fonts/ttf (the Display and symbol faces hold no letters).
@@ -103,10 +101,7 @@ def write_glyphs(out_dir, per_class: int = 300, validation_per_class: int = 40, 
         raise ConfigError(f"fonts not found in {folder}: {', '.join(missing)}", key="fonts")
     loaded = [ImageFont.truetype(str(folder / name), 96) for name in fonts]
     rng = np.random.default_rng(seed)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with whole_folder(out_dir) as tmp:
         for char in letters:
             for part, count in (("train", per_class), ("validation", validation_per_class)):
                 target = tmp / part / class_name(char)
@@ -115,9 +110,4 @@ def write_glyphs(out_dir, per_class: int = 300, validation_per_class: int = 40, 
                     font = loaded[int(rng.integers(len(loaded)))]
                     Image.fromarray(render_glyph(font, char, rng), mode="L").save(target / f"{i:05d}.png")
         (tmp / "LICENSE.txt").write_text(LICENSE_TEXT)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return Path(out_dir)
