@@ -25,4 +25,5 @@ def test_eval_tasks_read_their_data(path, monkeypatch):
             assert Path(data).is_file(), f"{path.name}: task {task.name} data {data} missing"
         record = read_records(task.data)[0]
         example = build_example(task, record, task.data, 1)
-        assert example.text or (example.prompt and (example.references or task.type == "choice"))
+        reference_free = task.reward_adapter is not None  # the reward metric scores prompt + reply alone
+        assert example.text or (example.prompt and (example.references or task.type == "choice" or reference_free))

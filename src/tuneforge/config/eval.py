@@ -22,9 +22,11 @@ from ..errors import ConfigError
 
 TASK_TYPES = ("generate", "choice", "perplexity")
 METRIC_GROUPS = {"rouge": ("rouge1", "rouge2", "rougeL"), "perplexity": ("loss",)}
-METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss")
+METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss", "reward")
+REFERENCE_FREE = ("reward",)
 FORMATS = ("template", "alpaca", "chat")
 SELECTIONS = ("random", "retrieved")
+TEMPLATES = ("chat", "raw")
 
 
 def expand_metrics(names: list[str]) -> list[str]:
@@ -71,7 +73,19 @@ class EvalTask:
 
     metrics: list[str] = dataclasses.field(default_factory=lambda: ["rouge"])
     """Any of rouge (= rouge1, rouge2, rougeL), rouge1, rouge2, rougeL, bleu, chrf, exact_match, accuracy, f1,
-    loss (mean token loss of the reference, with its perplexity)."""
+    loss (mean token loss of the reference, with its perplexity), reward (mean score of `reward_adapter` on the
+    task's prompt followed by the reply; needs no reference)."""
+
+    template: str = "chat"
+    """chat: the prompt is a user turn of the tokenizer's chat template; raw: the model continues the plain text
+    of the prompt (a base-style continuation, as PPO's `template: raw`). A system may set its own."""
+
+    prompt_words: int | None = None
+    """Keep only the first N words of the rendered prompt (review openings, as PPO's task.prompt_words)."""
+
+    reward_adapter: str | None = None
+    """The `reward` metric's scorer: the adapter of a `task: reward` run on this base model (its scalar head is
+    saved with it). It scores the task's own prompt (raw text, as PPO scores a rollout) + " " + the reply."""
 
     choices: list[str] | None = None
     """choice tasks: the answer texts the model picks among, e.g. ["yes", "no"]."""
@@ -110,9 +124,24 @@ class EvalTask:
         if self.type == "choice":
             if not self.choices or self.label is None:
                 raise ConfigError("a choice task needs choices and the label field", key="choices")
-        elif self.type == "generate" and self.format == "template" and self.target is None and self.references is None:
-            raise ConfigError(f"task {self.name!r} has no reference: set target or references", key="target")
-        for key in ("limit", "demonstrations_limit", "max_new_tokens"):
+        elif self.type == "generate" and self.format == "template" and self.target is None and self.references is None \
+                and any(m not in REFERENCE_FREE for m in expand_metrics(self.metrics)):
+            raise ConfigError(f"task {self.name!r} has no reference: set target or references (only "
+                              f"{', '.join(REFERENCE_FREE)} needs none)", key="target")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"unknown template {self.template!r}; choose chat or raw", key="template")
+        if "reward" in expand_metrics(self.metrics) and self.type == "generate" and not self.reward_adapter:
+            raise ConfigError(f"task {self.name!r} asks for the reward metric: set reward_adapter", key="reward_adapter")
+        if self.reward_adapter and self.format != "template":
+            raise ConfigError("the reward metric scores a text prompt + reply: it needs format 'template'",
+                              key="reward_adapter")
+        if self.template == "raw" and (self.format != "template" or self.type != "generate"):
+            raise ConfigError("template 'raw' continues a text prompt: it needs type generate and format template",
+                              key="template")
+        if self.template == "raw" and "loss" in expand_metrics(self.metrics):
+            raise ConfigError("the loss metric scores a chat reply; a raw task has no reply turn to score",
+                              key="metrics")
+        for key in ("limit", "demonstrations_limit", "max_new_tokens", "prompt_words"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be at least 1 (or null)", key=key)
@@ -144,8 +173,18 @@ class EvalSystem:
     """How demonstrations are chosen from the task's pool: random (seeded per example) or retrieved (the
     nearest by embedding similarity to the prompt; Liu et al. 2021, https://arxiv.org/abs/2101.06804)."""
 
+    prompt: str | None = None
+    """This system's own user-turn template instead of the task's (a prompting baseline, e.g. "Continue this
+    review positively:\n{task_prompt}"): {task_prompt} is the task's rendered prompt, {field} a record field.
+    Metrics still score the reply against the task's references (and the reward the task's prompt + reply)."""
+
+    template: str | None = None
+    """chat or raw for this system; null = the task's (e.g. an instructed chat prompt on a raw task)."""
+
     def validate(self) -> None:
         if self.shots < 0:
             raise ConfigError("shots must not be negative", key="shots")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise ConfigError(f"unknown template {self.template!r}; choose chat or raw (or null)", key="template")
         if self.selection not in SELECTIONS:
             raise ConfigError(f"unknown selection {self.selection!r}; choose random or retrieved", key="selection")

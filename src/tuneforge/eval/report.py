@@ -8,7 +8,8 @@ import re
 from ..io.text_files import write_jsonl, write_text  # noqa: F401 - eval's writers
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
-COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss", "perplexity")
+COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "accuracy", "f1", "loss", "perplexity",
+                "reward")
 
 
 def slug(text: str) -> str:

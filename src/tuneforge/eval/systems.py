@@ -2,13 +2,14 @@
 `evaluate` (harness.py), the forgetting probes (forgetting.py) and WiSE-FT interpolation (interpolate.py) share."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-from ..config.eval import EvalSystem, EvalTask
+from ..config.eval import REFERENCE_FREE, EvalSystem, EvalTask
 from ..errors import ConfigError
 from ..io import load_adapter
 from ..methods import disable_adapters, list_adapters, set_active_adapters
@@ -18,8 +19,9 @@ from .generation import generate_with
 from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
 from .metrics import classification, text_metrics
 from .report import slug, write_jsonl
+from .reward_metric import reward_head, reward_scores
 from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
-from .task_data import answer_of, load_demonstrations, load_task_examples, task_from_data
+from .task_data import answer_of, load_demonstrations, load_task_examples, system_conversation, task_from_data
 
 
 class EncoderCache:
@@ -37,6 +39,12 @@ class EncoderCache:
 
 
 def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, settings, encoder):
+    if system.prompt is not None:
+        if task.type != "generate" or task.format != "template":
+            raise ConfigError(f"system {system.name!r} sets its own prompt, which applies to generate tasks of format "
+                              f"'template', not task {task.name!r}", key="eval.systems.prompt")
+        examples = [dataclasses.replace(e, conversation=system_conversation(task, system.prompt, e, task.data))
+                    for e in examples]
     if not system.shots:
         return [e.conversation for e in examples], [[] for _ in examples]
     pool = load_demonstrations(task, settings.seed)
@@ -55,12 +63,14 @@ def _conversations_with_demos(task: EvalTask, system: EvalSystem, examples, sett
     return conversations, [[pool[j].line for j in ids] for ids in chosen]
 
 
-def _generate(model, tokenizer, conversations, settings, max_new_tokens: int) -> list[str]:
-    """Replies in input order; prompts of similar length are batched together (less left padding)."""
+def _generate(model, tokenizer, conversations, settings, max_new_tokens: int, chat: bool = True) -> list[str]:
+    """Replies in input order; prompts of similar length are batched together (less left padding). chat=False:
+    each conversation's last turn is continued as plain text."""
     order = sorted(range(len(conversations)), key=lambda i: sum(len(m["content"]) for m in conversations[i]))
     if settings.do_sample:
         torch.manual_seed(settings.seed)
-    replies = generate_with(model, tokenizer, [conversations[i] for i in order], max_new_tokens=max_new_tokens,
+    inputs = [conversations[i] if chat else conversations[i][-1]["content"] for i in order]
+    replies = generate_with(model, tokenizer, inputs, max_new_tokens=max_new_tokens, chat=chat,
                             do_sample=settings.do_sample, temperature=settings.temperature, top_p=settings.top_p,
                             batch_size=settings.batch_size)
     out = [""] * len(conversations)
@@ -78,6 +88,10 @@ def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, enc
         scores = sequence_nll(model, [text_example(tokenizer, e.text) for e in examples], pad, settings.batch_size)
         rows = [{"line": e.line, "text": e.text[:200], "nll": s, "tokens": n} for e, (s, n) in zip(examples, scores)]
         return mean_loss(scores), rows
+    template = system.template or task.template
+    if template == "raw" and system.shots:
+        raise ConfigError(f"system {system.name!r} continues raw text: it cannot take demonstrations (use "
+                          "template: chat)", key="eval.systems.template")
     conversations, demo_lines = _conversations_with_demos(task, system, examples, settings, encoder)
     rows = [{"line": e.line, "prompt": e.prompt, "references": e.references, "demonstrations": d}
             for e, d in zip(examples, demo_lines)]
@@ -91,10 +105,17 @@ def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, enc
             row.update(prediction=task.choices[p], gold=task.choices[g], choice_nll=scores)
         return metrics, rows
     max_new = task.max_new_tokens or settings.max_new_tokens
-    replies = _generate(model, tokenizer, conversations, settings, max_new)
-    metrics, per_example = text_metrics([m for m in wanted if m != "loss"], replies, [e.references for e in examples])
+    if template == "raw" and len(conversations[0]) > 1:
+        raise ConfigError(f"system {system.name!r} continues raw text: it cannot take a system message (use "
+                          "template: chat)", key="eval.systems.template")
+    replies = _generate(model, tokenizer, conversations, settings, max_new, chat=template == "chat")
+    by_reference = [m for m in wanted if m not in ("loss", *REFERENCE_FREE)]
+    metrics, per_example = text_metrics(by_reference, replies, [e.references for e in examples])
     for row, reply, scores in zip(rows, replies, per_example):
         row.update(prediction=reply, scores=scores)
+    if system.prompt is not None:
+        for row, conv in zip(rows, conversations):
+            row["system_prompt"] = conv[-1]["content"]  # what this system was asked; "prompt" is the task's
     if "loss" in wanted:
         pairs = [last_turn_example(tokenizer, conv, e.references[0]) for conv, e in zip(conversations, examples)]
         losses = sequence_nll(model, pairs, pad, settings.batch_size)
@@ -102,6 +123,16 @@ def run_task(model, tokenizer, task: EvalTask, system: EvalSystem, settings, enc
         for row, (s, n) in zip(rows, losses):
             row["loss"], row["tokens"] = s / max(1, n), n
     return metrics, rows
+
+
+def add_rewards(model, tokenizer, task: EvalTask, metrics: dict, predictions: list[dict], batch_size: int) -> None:
+    """The reward metric: each reply scored by the task's reward adapter (outside any disable_adapters block),
+    into its row's scores and the mean into metrics."""
+    values = reward_scores(model, tokenizer, task.reward_adapter, [r["prompt"] for r in predictions],
+                           [r["prediction"] for r in predictions], batch_size)
+    for row, value in zip(predictions, values):
+        row.setdefault("scores", {})["reward"] = value
+    metrics["reward"] = sum(values) / len(values)
 
 
 def adapter_name_for(path) -> str:
@@ -119,6 +150,9 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
     `vs_first` the paired interval of this system minus the first system scored on the task (resamples=0: no
     intervals). `on_row(rows_so_far)` runs after each row (evaluate writes the results so far)."""
     rows, first = [], {}  # first: task name -> (system name, example lines, statistics)
+    for task in tasks:  # reward adapters join first, so that base-model rows run with them disabled too
+        if "reward" in task.scored_metrics():
+            reward_head(model, task.reward_adapter)
     for system in systems:
         if system.adapter is not None:
             name = adapter_name_for(system.adapter)
@@ -127,30 +161,36 @@ def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: li
                              allow_pickle=getattr(model, "tuneforge_allow_pickle", False))
             set_active_adapters(model, [name])
         context = disable_adapters(model) if system.adapter is None and list_adapters(model) else nullcontext()
+        scored = []
         with context:
             for task in tasks:
                 start = time.perf_counter()
                 metrics, predictions = run_task(model, tokenizer, task, system, settings, encoder)
-                seconds = time.perf_counter() - start
-                row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
-                       "selection": system.selection if system.shots else None, "adapter": system.adapter,
-                       "metrics": metrics, "seconds": round(seconds, 1)}
-                if resamples and predictions:
-                    statistics = row_statistics(task, metrics, predictions)
-                    lines = [p.get("line") for p in predictions]
-                    row["intervals"] = row_intervals(statistics, len(predictions), resamples, bootstrap_seed)
-                    if task.name not in first:
-                        first[task.name] = (system.name, lines, statistics)
-                    elif first[task.name][1] == lines:
-                        row["vs_first"] = {"system": first[task.name][0], **row_difference(
-                            statistics, first[task.name][2], len(predictions), resamples, bootstrap_seed)}
-                rows.append(row)
-                shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
-                if predictions_dir is not None:
-                    write_jsonl(predictions_dir / f"{slug(task.name)}.{slug(system.name)}.jsonl", predictions)
-                if on_row is not None:
-                    on_row(rows)
+                scored.append((task, metrics, predictions, time.perf_counter() - start))
+        for task, metrics, predictions, seconds in scored:
+            if "reward" in task.scored_metrics():
+                start = time.perf_counter()
+                add_rewards(model, tokenizer, task, metrics, predictions, settings.batch_size)
+                seconds += time.perf_counter() - start
+            row = {"task": task.name, "system": system.name, "n": len(predictions), "shots": system.shots,
+                   "selection": system.selection if system.shots else None, "adapter": system.adapter,
+                   "metrics": metrics, "seconds": round(seconds, 1)}
+            if resamples and predictions:
+                statistics = row_statistics(task, metrics, predictions)
+                lines = [p.get("line") for p in predictions]
+                row["intervals"] = row_intervals(statistics, len(predictions), resamples, bootstrap_seed)
+                if task.name not in first:
+                    first[task.name] = (system.name, lines, statistics)
+                elif first[task.name][1] == lines:
+                    row["vs_first"] = {"system": first[task.name][0], **row_difference(
+                        statistics, first[task.name][2], len(predictions), resamples, bootstrap_seed)}
+            rows.append(row)
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            log(f"[{task.name} | {system.name}] n={row['n']}  {shown}  ({seconds:.0f}s)")
+            if predictions_dir is not None:
+                write_jsonl(predictions_dir / f"{slug(task.name)}.{slug(system.name)}.jsonl", predictions)
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 

@@ -24,6 +24,7 @@ class TaskExample:
     references: list[str]
     gold: int | None = None
     text: str | None = None
+    record: dict | None = None
 
     @property
     def prompt(self) -> str:
@@ -34,7 +35,10 @@ def build_example(task: EvalTask, record: dict, source, line: int) -> TaskExampl
     if task.type == "perplexity":
         return TaskExample(line, [], [], text=fill_template(task.prompt, record, source, line))
     if task.format == "template":
-        conversation = [{"role": "user", "content": fill_template(task.prompt, record, source, line)}]
+        prompt = fill_template(task.prompt, record, source, line)
+        if task.prompt_words is not None:
+            prompt = " ".join(prompt.split()[: task.prompt_words])
+        conversation = [{"role": "user", "content": prompt}]
         reference = fill_template(task.target, record, source, line) if task.target is not None else None
     else:
         messages = to_messages(record, task.format, source=source, line=line)
@@ -46,7 +50,14 @@ def build_example(task: EvalTask, record: dict, source, line: int) -> TaskExampl
         conversation.insert(0, {"role": "system", "content": task.system_prompt})
     references = _references(task, record, reference, source, line)
     gold = _gold(task, record, source, line) if task.type == "choice" else None
-    return TaskExample(line, conversation, references, gold=gold)
+    return TaskExample(line, conversation, references, gold=gold, record=record)
+
+
+def system_conversation(task: EvalTask, system_prompt_template: str, example: TaskExample, source) -> list[dict]:
+    """The example's conversation with a system's own user-turn template ({task_prompt} = the task's prompt)."""
+    fields = {**(example.record or {}), "task_prompt": example.prompt}
+    turn = {"role": "user", "content": fill_template(system_prompt_template, fields, source, example.line)}
+    return list(example.conversation[:-1]) + [turn]
 
 
 def _references(task: EvalTask, record: dict, reference: str | None, source, line) -> list[str]:

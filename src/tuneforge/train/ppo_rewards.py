@@ -42,7 +42,10 @@ def attach_reward_adapter(model: nn.Module, adapter_dir, name: str = REWARD_ADAP
     add_adapter(model, cfg, name)
     load_adapter_state_dict(model, state, name)
     set_active_adapters(model, policy)
-    mark_trainable(model, policy[0])
+    if policy:
+        mark_trainable(model, policy[0])
+    else:  # nothing trains (an evaluation): the reward adapter stays frozen too
+        model.requires_grad_(False)
     weight = head_state["weight"]
     head = nn.Linear(weight.shape[1], 1, bias="bias" in head_state).requires_grad_(False)
     head.load_state_dict(head_state)
@@ -53,25 +56,30 @@ class AdapterReward:
     """r(x, y) = head(h_last), h from the base with only the reward adapter active; pooled like transformers'
     sequence classifiers pool (the last real token), with the response's stop token left out as in training."""
 
-    def __init__(self, model: nn.Module, adapter_dir):
-        from ..methods import active_adapters
+    def __init__(self, model: nn.Module, adapter_dir, name: str = REWARD_ADAPTER):
+        self.name = name
+        self.head = attach_reward_adapter(model, adapter_dir, name)
 
-        self.policy = active_adapters(model)
-        self.head = attach_reward_adapter(model, adapter_dir)
-
-    @torch.no_grad()
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        from ..methods import set_active_adapters
+        return reward_head_scores(model, self.head, self.name, batch["input_ids"], batch["score_mask"],
+                                  batch["position_ids"])
 
-        mask = batch["score_mask"]
-        set_active_adapters(model, [REWARD_ADAPTER])
-        try:
-            hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=mask,
-                                      position_ids=batch["position_ids"], use_cache=False).last_hidden_state
-        finally:
-            set_active_adapters(model, self.policy)
-        last = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
-        return self.head(hidden[torch.arange(mask.shape[0]), last].float()).squeeze(-1)
+
+@torch.no_grad()
+def reward_head_scores(model, head: nn.Linear, name: str, input_ids, mask, position_ids) -> torch.Tensor:
+    """One score per row: `head` on the hidden state of the row's last token with mask 1, computed with only
+    adapter `name` active; the adapters active before are active again afterwards."""
+    from ..methods import active_adapters, set_active_adapters
+
+    before = active_adapters(model)
+    set_active_adapters(model, [name])
+    try:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state
+    finally:
+        set_active_adapters(model, before)
+    last = (torch.arange(mask.shape[1], device=mask.device) * mask).argmax(-1)
+    return head(hidden[torch.arange(mask.shape[0]), last].float()).squeeze(-1)
 
 
 class FunctionReward:
