@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tuneforge.index import SentenceEncoder
 from tuneforge.train.api import train
-from tuneforge.train.tasks.embed_losses import cosent, mean_pool, multiple_negatives_ranking
+from tuneforge.train.tasks.embed_losses import angle_similarity, cosent, mean_pool, multiple_negatives_ranking
 
 from .conftest import embed_config
 
@@ -39,6 +39,37 @@ def test_cosent_matches_pairwise_formula():
     terms = [20 * (cos[j] - cos[i]) for i in range(4) for j in range(4) if y[i] > y[j]]
     expected = math.log(1 + sum(math.exp(float(t)) for t in terms))
     assert cosent(a, b, y, 20.0).item() == pytest.approx(expected * 4, rel=1e-5)
+
+
+def _complex_angle(u: torch.Tensor, v: torch.Tensor) -> float:
+    """AnglE's similarity written with complex numbers: halves as real and imaginary parts, <z, w> = sum z conj(w)."""
+    u, v = u.double(), v.double()
+    if u.numel() % 2:
+        u, v = torch.cat([u, u.new_zeros(1)]), torch.cat([v, v.new_zeros(1)])
+    half = u.numel() // 2
+    z, w = torch.complex(u[:half], u[half:]), torch.complex(v[:half], v[half:])
+    inner = (z * w.conj()).sum()
+    return float(abs(inner.real + inner.imag) / (u.norm() * v.norm()))
+
+
+@pytest.mark.parametrize("dim", [6, 7])
+def test_angle_similarity_matches_the_complex_formula(dim):
+    torch.manual_seed(2)
+    a, b = torch.randn(5, dim), torch.randn(5, dim)
+    got = angle_similarity(a, b)
+    for i in range(5):
+        # float32 inputs: a dot product of <= 8 terms of order 1 is exact to a few float32 ulps
+        assert got[i].item() == pytest.approx(_complex_angle(a[i], b[i]), rel=1e-5, abs=1e-6)
+    assert angle_similarity(a, 3 * a).tolist() == pytest.approx([1.0] * 5, rel=1e-5)  # real part = cosine = 1
+
+
+def test_angle_loss_is_cosent_on_the_angle_similarity():
+    torch.manual_seed(3)
+    a, b, y = torch.randn(4, 6), torch.randn(4, 6), torch.tensor([0.2, 0.8, 0.4, 0.4])
+    sim = [_complex_angle(a[i], b[i]) for i in range(4)]
+    terms = [20 * (sim[j] - sim[i]) for i in range(4) for j in range(4) if y[i] > y[j]]
+    expected = math.log(1 + sum(math.exp(t) for t in terms))
+    assert cosent(a, b, y, 20.0, "angle").item() == pytest.approx(expected * 4, rel=1e-5)
 
 
 def test_mean_pool_ignores_padding():
@@ -104,3 +135,19 @@ def test_scored_records_need_numeric_scores(tiny_bert_dir, tmp_path):
     cfg["data"].update(train=str(bad), validation=None)
     with pytest.raises(DataError, match=r"bad.jsonl:1.*score must be a number"):
         train(cfg, progress=False)
+
+
+def test_angle_loss_trains_and_is_scored_by_cosine(tiny_bert_dir, tmp_path):
+    from scipy.stats import spearmanr
+
+    cfg = embed_config(tiny_bert_dir, tmp_path / "run", loss="angle", method={"name": "full"})
+    result = train(cfg, progress=False)
+    assert set(result.eval_metrics) == {"eval_loss", "spearman"} and math.isfinite(result.eval_metrics["eval_loss"])
+    rows = [json.loads(line) for line in open(cfg["data"]["validation"])]
+    encoder = SentenceEncoder.load(tmp_path / "run")
+    a, b = (encoder.encode([r[key] for r in rows], max_length=64) for key in ("sentence1", "sentence2"))
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert result.eval_metrics["spearman"] == pytest.approx(spearmanr(cos, [r["score"] for r in rows]).statistic,
+                                                            abs=1e-6)
+    untouched = SentenceEncoder.load(tiny_bert_dir).encode(["two dogs play"])
+    assert not np.allclose(encoder.encode(["two dogs play"]), untouched, atol=1e-4)

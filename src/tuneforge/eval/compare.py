@@ -86,7 +86,7 @@ def _example_scores(cfg) -> dict | None:
         return {"kind": "classify", "gold": scored["gold"], "predicted": scored["predicted"],
                 "num_labels": len(scored["labels"])}
     settings = cfg.task_config
-    if cfg.task == "embed" and getattr(settings, "loss", None) in ("cosent", "cosine"):
+    if cfg.task == "embed" and getattr(settings, "loss", None) in ("cosent", "angle", "cosine"):
         from .sts import sts_cosines
 
         records = select_records(read_records(data.validation), data.limit_eval, data.shuffle_seed)

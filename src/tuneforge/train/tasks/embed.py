@@ -4,8 +4,8 @@ Two kinds of training data, chosen by `task.loss`:
 - `mnrl` (in-batch negatives) on (anchor, positive) pairs: a .jsonl of {anchor, positive} records, or a
   BEIR qrels file (`qrels_train.jsonl`, with `queries_train.jsonl` and `corpus.jsonl` beside it), whose
   relevant (query, document) pairs are used.
-- `cosent` or `cosine` on scored sentence pairs ({sentence1, sentence2, score}, STS-B style; score / score_max
-  is the target similarity).
+- `cosent`, `angle` or `cosine` on scored sentence pairs ({sentence1, sentence2, score}, STS-B style; score /
+  score_max is the target similarity).
 
 The model is a bare encoder (`model.kind: encoder`); a sentence embedding is the mean of its token vectors (or
 the [CLS] vector), compared by cosine. After training, `export` writes `sentence-transformer/` beside the
@@ -37,11 +37,12 @@ from .embed_losses import cosent, cosine_regression, multiple_negatives_ranking,
 
 @dataclasses.dataclass
 class EmbedConfig:
-    loss: Literal["mnrl", "cosent", "cosine"] = "mnrl"
-    """mnrl: in-batch negatives on (anchor, positive) pairs; cosent / cosine: on pairs with a similarity score."""
+    loss: Literal["mnrl", "cosent", "angle", "cosine"] = "mnrl"
+    """mnrl: in-batch negatives on (anchor, positive) pairs; cosent / angle (AnglE: CoSENT on an angle similarity) /
+    cosine (MSE of the cosine against score / score_max): on pairs with a similarity score."""
 
     scale: float = 20.0
-    """Similarity scale s (an inverse temperature) of the mnrl and cosent losses."""
+    """Similarity scale s (an inverse temperature) of the mnrl, cosent and angle losses."""
 
     pooling: Literal["mean", "cls"] = "mean"
     """How token vectors become one sentence vector (mean over real tokens, or the first token)."""
@@ -121,7 +122,7 @@ class EmbedTask(BaseTask):
 
     @property
     def scored(self) -> bool:
-        return self.cfg.loss in ("cosent", "cosine")
+        return self.cfg.loss in ("cosent", "angle", "cosine")
 
     def read(self, path) -> list[dict]:
         """Records of a split; a BEIR qrels file becomes (query, relevant document) pairs."""
@@ -271,8 +272,8 @@ class EmbedTask(BaseTask):
             groups = batch.get("groups")
             doc_groups = torch.cat([groups, batch["negative_groups"]]) if "negative_groups" in batch else None
             return multiple_negatives_ranking(a, b, self.cfg.scale, groups, doc_groups)
-        if self.cfg.loss == "cosent":
-            return cosent(a, b, batch["scores"], self.cfg.scale)
+        if self.cfg.loss in ("cosent", "angle"):
+            return cosent(a, b, batch["scores"], self.cfg.scale, "angle" if self.cfg.loss == "angle" else "cosine")
         return cosine_regression(a, b, batch["scores"])
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Sentence-embedding pooling and the two losses of the embed task, each returning a *sum* over rows.
+"""Sentence-embedding pooling and the losses of the embed task, each returning a *sum* over rows.
 
 Multiple negatives ranking (in-batch negatives; Henderson et al. 2017, https://arxiv.org/abs/1705.00652; the
 InfoNCE form of sentence-transformers' MultipleNegativesRankingLoss). Query i's positive is document i, every
@@ -18,6 +18,15 @@ pair (i, j) whose gold similarity y_i > y_j should also have cos_i > cos_j:
 It is one log-sum-exp over the whole batch, not a sum over rows, so `loss_sum` returns it multiplied by the
 batch size (the loop divides by the number of rows again). Cosine regression (`cosine`) is the plain
 sum_i (cos_i - y_i)^2 with y scaled to [0, 1].
+
+AnglE (`angle`; Li & Li 2023, https://arxiv.org/abs/2309.12871; sentence-transformers' AnglELoss) is CoSENT with
+the cosine replaced by an angle similarity that keeps a gradient where the cosine saturates. Each embedding is
+read as a complex vector z (first half real parts, second half imaginary parts; an odd dimension is padded with
+a zero), and with <z, w> = sum_k z_k conj(w_k):
+
+    angle(u, v) = | Re<z_u, z_v> + Im<z_u, z_v> | / (|u| |v|)
+
+The real part alone is the cosine. Evaluation and search still compare embeddings by cosine.
 """
 from __future__ import annotations
 
@@ -43,9 +52,24 @@ def multiple_negatives_ranking(queries: torch.Tensor, docs: torch.Tensor, scale:
     return F.cross_entropy(sims.float(), target, reduction="sum")
 
 
-def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
-    """CoSENT ranking loss over all ordered pairs of the batch, times the batch size (see module doc)."""
-    cos = F.cosine_similarity(a, b, dim=-1).float() * scale
+def angle_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise AnglE similarity of two (N, D) tensors (see module doc)."""
+    a, b = a.float(), b.float()
+    if a.shape[-1] % 2:
+        a, b = F.pad(a, (0, 1)), F.pad(b, (0, 1))
+    re_a, im_a = a.chunk(2, dim=-1)
+    re_b, im_b = b.chunk(2, dim=-1)
+    real = (re_a * re_b + im_a * im_b).sum(-1)
+    imag = (im_a * re_b - re_a * im_b).sum(-1)
+    return (real + imag).abs() / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12)
+
+
+def cosent(a: torch.Tensor, b: torch.Tensor, scores: torch.Tensor, scale: float,
+           similarity: str = "cosine") -> torch.Tensor:
+    """CoSENT ranking loss over all ordered pairs of the batch, times the batch size (see module doc);
+    similarity "angle" is the AnglE loss."""
+    sim = angle_similarity(a, b) if similarity == "angle" else F.cosine_similarity(a, b, dim=-1).float()
+    cos = sim * scale
     diff = cos.unsqueeze(0) - cos.unsqueeze(1)  # diff[i, j] = cos_j - cos_i
     keep = scores.unsqueeze(1) > scores.unsqueeze(0)  # y_i > y_j
     diff = diff.masked_fill(~keep, float("-inf"))
