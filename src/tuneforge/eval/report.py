@@ -12,6 +12,14 @@ COLUMN_ORDER = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "exact_match", "ac
                 "reward")
 
 
+def adapter_dir_name(path, prefix: str) -> str:
+    """One adapter name per adapter directory, so a directory is loaded into the model once however often used."""
+    import hashlib
+    from pathlib import Path
+
+    return f"{prefix}-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
 

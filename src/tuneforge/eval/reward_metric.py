@@ -14,21 +14,19 @@ The reward adapter is attached once per directory as one more frozen adapter wit
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import torch
 
 from ..data.padding import pad as pad_rows
 from ..data.preferences import encode_prompt, encode_reply
 from ..methods import list_adapters
 from ..train.ppo_rewards import attach_reward_adapter, reward_head_scores
+from .report import adapter_dir_name
 
 _HEADS = "_tuneforge_reward_heads"
 
 
 def reward_adapter_name(adapter_dir) -> str:
-    return "reward-" + hashlib.sha1(str(Path(adapter_dir).resolve()).encode()).hexdigest()[:12]
+    return adapter_dir_name(adapter_dir, "reward")
 
 
 def reward_head(model, adapter_dir):

@@ -18,7 +18,7 @@ from .example_stats import row_difference, row_intervals, row_statistics
 from .generation import generate_with
 from .icl import random_demonstrations, retrieved_demonstrations, with_demonstrations
 from .metrics import classification, text_metrics
-from .report import slug, write_jsonl
+from .report import adapter_dir_name, slug, write_jsonl
 from .reward_metric import reward_head, reward_scores
 from .scoring import choose, last_turn_example, mean_loss, sequence_nll, text_example
 from .task_data import answer_of, load_demonstrations, load_task_examples, system_conversation, task_from_data
@@ -136,10 +136,8 @@ def add_rewards(model, tokenizer, task: EvalTask, metrics: dict, predictions: li
 
 
 def adapter_name_for(path) -> str:
-    """One adapter name per adapter directory, so a directory is loaded into the model once however often used."""
-    import hashlib
-
-    return "eval-" + hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    """The name a system's adapter directory is loaded under (once, however often used)."""
+    return adapter_dir_name(path, "eval")
 
 
 def score_systems(model, tokenizer, settings, tasks: list[EvalTask], systems: list[EvalSystem],
