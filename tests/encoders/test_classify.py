@@ -135,3 +135,28 @@ def test_saved_classifier_adapter_loads_in_peft_with_the_same_logits(tiny_bert_d
         got = ours.eval()(**batch).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(expected, torch.zeros_like(expected))
+
+
+def test_label_smoothing_trains_on_the_smoothed_target_and_reports_plain_cross_entropy():
+    """loss_sum = sum_i (1 - e) * (-log p_i[y_i]) + e * mean_c(-log p_i[c]); eval_loss stays the plain mean CE.
+    The task's logits are fp32 and so is torch's loss; the reference reuses those logits in float64, so the two
+    differ only by fp32 rounding in log-softmax and a sum of 4 x 3 terms of order 1: a few ulps (1.2e-7 each)."""
+    from tuneforge.models.tiny import tiny_bert
+    from tuneforge.train.tasks.classify import ClassifyConfig
+
+    e = 0.2
+    model = tiny_bert(num_labels=3)
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)  # confident logits, so the smoothed loss is far from the plain one
+    task = ClassifyTask()
+    task.cfg, task.labels = ClassifyConfig(label_smoothing=e), ["a", "b", "c"]
+    batch = task.collate([{"input_ids": [2, 5, 9, 4][: n], "label": n % 3} for n in (2, 3, 4, 4)])
+    with torch.no_grad():
+        logp = task.logits(model, batch).double().log_softmax(-1)
+        want = sum((1 - e) * -logp[i, y] - e * logp[i].mean() for i, y in enumerate(batch["labels"].tolist()))
+        assert float(task.loss_sum(model, batch)) == pytest.approx(float(want), rel=1e-6)
+        plain = -logp.gather(1, batch["labels"][:, None]).mean()
+        assert task.evaluate(model, [batch])["eval_loss"] == pytest.approx(float(plain), rel=1e-6)
+        assert abs(float(want) / 4 - float(plain)) > 0.01  # far above the rounding above
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        ClassifyConfig(label_smoothing=1.0).validate()

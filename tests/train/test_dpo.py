@@ -162,3 +162,28 @@ def test_a_split_with_no_usable_pairs_is_an_error(dpo_config, tmp_path):
     dpo_config["data"]["validation"] = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "b"}])
     with pytest.raises(Exception, match=r"bad\.jsonl.*no usable preference pairs"):
         api.train(dpo_config, progress=False)
+
+
+def test_rpo_alpha_adds_the_chosen_replys_mean_nll_to_each_pair():
+    """RPO: each pair's loss is the DPO loss plus rpo_alpha times the chosen reply's negative log-likelihood per
+    token, computed here from the policy's own summed log-probs; the implicit rewards are unchanged."""
+    from tuneforge.methods import add_adapter
+
+    tok = tiny_tokenizer()
+    model = tiny_llama(seed=2)
+    add_adapter(model, "lora", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    rows = [{"prompt": "a fine", "chosen": "film indeed", "rejected": "mess"},
+            {"prompt": "the plot", "chosen": "works", "rejected": "is thin and dull"}]
+    task = DPOTask()
+    task.pad_token_id = tok.pad_token_id
+    batch = task.collate(build_pairs(rows, tok, template="raw", max_length=64, append_eos=True)[0])
+    with torch.no_grad():
+        task.cfg = DPOConfig(beta=0.2)
+        plain, c0, r0, (sums, counts) = task.pair_terms(model, batch)
+        task.cfg = DPOConfig(beta=0.2, rpo_alpha=0.5)
+        rpo, c1, r1, _ = task.pair_terms(model, batch)
+    nll = -sums[:2] / counts[:2]  # chosen rows come first
+    assert torch.allclose(rpo, plain + 0.5 * nll, rtol=1e-6, atol=0)  # the same fp32 values, one more add
+    assert torch.equal(c0, c1) and torch.equal(r0, r1)
+    with pytest.raises(ConfigError, match="rpo_alpha"):
+        DPOConfig(rpo_alpha=-1).validate()

@@ -115,6 +115,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
 
+    head_learning_rate: float | None = None
+    """Peak learning rate of a new task head (classifier / score / qa_outputs), which starts random while the
+    rest starts pre-trained; e.g. 20x learning_rate. null: the head uses learning_rate. See train/lr_groups.py."""
+
+    layer_lr_decay: float | None = None
+    """Layer-wise learning-rate decay d in (0, 1]: block i of L (0 = nearest the input) trains at
+    learning_rate * d^(L - i), the embeddings at d^(L + 1), what sits above the blocks at learning_rate
+    (typical d: 0.8-0.95). null: one rate for all."""
+
     warmup_steps: int = 0
     """Linear warmup from 0 to learning_rate over this many steps (takes precedence over warmup_ratio)."""
 
@@ -245,6 +254,11 @@ class TrainConfig:
             raise ConfigError("learning_rate must be positive", key="learning_rate")
         if self.weight_decay < 0:
             raise ConfigError("weight_decay must not be negative", key="weight_decay")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ConfigError("head_learning_rate must be positive (or null to use learning_rate)",
+                              key="head_learning_rate")
+        if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError("layer_lr_decay must be in (0, 1] (or null for no decay)", key="layer_lr_decay")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps must not be negative", key="warmup_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:

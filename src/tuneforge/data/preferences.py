@@ -183,10 +183,15 @@ def pad_prompt_reply_rows(rows: list[tuple[list[int], list[int]]], pad_token_id:
 
 
 def pairs_from_labels(records, *, text_field: str, label_field: str, positive_label: str, seed: int = 0,
-                      source=None) -> list[dict]:
+                      source=None, prompt_words: int | None = None) -> list[dict]:
     """Preference pairs from single texts with a binary label (thumbs up / down, a sentiment set): the texts
     labelled positive_label, shuffled, are each paired with one of the others, shuffled, prompt empty; the
-    surplus of the larger side is left out. Each pair keeps the line of its chosen text."""
+    surplus of the larger side is left out. Each pair keeps the line of its chosen text.
+
+    prompt_words=N makes the pairs continuations of an opening, as a policy is used when it continues one:
+    the prompt is the first N words of one side's text (the chosen text's in even pairs, the rejected text's
+    in odd ones, so openings of both kinds lead to the preferred reply) and each reply is the rest of its own
+    text after its first N words. A text of N words or fewer leaves an empty reply: build_pairs skips it."""
     import random
 
     positive, negative = [], []
@@ -199,8 +204,15 @@ def pairs_from_labels(records, *, text_field: str, label_field: str, positive_la
     rng = random.Random(seed)
     rng.shuffle(positive)
     rng.shuffle(negative)
-    return [Record({"prompt": "", "chosen": good, "rejected": bad}, line)
-            for (good, line), (bad, _) in zip(positive, negative)]
+    pairs = []
+    for k, ((good, line), (bad, _)) in enumerate(zip(positive, negative)):
+        prompt = ""
+        if prompt_words:
+            good_words, bad_words = good.split(), bad.split()
+            prompt = " ".join((good_words if k % 2 == 0 else bad_words)[:prompt_words])
+            good, bad = " ".join(good_words[prompt_words:]), " ".join(bad_words[prompt_words:])
+        pairs.append(Record({"prompt": prompt, "chosen": good, "rejected": bad}, line))
+    return pairs
 
 
 def load_pair_splits(data_cfg, tokenizer, *, template: str, max_prompt_length: int | None, append_eos: bool,

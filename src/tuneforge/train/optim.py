@@ -4,6 +4,7 @@ Why groups: weight decay pulls weights towards zero; on biases, norm gains and o
 hurts (a norm gain decayed to zero switches a channel off), so they get `weight_decay = 0` (transformers'
 Trainer rule, methods/weight_decay.py). Methods may ask for their own groups (LoRA+ trains B with a larger lr),
 through `tuneforge.methods.optimizer_groups`; the no-decay split is applied inside every group they return.
+`train.head_learning_rate` and `train.layer_lr_decay` then split the groups by rate (train/lr_groups.py).
 
 Why `transformers.get_scheduler`: the same config then gives the same learning-rate curve as a Hugging Face
 Trainer run (users compare the two). It returns a LambdaLR whose state (`last_epoch`, base lrs) is a plain dict,
@@ -27,23 +28,27 @@ from torch import nn
 from ..errors import ConfigError
 from ..methods import on_optimizer_step as methods_on_optimizer_step
 from ..methods import optimizer_groups
+from .lr_groups import scale_groups
 
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: float | None = None,
+                 layer_decay: float | None = None) -> list[dict]:
     """AdamW groups over the trainable parameters, as `tuneforge.methods.optimizer_groups` makes them (the methods'
-    own groups, each split by the weight-decay rule of methods/weight_decay.py)."""
+    own groups, each split by the weight-decay rule of methods/weight_decay.py), then by the head's own rate and
+    the layer-wise decay when set (train/lr_groups.py)."""
     out = [g for g in optimizer_groups(model, lr, weight_decay) if g["params"]]
     if not out:
         raise ConfigError("the model has no trainable parameters; did the method mark any?", key="method")
-    return out
+    return scale_groups(model, out, head_lr, layer_decay)
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter, arXiv:1711.05101) over `param_groups`, lr and decay from the TrainConfig;
     cfg.optimizer adamw_8bit / paged_adamw_8bit keep its states in 8 bits (tuneforge.quant.optimizers)."""
-    groups = param_groups(model, cfg.learning_rate, cfg.weight_decay)
+    groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, getattr(cfg, "head_learning_rate", None),
+                          getattr(cfg, "layer_lr_decay", None))
     name = getattr(cfg, "optimizer", "adamw")
     if name != "adamw":
         from ..quant import build_8bit_optimizer

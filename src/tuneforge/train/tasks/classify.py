@@ -1,6 +1,8 @@
 """Sequence classification: cross-entropy of a classifier head over a pooled representation of the text.
 
     loss_sum = sum_i -log softmax(W pool(h(x_i)) + b)[y_i]
+    with task.label_smoothing e (training only; eval_loss stays the plain cross-entropy):
+    loss_sum = sum_i [(1 - e) (-log p_i[y_i]) + e mean_c (-log p_i[c])]      (Szegedy et al. 2016; torch's rule)
 
 The pooling (`task.pooling`) is by default the one the checkpoint was trained with: a sentence-transformers
 encoder (all-MiniLM-L6-v2) the mean of its last hidden states over real tokens, as its Pooling module does;
@@ -81,6 +83,11 @@ class ClassifyConfig:
     (encoder [CLS] pooler, decoder last token); mean: mean over real tokens of the last hidden states; cls: the
     first token's last hidden state. A trained run records the resolved choice in its config.yaml."""
 
+    label_smoothing: float = 0.0
+    """Training target: 1 - e on the true label plus e spread evenly over all labels (Szegedy et al. 2016,
+    https://arxiv.org/abs/1512.00567), a brake on over-confident logits on a small training set. 0: plain
+    cross-entropy. The eval_loss is always the plain cross-entropy."""
+
     self_training: Union[SelfTrainingConfig, None] = None
     """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
     max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
@@ -88,6 +95,8 @@ class ClassifyConfig:
     def validate(self) -> None:
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}", key="pooling")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}", key="label_smoothing")
         if self.labels is not None:
             if not isinstance(self.labels, list) or len(self.labels) < 2:
                 raise ConfigError("labels must be a list of at least two label names", key="labels")
@@ -285,7 +294,8 @@ class ClassifyTask(BaseTask):
         return model(**inputs).logits.float()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum")
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum",
+                               label_smoothing=float(self.cfg.label_smoothing))
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
         total, labels, preds = 0.0, [], []

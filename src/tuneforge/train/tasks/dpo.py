@@ -6,6 +6,8 @@ disabled, so no second copy of the weights is held), log-probabilities summed ov
     d = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
     sigmoid:  loss = -(1 - eps) log sigmoid(beta d) - eps log sigmoid(-beta d)
     ipo:      loss = (d_avg - 1 / (2 beta))^2,  d_avg as d with each log-ratio divided by its reply's token count
+    rpo_alpha > 0 adds rpo_alpha * (-log pi(y_c|x) / |y_c|) to each pair's loss (RPO, Pang et al. 2024,
+    https://arxiv.org/abs/2404.19733; TRL's rpo_alpha pools the NLL over the batch's tokens, here it is per pair)
 
 DPO: Rafailov et al. 2023, https://arxiv.org/abs/2305.18290 (eq. 7). eps > 0 is the conservative DPO of
 Mitchell 2023 ("A note on DPO with noisy preferences": each label is flipped with probability eps). IPO: Azar
@@ -39,9 +41,17 @@ class DPOConfig(PreferenceConfig):
     label_smoothing: float = 0.0
     """Assumed share of flipped labels (conservative DPO); 0 is plain DPO. Only for loss_type sigmoid."""
 
+    rpo_alpha: float = 0.0
+    """Weight of a negative log-likelihood term on the chosen reply (per token, per pair) added to each pair's
+    loss: RPO (Pang et al. 2024, TRL's rpo_alpha; 1.0 is their value). DPO alone only has to widen the gap, and
+    often does it by lowering both replies; the NLL term puts the mass on the chosen ones, which is what moves
+    greedy generation when the pairs are not the policy's own samples. 0 is plain DPO."""
+
     def validate(self) -> None:
         super().validate()
         check_pair_loss(self.beta, self.label_smoothing, self.loss_type)
+        if self.rpo_alpha < 0:
+            raise ConfigError("rpo_alpha must be 0 or positive", key="rpo_alpha")
 
 
 def selected_outputs(model: nn.Module, inputs: dict, select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +120,8 @@ class DPOTask(PreferenceTask):
         (pc, pr), (rc, rr), (nc, nr) = logps.chunk(2), ref_logps.chunk(2), tokens.chunk(2)
         losses, c, r = dpo_loss(pc, pr, rc, rr, beta=self.cfg.beta, loss_type=self.cfg.loss_type,
                                 label_smoothing=self.cfg.label_smoothing, chosen_tokens=nc, rejected_tokens=nr)
+        if self.cfg.rpo_alpha:
+            losses = losses - self.cfg.rpo_alpha * pc / nc.clamp(min=1)
         return losses, c, r, (logps.detach(), tokens)
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:

@@ -34,14 +34,25 @@ class PreferenceConfig:
     positive_label: str = "1"
     """With label_field: the label value (compared as text) of the preferred texts."""
 
+    prompt_words: Union[int, None] = None
+    """With label_field: make each pair an opening and two continuations: the prompt is the first N words of
+    one side's text (alternately the chosen and the rejected one) and each reply the rest of its own text, so a
+    policy learns to continue openings, positive or negative, the preferred way. None: empty prompt, whole texts."""
+
     def label_pairs(self) -> dict | None:
         if self.label_field is None:
             return None
-        return {"text_field": self.text_field, "label_field": self.label_field, "positive_label": self.positive_label}
+        return {"text_field": self.text_field, "label_field": self.label_field, "positive_label": self.positive_label,
+                "prompt_words": self.prompt_words}
 
     def validate(self) -> None:
         if self.max_prompt_length is not None and self.max_prompt_length < 1:
             raise ConfigError("max_prompt_length must be at least 1 (or null)", key="max_prompt_length")
+        if self.prompt_words is not None and self.prompt_words < 1:
+            raise ConfigError("prompt_words must be at least 1 (or null)", key="prompt_words")
+        if self.prompt_words is not None and self.label_field is None:
+            raise ConfigError("prompt_words splits labelled texts into opening + reply; set label_field too",
+                              key="prompt_words")
 
 
 def pair_metrics(losses, chosen, rejected, sums, counts) -> dict[str, float]:
