@@ -22,27 +22,6 @@ OPENINGS = ["the film is a quiet delight", "a dull and lifeless remake", "it nev
 
 
 @pytest.fixture
-def reward_model(tmp_path, tiny_base_dir):
-    """(classifier, adapter dir): a tiny Llama sequence classifier on the tiny base's weights with a LoRA and a
-    random scalar head, saved as a reward adapter (modules_to_save: score), as `task: reward` saves one."""
-    from transformers import LlamaForSequenceClassification
-
-    from tuneforge.io import save_adapter
-    from tuneforge.methods import add_adapter
-    from tuneforge.models.tiny import tiny_llama_config
-
-    base = load_model(str(tiny_base_dir), device="cpu")
-    classifier = LlamaForSequenceClassification(tiny_llama_config(num_labels=1)).eval()
-    classifier.model.load_state_dict(base.model.state_dict())
-    torch.manual_seed(5)
-    add_adapter(classifier, "lora", r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["score"],
-                init_lora_weights=False)
-    path = tmp_path / "rm"
-    save_adapter(classifier, path, base_model_name=str(tiny_base_dir))
-    return classifier, str(path)
-
-
-@pytest.fixture
 def openings(tmp_path):
     return write_jsonl(tmp_path / "openings.jsonl", [{"text": t, "label": i % 2} for i, t in enumerate(OPENINGS)])
 

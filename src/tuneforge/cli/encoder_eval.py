@@ -84,8 +84,10 @@ def classify_eval_cmd(
                                          "their mean."),
     data: Optional[str] = typer.Option(None, "--data", help="Labelled file, or an image folder (default: the run's "
                                        "validation data)."),
-    baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Run directory(ies) to compare with: "
-                                                 "adds the paired bootstrap interval of the difference."),
+    baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Run directory to compare with: adds "
+                                                 "the paired bootstrap interval of the difference. Repeat the option "
+                                                 "for several (--baseline A --baseline B): a path after A alone is "
+                                                 "read as one more run to score."),
     resamples: int = RESAMPLES,
     bootstrap_seed: int = SEED,
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),

@@ -43,7 +43,7 @@ def generate(
 
     texts = _prompt_list(prompt, prompts)
     if base is None:
-        base = _adapter_base(adapter) or DEFAULT_BASE
+        base = adapter_base(adapter) or DEFAULT_BASE
     model = load_model(base, dtype=dtype, device=device, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(base)
     if adapter is not None:
@@ -128,7 +128,7 @@ def _render(tokenizer, text: str, chat: bool, system_prompt: str | None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _adapter_base(adapter) -> str | None:
+def adapter_base(adapter) -> str | None:
     if adapter is None:
         return None
     from ..io import read_adapter_config
