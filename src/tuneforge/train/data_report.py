@@ -38,9 +38,11 @@ def warn_lines(summary: dict, threshold: float, max_length: int) -> list[str]:
     for split, entry in summary.items():
         if entry["dropped_share"] > threshold:
             out.append(f"warning: {entry['dropped']} of {entry['records']} {split} records "
-                       f"({entry['dropped_share']:.1%}) were dropped: nothing of them is left to train once cut "
-                       f"at data.max_length={max_length}; raise data.max_length or shorten the prompts "
-                       f"(warned above data.warn_dropped_share={threshold:g})")
+                       f"({entry['dropped_share']:.1%}) were dropped (the reasons, with their first lines, are "
+                       f"printed where the data was read: e.g. nothing left to train once cut at "
+                       f"data.max_length={max_length}, or an empty reply); if it is the length, raise "
+                       f"data.max_length or shorten the prompts (warned above "
+                       f"data.warn_dropped_share={threshold:g})")
         if entry["truncated_share"] > threshold:
             out.append(f"warning: {entry['truncated']} of {entry['records']} {split} records "
                        f"({entry['truncated_share']:.1%}) were cut at data.max_length={max_length} "
