@@ -17,6 +17,9 @@ def _id(path: Path) -> str:
     return str(path.relative_to(ROOT / "configs"))
 
 
+DATA_MAKING_VERBS = ("data", "best-of-n")
+
+
 def test_there_are_example_configs():
     assert CONFIGS and METHOD_CONFIGS
 
@@ -32,10 +35,12 @@ def test_example_config_loads(path):
         for split in ("train", "validation"):
             data_path = getattr(source, split)
             if data_path and Path(data_path).parts[0] == "runs":
-                # data an earlier step of the recipe writes (e.g. `tuneforge data glyphs runs/...`): the config's
-                # header must name the command that makes it, so a plain clone can follow it
-                folder = str(Path(data_path).parent)
-                assert "tuneforge data " in path.read_text() and folder in path.read_text(), (
+                # data an earlier step of the recipe writes (e.g. `tuneforge data glyphs runs/...`, `tuneforge
+                # best-of-n ... --out runs/...`): the config's header must name the command that makes it, so a
+                # plain clone can follow it
+                folder, text = str(Path(data_path).parent), path.read_text()
+                makes = any(f"tuneforge {verb} " in text for verb in DATA_MAKING_VERBS)
+                assert makes and folder in text, (
                     f"{_id(path)}: {split} data {data_path} is made by no command in the header")
             elif data_path:
                 assert Path(data_path).exists(), f"{_id(path)}: {split} data {data_path} missing"
