@@ -20,6 +20,12 @@ def _id(path: Path) -> str:
 DATA_MAKING_VERBS = ("data", "best-of-n")
 
 
+def header_makes(text: str, folder: str) -> bool:
+    """Whether a config's text names a tuneforge command that writes data (`tuneforge data ...`, `tuneforge
+    best-of-n ... --out runs/...`) and the folder its data is read from."""
+    return any(f"tuneforge {verb} " in text for verb in DATA_MAKING_VERBS) and folder in text
+
+
 def test_there_are_example_configs():
     assert CONFIGS and METHOD_CONFIGS
 
@@ -38,9 +44,7 @@ def test_example_config_loads(path):
                 # data an earlier step of the recipe writes (e.g. `tuneforge data glyphs runs/...`, `tuneforge
                 # best-of-n ... --out runs/...`): the config's header must name the command that makes it, so a
                 # plain clone can follow it
-                folder, text = str(Path(data_path).parent), path.read_text()
-                makes = any(f"tuneforge {verb} " in text for verb in DATA_MAKING_VERBS)
-                assert makes and folder in text, (
+                assert header_makes(path.read_text(), str(Path(data_path).parent)), (
                     f"{_id(path)}: {split} data {data_path} is made by no command in the header")
             elif data_path:
                 assert Path(data_path).exists(), f"{_id(path)}: {split} data {data_path} missing"

@@ -13,6 +13,8 @@ import pytest
 from tuneforge.config.data_sets import resolve_data_path
 from tuneforge.errors import ConfigError
 
+from .test_configs import header_makes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,7 +100,7 @@ def test_a_plain_clone_loads_every_shipped_config(tmp_path):
         for path in filter(None, paths):
             if Path(path).parts[0] == "runs":  # written by an earlier step the config's header names
                 text = (clone / config).read_text()
-                assert "tuneforge data " in text and str(Path(path).parent) in text, (config, path)
+                assert header_makes(text, str(Path(path).parent)), (config, path)
                 continue
             resolved = (clone / path).resolve()  # relative to the clone, its working directory
             assert resolved.is_relative_to(clone.resolve()) and resolved.exists(), (config, path)
