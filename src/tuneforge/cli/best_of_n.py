@@ -33,6 +33,7 @@ def best_of_n_cmd(
     from tqdm import tqdm
 
     from tuneforge.config.data_sets import resolve_data_path
+    from tuneforge.data.formatting import split_opening
     from tuneforge.data.readers import line_of
     from tuneforge.data.sources import read_source
     from tuneforge.errors import DataError
@@ -51,11 +52,12 @@ def best_of_n_cmd(
     for i, record in enumerate(records):
         if field not in record or not isinstance(record[field], str):
             raise DataError(f"no text field '{field}' (set --field)", file=source, line=line_of(record, i), key=field)
-        words = record[field].split()
         if prompt_words is None:
             prompts.append(record[field])
-        elif len(words) > prompt_words:
-            prompts.append(" ".join(words[:prompt_words]))
+            continue
+        opening, rest = split_opening(record[field], prompt_words)
+        if rest:  # more than prompt_words words
+            prompts.append(opening)
     if not prompts:
         raise DataError("no prompts left (every text has --prompt-words words or fewer)", file=source)
     base = base or adapter_base(adapter or reward_adapter)

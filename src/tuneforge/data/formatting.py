@@ -371,3 +371,10 @@ def select_records(records: list, limit: int | None, seed: int = 0) -> list:
         return list(records)
     keep = sorted(random.Random(seed).sample(range(len(records)), limit))
     return [records[i] for i in keep]
+
+
+def split_opening(text: str, words: int) -> tuple[str, str]:
+    """(the first `words` words, the rest), each joined by single spaces: the review openings PPO, eval, label
+    pairs and best-of-n prompt with (`prompt_words`); the rest is empty for a text of that many words or fewer."""
+    parts = text.split()
+    return " ".join(parts[:words]), " ".join(parts[words:])

@@ -27,7 +27,7 @@ from collections import Counter
 import torch
 
 from ..errors import DataError
-from .formatting import check_tool_support, render
+from .formatting import check_tool_support, render, split_opening
 from .loading import source_options
 from .padding import pad
 from .pair_formats import pair_fields
@@ -208,9 +208,8 @@ def pairs_from_labels(records, *, text_field: str, label_field: str, positive_la
     for k, ((good, line), (bad, _)) in enumerate(zip(positive, negative)):
         prompt = ""
         if prompt_words:
-            good_words, bad_words = good.split(), bad.split()
-            prompt = " ".join((good_words if k % 2 == 0 else bad_words)[:prompt_words])
-            good, bad = " ".join(good_words[prompt_words:]), " ".join(bad_words[prompt_words:])
+            (good_opening, good), (bad_opening, bad) = split_opening(good, prompt_words), split_opening(bad, prompt_words)
+            prompt = good_opening if k % 2 == 0 else bad_opening
         pairs.append(Record({"prompt": prompt, "chosen": good, "rejected": bad}, line))
     return pairs
 

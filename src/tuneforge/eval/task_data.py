@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..data import fill_template, read_records, select_records, to_messages
+from ..data.formatting import split_opening
 from ..data.readers import line_of
 from ..errors import DataError
 from ..config.eval import EvalTask
@@ -37,7 +38,7 @@ def build_example(task: EvalTask, record: dict, source, line: int) -> TaskExampl
     if task.format == "template":
         prompt = fill_template(task.prompt, record, source, line)
         if task.prompt_words is not None:
-            prompt = " ".join(prompt.split()[: task.prompt_words])
+            prompt = split_opening(prompt, task.prompt_words)[0]
         conversation = [{"role": "user", "content": prompt}]
         reference = fill_template(task.target, record, source, line) if task.target is not None else None
     else:

@@ -23,6 +23,7 @@ import importlib.util
 from pathlib import Path
 from typing import Callable, Literal, Union
 
+from ...data.formatting import split_opening
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
 from .base import BaseTask
@@ -122,7 +123,7 @@ def load_prompts(path, cfg: PPOConfig, tokenizer, limit: int | None, seed: int) 
                             key=cfg.prompt_field)
         text = record[cfg.prompt_field].strip()
         if cfg.prompt_words is not None:
-            text = " ".join(text.split()[: cfg.prompt_words])
+            text = split_opening(text, cfg.prompt_words)[0]
         ids = encode_prompt(tokenizer, text, cfg.template) if text else []
         if not text or not ids:
             empty.append(line)
