@@ -124,6 +124,12 @@ class TrainConfig:
     learning_rate * d^(L - i), the embeddings at d^(L + 1), what sits above the blocks at learning_rate
     (typical d: 0.8-0.95). null: one rate for all."""
 
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the trained weights (decay d in (0, 1), e.g. 0.999; warmed up as
+    min(d, (1 + t) / (10 + t)) at step t) and evaluate and save it instead of the last step's weights; each
+    evaluation also logs the live weights' metrics as live_<metric>. One extra copy of the trained weights in
+    memory. null: off. See train/ema.py."""
+
     warmup_steps: int = 0
     """Linear warmup from 0 to learning_rate over this many steps (takes precedence over warmup_ratio)."""
 
@@ -265,6 +271,9 @@ class TrainConfig:
                               key="head_learning_rate")
         if self.layer_lr_decay is not None and not 0 < self.layer_lr_decay <= 1:
             raise ConfigError("layer_lr_decay must be in (0, 1] (or null for no decay)", key="layer_lr_decay")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1):
+            raise ConfigError(f"ema_decay must be in (0, 1) (or null for no average), got {self.ema_decay!r}",
+                              key="ema_decay")
         if self.warmup_steps < 0:
             raise ConfigError("warmup_steps must not be negative", key="warmup_steps")
         if not 0.0 <= self.warmup_ratio < 1.0:

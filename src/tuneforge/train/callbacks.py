@@ -193,6 +193,9 @@ def check_own_loop(cfg, task: str) -> None:
         raise ConfigError(f"task {task!r} samples its own training data and keeps the model in eval mode, where "
                           "NEFTune adds no noise: train.neftune_noise_alpha is not supported",
                           key="train.neftune_noise_alpha")
+    if getattr(cfg, "ema_decay", None):
+        raise ConfigError(f"task {task!r} runs its own loop, which keeps no moving average of the weights: "
+                          "train.ema_decay is not supported; remove it", key="train.ema_decay")
 
 
 def _full(tensors: dict) -> dict:

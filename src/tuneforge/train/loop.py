@@ -33,6 +33,7 @@ from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .callbacks import RunHooks
 from .distributed import Parallel
+from .ema import ema_weights, load_ema, update_ema
 from .memory import release_freed_memory
 from .activation_checkpointing import activation_checkpointing
 from .compile import attention_for_compile, compile_blocks
@@ -271,6 +272,10 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
         attention_for_compile(model)  # CUDA: a kernel inductor compiles (see compile.py); CPU: no change
         compile_blocks(model)
     par.setup(model, optimizer, cfg)
+    if getattr(cfg, "ema_decay", None) and par.sharded:
+        raise ConfigError("train.ema_decay keeps whole-tensor shadows of the weights and is not supported on a "
+                          "model sharded over several processes; set train.shard: false or ema_decay: null",
+                          key="train.ema_decay")
     if par.sharded:  # the shards' device (host memory with cpu_offload, or a base loaded there: load_options)
         device = par.device  # is not where the model computes
         amp = partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext
@@ -306,12 +311,18 @@ def _start(model, task, train_examples, eval_examples, cfg, output_dir: Path, re
 
 
 def _run_eval(run: _Run) -> dict:
-    metrics = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp, run.device)
-    if metrics:
-        run.reporter.record({"step": run.step, "epoch": run.epoch_float(), **metrics, "elapsed_s": run.elapsed()})
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
-        run.reporter.message(f"step {run.step}: {shown}")
-    run.hooks.on_eval(run.step, metrics)
+    """Metrics of the weights the run saves: with train.ema_decay those of the EMA (ema.py), the live weights'
+    scalars beside them as live_<name>; save_best and early stopping see the EMA's."""
+    ema = bool(getattr(run.cfg, "ema_decay", None))
+    live = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp, run.device) if ema else {}
+    with ema_weights(run.optimizer if ema else None):
+        metrics = evaluate(run.model, run.task, run.eval_examples, run.cfg, run.amp, run.device)
+        metrics.update({f"live_{k}": v for k, v in live.items() if isinstance(v, (int, float))})
+        if metrics:
+            run.reporter.record({"step": run.step, "epoch": run.epoch_float(), **metrics, "elapsed_s": run.elapsed()})
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            run.reporter.message(f"step {run.step}: {shown}")
+        run.hooks.on_eval(run.step, metrics)  # save_best keeps the weights evaluated: the EMA's
     return metrics
 
 
@@ -359,6 +370,8 @@ def _optimizer_step(run: _Run, guard: Interrupts) -> dict:
         run.optimizer.step()
         run.scheduler.step()
         on_optimizer_step(run.model)
+        if getattr(run.cfg, "ema_decay", None):
+            update_ema(run.optimizer, run.cfg.ema_decay, run.step + 1)
         state.update(global_step=run.step + 1, epoch=next_epoch, index=next_index, tokens=state["tokens"] + tokens)
         run.rng = ckpt.rng_state()
         # the step's log line belongs to the update: a checkpoint taken on Ctrl-C must hold it
@@ -406,6 +419,8 @@ def run_training(
             finished_before = (run.latest is not None and run.session.seconds == 0.0) or run.hooks.stopped
             eval_metrics = (finished_before and _logged_eval(run.reporter.history, run.step)) or _run_eval(run)
             final = _save(run) if run.saved_step != run.step else ckpt.latest_checkpoint(run.root)
+            if getattr(cfg, "ema_decay", None):
+                load_ema(run.optimizer)  # the saved model is the average; the checkpoint keeps the live weights
             run.par.finish(model)
             eval_metrics = run.hooks.finish(model, eval_metrics)
     except KeyboardInterrupt:
