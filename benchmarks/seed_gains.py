@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("folder", type=Path, help="a `tuneforge eval` output folder (holds predictions/)")
     ap.add_argument("--task", required=True)
     ap.add_argument("--seeds", required=True, help="comma-separated system names: the runs of one recipe")
-    ap.add_argument("--baselines", required=True, help="comma-separated system names to compare against")
+    ap.add_argument("--baselines", required=True, help="comma-separated system names to compare against; "
+                    "'A+B+C' is one baseline, the mean of those systems (another recipe's seeds)")
     ap.add_argument("--metrics", required=True, help="comma-separated, e.g. rougeL or bleu,chrf")
     ap.add_argument("--resamples", type=int, default=bootstrap.RESAMPLES)
     ap.add_argument("--bootstrap-seed", type=int, default=bootstrap.SEED)
@@ -48,7 +49,8 @@ def main() -> None:
     seeds, baselines = args.seeds.split(","), args.baselines.split(",")
     metrics = args.metrics.split(",")
     kind = SimpleNamespace(type="generate")
-    rows = {s: load_rows(args.folder, args.task, s) for s in seeds + baselines}
+    parts = {b: b.split("+") for b in baselines}  # a group of systems is compared as its mean
+    rows = {s: load_rows(args.folder, args.task, s) for s in seeds + [p for b in baselines for p in parts[b]]}
     lines = {s: [r["line"] for r in rs] for s, rs in rows.items()}
     first = lines[seeds[0]]
     if any(v != first for v in lines.values()):
@@ -67,7 +69,7 @@ def main() -> None:
         print(f"{m}: mean {mean:.2f} +- {std:.2f} over seeds ({', '.join(f'{v:.2f}' for v in per_seed)}); "
               f"interval of the mean {fmt(entry['mean_interval'], signed=False)}")
         for b in baselines:
-            base = stats[b][m]
+            base = bootstrap.mean_over([stats[p][m] for p in parts[b]]) if len(parts[b]) > 1 else stats[b][m]
             gain = bootstrap.paired_summary(joint, base, n, rs, bs)
             each = [bootstrap.paired_summary(stats[s][m], base, n, rs, bs) for s in seeds]
             entry["baselines"][b] = {"value": bootstrap.point(base, n), "interval": bootstrap.summary(base, n, rs, bs),

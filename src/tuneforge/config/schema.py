@@ -241,6 +241,12 @@ class TrainConfig:
     save_best_mode: Literal["auto", "min", "max"] = "auto"
     """Whether lower (min) or higher (max) save_best values are better; auto: min for losses/perplexity/error."""
 
+    init_adapter: str | None = None
+    """Start the adapter from the weights saved in this folder (a run's adapter/ directory) instead of a fresh
+    initialisation: train an adapter further on new data, e.g. a second round of on-policy DPO on pairs sampled
+    from the first round's model (`tuneforge best-of-n --adapter`). The saved adapter must match `method`
+    (type, rank, targets...); DPO/KTO's reference stays the base model (adapter disabled). null = fresh."""
+
     neftune_noise_alpha: float | None = None
     """NEFTune: add uniform noise of scale alpha/sqrt(L*d) to the input embeddings while training (L: padded
     sequence length, d: hidden size), as TRL/transformers do; 5 is the paper's usual value. null = off."""

@@ -141,6 +141,12 @@ def _train(cfg, progress: bool, resume: bool, dry_run: bool):
 
     torch.manual_seed(cfg.train.seed)  # adapter initialisation is part of what the seed reproduces
     add_adapter(model, cfg.method)
+    if cfg.train.init_adapter:
+        from .init_adapter import start_from_adapter
+
+        start_from_adapter(model, cfg.method, cfg.train.init_adapter, cfg.model.allow_pickle)
+        if launcher.process_rank() == 0:
+            print(f"adapter weights start from {cfg.train.init_adapter}")
     mark_trainable(model)
     from ..models.fused_mlp import use_fused_mlp
 
