@@ -197,12 +197,9 @@ def read_adapter_weights(adapter_dir, allow_pickle: bool = False) -> dict[str, t
         raise AdapterMismatch(f"{path}: cannot be read ({type(exc).__name__}: {exc}); was it truncated?") from None
 
 
-def load_adapter(model, adapter_dir, adapter_name: str = "default", trainable: bool = False,
-                 allow_pickle: bool = False):
-    """Add the adapter stored in adapter_dir (ours or peft's) to model; returns its config. A pickle
-    (adapter_model.bin) is read only with allow_pickle=True."""
-    from ..methods import add_adapter, delete_adapter, load_adapter_state_dict, mark_trainable
-
+def read_saved_adapter(adapter_dir, allow_pickle: bool = False):
+    """(adapter_config.json as a dict, the method config it describes, the weights) of a saved adapter folder;
+    ModelNotFound / AdapterMismatch naming the file for anything missing or malformed."""
     body = read_adapter_config(adapter_dir)
     cls = method_for_peft_config(body, where=Path(adapter_dir) / CONFIG_NAME)
     try:
@@ -212,7 +209,16 @@ def load_adapter(model, adapter_dir, adapter_name: str = "default", trainable: b
     except (KeyError, TypeError, ValueError) as exc:
         raise AdapterMismatch(f"{Path(adapter_dir) / CONFIG_NAME}: not a valid {cls.name} adapter config "
                               f"({type(exc).__name__}: {exc})") from None
-    state = read_adapter_weights(adapter_dir, allow_pickle)
+    return body, cfg, read_adapter_weights(adapter_dir, allow_pickle)
+
+
+def load_adapter(model, adapter_dir, adapter_name: str = "default", trainable: bool = False,
+                 allow_pickle: bool = False):
+    """Add the adapter stored in adapter_dir (ours or peft's) to model; returns its config. A pickle
+    (adapter_model.bin) is read only with allow_pickle=True."""
+    from ..methods import add_adapter, delete_adapter, load_adapter_state_dict, mark_trainable
+
+    body, cfg, state = read_saved_adapter(adapter_dir, allow_pickle)
     try:
         add_adapter(model, cfg, adapter_name)
     except TuneforgeError as exc:

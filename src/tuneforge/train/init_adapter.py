@@ -15,14 +15,12 @@ from ..errors import AdapterMismatch, ConfigError, ModelNotFound
 def start_from_adapter(model, method_cfg, adapter_dir, allow_pickle: bool = False) -> int:
     """Copy the weights saved in adapter_dir into the model's (already added) default adapter; returns how many
     tensors were read. ConfigError (key init_adapter) when the folder is missing or holds another adapter."""
-    from ..io.adapter_files import method_for_peft_config, read_adapter_config, read_adapter_weights
+    from ..io.adapter_files import read_saved_adapter
     from ..methods import load_adapter_state_dict
 
     where = Path(adapter_dir)
     try:
-        body = read_adapter_config(where)
-        saved = method_for_peft_config(body, where=where / "adapter_config.json").config_from_peft(body)
-        state = read_adapter_weights(where, allow_pickle)
+        _, saved, state = read_saved_adapter(where, allow_pickle)
     except (ModelNotFound, AdapterMismatch) as exc:
         raise ConfigError(str(exc), key="train.init_adapter") from None
     differences = _differences(saved, method_cfg)
