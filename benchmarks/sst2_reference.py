@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -114,8 +113,9 @@ def report(out: Path) -> str:
     hits = {}
     for system, by_seed in sorted(runs.items()):
         seeds = sorted(by_seed)
-        per_seed = [np.mean(np.equal(by_seed[s]["gold"], by_seed[s]["predicted"])) for s in seeds]
-        hits[system] = (seeds, np.mean([np.equal(by_seed[s]["gold"], by_seed[s]["predicted"]) for s in seeds], 0))
+        correct = [np.equal(by_seed[s]["gold"], by_seed[s]["predicted"]) for s in seeds]
+        per_seed = [c.mean() for c in correct]
+        hits[system] = (seeds, np.mean(correct, 0))
         minutes = " / ".join(f"{by_seed[s]['train_seconds'] / 60:.1f}" for s in seeds)
         lines.append(f"| {system} | {np.mean(per_seed):.4f} ± {np.std(per_seed, ddof=1) if len(seeds) > 1 else 0:.4f}"
                      f" | {' / '.join(f'{a:.4f}' for a in per_seed)} (seeds {', '.join(map(str, seeds))}) | {minutes} |")
@@ -153,8 +153,7 @@ def main() -> None:
                 if (out / system / f"seed-{seed}.json").exists():
                     continue  # resumes: a finished system and seed is not run again
                 limit = ["--limit-train", str(args.limit_train)] if args.limit_train else []
-                subprocess.run([sys.executable, __file__, "--out", str(out), "--one", system, str(seed)] + limit,
-                               check=True, env=dict(os.environ))
+                subprocess.run([sys.executable, __file__, "--out", str(out), "--one", system, str(seed)] + limit, check=True)
     table = report(out)
     print(table)
     (out / "report.md").write_text(table + "\n")
