@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)
+    unknown = set(args.systems.split(",")) - {"reference", "tuneforge"}
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(sorted(unknown))} (known: reference, tuneforge)")
     if args.one:  # a child process: one system, one seed
         system, seed = args.one[0], int(args.one[1])
         row = (reference_run if system == "reference" else tuneforge_run)(seed, out, args.limit_train)
