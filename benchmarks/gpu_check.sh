@@ -15,6 +15,7 @@
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh                 # everything, in one go, within BUDGET_S (450 s)
 #   ONLY="tests lora_fp32" bash benchmarks/gpu_check.sh      # some steps only
 #   ONLY="tests scale" bash benchmarks/gpu_check.sh          # issue #18's check
+#   TESTS=tests/gpu SCALE_ARGS="--shapes 8b --modes qlora" ONLY="tests scale" bash benchmarks/gpu_check.sh
 #   ONLY="fsdp_qlora fsdp_qlora_offload" bash benchmarks/gpu_check.sh   # FSDP-QLoRA on 2 GPUs (skips on one)
 # The budget counts from the start, installs included, and every step (the set-up too) is cut at the time left,
 # so one invocation ends within BUDGET_S plus a few seconds (8 minutes with the default 450 s and ~30 s of
@@ -66,9 +67,9 @@ export TUNEFORGE_BENCH_MODEL=/tmp/smollm2-random
 
 # flash-attn has no wheel on PyPI (it builds from source, which needs the network and ~1 hour): it is used only
 # when a wheel was put in .dev/whl by hand; without it the flash-attn rows and tests skip.
-step tests 90 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/quant tests/methods/test_half_precision.py
+step tests 90 python3 -m pytest -q -p no:cacheprovider ${TESTS:-tests/gpu tests/quant tests/methods/test_half_precision.py}
 # issue #18: 1B and 8B shapes, LoRA bf16 and QLoRA nf4, packed 4 x 2048, ours vs peft (sdpa / flash-attn)
-step scale 330 python3 benchmarks/gpu_scale.py --steps 4 --warmup 2
+step scale 330 python3 benchmarks/gpu_scale.py ${SCALE_ARGS:---shapes 8b,1b --modes qlora,lora --steps 4 --warmup 2}
 # issue #18 item 3: FSDP-QLoRA, the NF4 base sharded over 2 GPUs (NCCL), then with its shards in host memory
 # (cpu_offload); a machine with one GPU skips it (two processes cannot share one GPU under NCCL)
 if (( $(nvidia-smi -L | wc -l) >= 2 )); then

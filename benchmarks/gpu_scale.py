@@ -9,6 +9,8 @@ with tuneforge.quant.quantize_model, so only the training path differs; no k-bit
 Sides, each in a fresh process (so each has its own peak-memory reading):
   ours       tuneforge: add_adapter + the SFT task's loss through the training loop's `accumulate`
              (packed rows without a mask: flash-attn varlen when installed, else sdpa from position_ids)
+  ours_ew    the same with `train.gradient_checkpointing: elementwise` (recompute the cheap elementwise ops only)
+  ours_ckptN the same with `gradient_checkpointing: true` on the first N blocks (`ours_ckpt`: every block)
   peft_sdpa  get_peft_model + model(input_ids, position_ids, labels).loss, sdpa (transformers builds the packed
              rows' block mask from position_ids)
   peft_fa2   the same with attn_implementation flash_attention_2, rows flattened into one (its varlen path);
@@ -19,6 +21,7 @@ MFU against the measured bf16 matmul peak, and the largest loss difference from 
 
     python benchmarks/gpu_scale.py                              # 1b and 8b, lora and qlora (~6 minutes on an H200)
     python benchmarks/gpu_scale.py --shapes 1b --modes lora --steps 4
+    python benchmarks/gpu_scale.py --shapes 8b --modes qlora --sides ours,ours_ew,ours_ckpt12 --profile /tmp/prof
 Without CUDA it prints why and exits 0.
 """
 from __future__ import annotations
@@ -90,10 +93,12 @@ def run_side(args) -> dict:
     rows = make_rows(args.rows * (args.warmup + args.steps), args.seq_len, model.config.vocab_size)
     steps = [rows[i * args.rows:(i + 1) * args.rows] for i in range(args.warmup + args.steps)]
     lora_file = Path(args.lora_file)
-    if args.side == "ours":
+    checkpointing = None
+    if args.side.startswith("ours"):
         from tuneforge.methods import add_adapter, trainable_parameters
         from tuneforge.models.fused_mlp import use_fused_mlp
         from tuneforge.models.norm_recompute import use_norm_recompute
+        from tuneforge.train.activation_checkpointing import activation_checkpointing
         from tuneforge.train.loop import accumulate
         from tuneforge.train.optim import build_optimizer
         from tuneforge.train.tasks.sft import SFTTask
@@ -110,6 +115,12 @@ def run_side(args) -> dict:
         batches = [{k: v.cuda() for k, v in task.collate(s).items()} for s in steps]
         optimizer = build_optimizer(model, TrainConfig(learning_rate=LR, max_grad_norm=CLIP))
         params = [p for _, p in trainable_parameters(model)]
+
+        variant = args.side[len("ours"):]
+        if variant == "_ew":
+            checkpointing = activation_checkpointing(model, "elementwise")
+        elif variant.startswith("_ckpt"):
+            checkpointing = activation_checkpointing(model, True, int(variant[5:]) if variant[5:] else None)
 
         def step(batch):
             optimizer.zero_grad(set_to_none=True)
@@ -146,6 +157,8 @@ def run_side(args) -> dict:
             optimizer.step()
             return float(loss.detach())
     model.train()
+    if checkpointing is not None:
+        checkpointing.__enter__()
     losses, times = [], []
     for i, batch in enumerate(batches):
         torch.cuda.synchronize()
@@ -154,6 +167,15 @@ def run_side(args) -> dict:
         torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
+    if args.profile:  # one more step under the profiler: where the time goes, kernel by kernel
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step(batches[-1])
+            torch.cuda.synchronize()
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+        (Path(args.profile) / f"{args.shape}-{args.mode}-{args.side}.txt").write_text(table)
     return {"losses": losses, "s_step": statistics.median(times),
             "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
             "attn": getattr(getattr(model, "config", None), "_attn_implementation", "?")}
@@ -177,6 +199,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rows", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--profile", metavar="DIR", help="write each side's kernel-time table for one more step here")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -205,7 +228,7 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--side", side, "--shape", shape, "--mode", mode,
                            "--lora-file", os.path.join(tmp, f"{shape}-{mode}.safetensors"),
                            "--steps", str(args.steps), "--warmup", str(args.warmup), "--rows", str(args.rows),
-                           "--seq-len", str(args.seq_len)]
+                           "--seq-len", str(args.seq_len)] + (["--profile", args.profile] if args.profile else [])
                     done = subprocess.run(cmd, capture_output=True, text=True)
                     if done.returncode != 0:
                         body.append([shape, mode, side, "failed", done.stderr.strip().splitlines()[-1][:80]

@@ -65,6 +65,7 @@ def test_train_on_cuda_in_bf16_then_resume(tmp_path, tiny_base_dir):
     from tuneforge.train.api import train
 
     config = _config(tmp_path, tiny_base_dir)
+    config["train"]["lr_schedule"] = "constant"  # a schedule over max_steps would refuse the longer resume
     first = train(config, progress=False)
     assert first.steps == 4 and first.train_loss is not None and first.eval_metrics
     losses = [r["loss"] for r in first.history if "loss" in r]

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, LowRankFactors, fusable_dtypes,
-                                    fused_dropout_p, matmul_weight)
+from ..models.fused_linear import (FusableLinear, FusedLoraLinear, LoraAddmm, LowRankFactors, castable_factors,
+                                   compute_factors, fusable_dtypes, fused_dropout_p, matmul_weight)
 from ..registry import METHODS
 from ._mixed_lora import mixed_lora_forward
 from .base import AdapterLayer, MethodConfig, adapter_dtype, check
@@ -178,7 +178,8 @@ class LoraLinear(LoraLayer, FusableLinear):
         name = self._fused_adapter(x, args, kwargs)
         if name is None:
             return super().forward(x, *args, **kwargs)
-        base, A, B = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
+        base = self.base_layer
+        A, B = compute_factors(x, self.lora_A[name].weight, self.lora_B[name].weight)
         p = fused_dropout_p(self.lora_dropout[name], x)
         x_lora = None if p is not None else self.lora_dropout[name](x)
         x_lora = None if x_lora is x else x_lora  # see FusedLoraLinear.forward
@@ -199,7 +200,8 @@ class LoraLinear(LoraLayer, FusableLinear):
         if not dense_ok or not self.has_adapter(name):
             return None
         extra = () if base.bias is None else (base.bias,)
-        return name if fusable_dtypes(x, self.lora_A[name].weight, self.lora_B[name].weight, *extra) else None
+        return name if fusable_dtypes(x, *extra) and castable_factors(
+            x, self.lora_A[name].weight, self.lora_B[name].weight) else None
 
     def fused_factors(self, x: torch.Tensor) -> LowRankFactors | None:
         """The one active adapter's factors for the fused SwiGLU MLP (models/fused_mlp.py); plain LoRA only
@@ -209,7 +211,8 @@ class LoraLinear(LoraLayer, FusableLinear):
         if drop is None:
             return None
         base = self.base_layer
-        return LowRankFactors(matmul_weight(base), base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+        return LowRankFactors(matmul_weight(base), base.bias,
+                              *compute_factors(x, self.lora_A[name].weight, self.lora_B[name].weight),
                               self.scaling[name], drop)
 
     def adapter_forward(self, x, result, name, *args, **kwargs):

@@ -177,6 +177,20 @@ def fusable_dtypes(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
     return all(t.dtype == x.dtype for t in tensors)
 
 
+def castable_factors(x: torch.Tensor, *factors: torch.Tensor) -> bool:
+    """Adapter factors the fused kernels can take for x: in x's dtype, or fp32 factors on a bf16 base (the GPU
+    setting: bf16 weights, fp32 adapters), which `compute_factors` casts to bf16 as autocast would. Not fp16:
+    its gradients need the loss scaling the loop does not do."""
+    return all(f.dtype == x.dtype or (f.dtype == torch.float32 and x.dtype == torch.bfloat16) for f in factors)
+
+
+def compute_factors(x: torch.Tensor, *factors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The factors in x's dtype. Casting the rank-r factors (kilobytes) instead of x (an activation per layer and
+    direction, as the unfused fp32 path does) lets the adapter ride on the base GEMM in bf16; the cast's backward
+    hands fp32 gradients to the fp32 parameters, so the optimiser still updates fp32 masters."""
+    return tuple(f if f.dtype == x.dtype else f.to(x.dtype) for f in factors)
+
+
 class LowRankFactors(NamedTuple):
     """A frozen (possibly 4-bit) linear layer plus one low-rank term, as the fused kernels take them:
     out = x W^T + b + scaling * (dropout(x) A^T) B^T, dropout drawn with probability `drop` (0: none)."""
