@@ -79,3 +79,42 @@ def test_cli_writes_dpo_pairs_and_rejects_bad_input(tmp_path, tiny_base_dir, rew
     with pytest.raises(SystemExit) as failed:
         main([*args[:2], bad, *args[3:]])
     assert failed.value.code != 0
+
+
+def test_context_samples_more_replies_inside_the_context_and_pairs_them_with_the_bare_prompt(
+        tiny_base_dir, reward_model, monkeypatch):
+    """Context distillation: half the replies come from the prompt inside the context; all are scored against the
+    bare prompt, and the best and worst of the pool make the pair."""
+    classifier, rm = reward_model
+    tok, model = load_tokenizer(str(tiny_base_dir)), load_model(str(tiny_base_dir), device="cpu")
+    asked = []
+    canned = iter([["plain one", "plain two", "steered one", "steered two"] for _ in PROMPTS])
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        asked.extend(prompts)
+        return next(canned)
+
+    monkeypatch.setattr(bon, "generate_with", fake_generate)
+    context = "A glowing review:\n\n{prompt}"
+    pairs = best_of_n_pairs(model, tok, rm, PROMPTS, samples=2, batch_size=4, context=context)
+    assert asked == [v for p in PROMPTS for v in (p, p, context.replace("{prompt}", p), context.replace("{prompt}", p))]
+    assert pairs and {p["prompt"] for p in pairs} <= set(PROMPTS)
+    for pair in pairs:
+        scores = {r: classifier_score(classifier, tok, pair["prompt"], r)
+                  for r in ("plain one", "plain two", "steered one", "steered two")}
+        assert pair["chosen"] == max(scores, key=scores.get) and pair["rejected"] == min(scores, key=scores.get)
+    with pytest.raises(ValueError, match="prompt"):
+        best_of_n_pairs(model, tok, rm, PROMPTS, samples=2, context="no placeholder")
+
+
+def test_cli_refuses_a_context_without_the_prompt_placeholder(tmp_path, tiny_base_dir, reward_model, capsys):
+    from tuneforge.cli.main import main
+
+    _, rm = reward_model
+    data = write_jsonl(tmp_path / "texts.jsonl", [{"text": t + " movie indeed"} for t in PROMPTS])
+    out = tmp_path / "pairs.jsonl"
+    with pytest.raises(SystemExit) as failed:
+        main(["best-of-n", "--data", data, "--reward-adapter", rm, "--out", str(out), "--base", str(tiny_base_dir),
+              "--context", "A glowing review:"])
+    assert failed.value.code != 0 and not out.exists()
+    assert "--context" in capsys.readouterr().err

@@ -23,6 +23,10 @@ def best_of_n_cmd(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop prompts whose best and worst replies' "
                                      "rewards differ by this much or less."),
+    context: Optional[str] = typer.Option(None, "--context", help="Context distillation: also sample --samples "
+                                          "replies per prompt from this text, '{prompt}' standing for the prompt "
+                                          "(e.g. an instruction or a steering prefix); every reply is scored and "
+                                          "paired against the bare prompt."),
     chat: bool = typer.Option(False, "--chat", help="Prompt through the chat template (default: raw text, as "
                               "`template: raw` DPO reads the pairs)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the reward adapter's base)."),
@@ -44,6 +48,9 @@ def best_of_n_cmd(
 
     if samples < 2:
         raise typer.BadParameter("at least 2 samples per prompt are needed to make a pair", param_hint="--samples")
+    if context is not None and "{prompt}" not in context:
+        raise typer.BadParameter(f"must hold {{prompt}} where each prompt goes, got {context!r}",
+                                 param_hint="--context")
     if prompt_words is not None and prompt_words < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--prompt-words")
     read_adapter_config(reward_adapter)  # a wrong directory stops here, before any sampling
@@ -69,7 +76,7 @@ def best_of_n_cmd(
     bar = tqdm(total=len(prompts), desc="sampling", unit="prompt")
     pairs = best_of_n_pairs(model, tokenizer, reward_adapter, prompts, samples=samples,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, chat=chat,
-                            min_margin=min_margin, seed=seed, progress=lambda done, total: bar.update(done - bar.n))
+                            min_margin=min_margin, seed=seed, context=context, progress=lambda done, total: bar.update(done - bar.n))
     bar.close()
     path = write_pairs(pairs, out)
     if pairs:
