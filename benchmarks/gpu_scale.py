@@ -27,6 +27,7 @@ Without CUDA it prints why and exits 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -93,7 +94,7 @@ def run_side(args) -> dict:
     rows = make_rows(args.rows * (args.warmup + args.steps), args.seq_len, model.config.vocab_size)
     steps = [rows[i * args.rows:(i + 1) * args.rows] for i in range(args.warmup + args.steps)]
     lora_file = Path(args.lora_file)
-    checkpointing = None
+    checkpointing = contextlib.nullcontext()
     if args.side.startswith("ours"):
         from tuneforge.methods import add_adapter, trainable_parameters
         from tuneforge.models.fused_mlp import use_fused_mlp
@@ -157,25 +158,24 @@ def run_side(args) -> dict:
             optimizer.step()
             return float(loss.detach())
     model.train()
-    if checkpointing is not None:
-        checkpointing.__enter__()
     losses, times = [], []
-    for i, batch in enumerate(batches):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        losses.append(float(step(batch)))
-        torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    if args.profile:  # one more step under the profiler: where the time goes, kernel by kernel
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step(batches[-1])
+    with checkpointing:
+        for i, batch in enumerate(batches):
             torch.cuda.synchronize()
-        Path(args.profile).mkdir(parents=True, exist_ok=True)
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
-        (Path(args.profile) / f"{args.shape}-{args.mode}-{args.side}.txt").write_text(table)
+            t = time.perf_counter()
+            losses.append(float(step(batch)))
+            torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t)
+        if args.profile:  # one more step under the profiler: where the time goes, kernel by kernel
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step(batches[-1])
+                torch.cuda.synchronize()
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+            (Path(args.profile) / f"{args.shape}-{args.mode}-{args.side}.txt").write_text(table)
     return {"losses": losses, "s_step": statistics.median(times),
             "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
             "attn": getattr(getattr(model, "config", None), "_attn_implementation", "?")}
