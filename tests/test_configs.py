@@ -49,6 +49,12 @@ def test_example_config_loads(path):
             elif data_path:
                 assert Path(data_path).exists(), f"{_id(path)}: {split} data {data_path} missing"
                 assert "shared" not in Path(data_path).parts, f"{_id(path)} reads outside the repository"
+    distill = getattr(cfg.task_config, "distill", None)
+    for teacher in distill.teachers if distill else ():
+        # teachers are runs an earlier step trains: the header must name the `tuneforge train` that makes them
+        folder = str(Path(teacher).parent) if Path(teacher).name.startswith("seed-") else teacher
+        assert "tuneforge train " in path.read_text() and f"output_dir={folder}" in path.read_text(), (
+            f"{_id(path)}: teacher {teacher} is made by no `tuneforge train ... output_dir=` in the header")
 
 
 def test_every_method_has_an_example_on_smollm2_and_minilm():

@@ -14,8 +14,9 @@ from .tasks.base import batch_context
 
 
 def predict_proba(model, task, examples: list[dict], batch_size: int, *, amp=nullcontext,
-                  progress: bool = True, desc: str = "pseudo-labelling") -> torch.Tensor:
-    """(len(examples), classes) float32 probabilities, in the order of `examples`."""
+                  progress: bool = True, desc: str = "pseudo-labelling", temperature: float = 1.0) -> torch.Tensor:
+    """(len(examples), classes) float32 probabilities, in the order of `examples`: softmax(logits / temperature)
+    (distillation's softened targets; 1: the model's own probabilities)."""
     from tqdm.auto import tqdm
 
     if not examples:
@@ -33,7 +34,7 @@ def predict_proba(model, task, examples: list[dict], batch_size: int, *, amp=nul
                 batch = task.collate([examples[i] for i in chunk])
                 batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 with batch_context(model, batch):
-                    probs = task.logits(model, batch).float().softmax(-1).cpu()
+                    probs = (task.logits(model, batch).float() / temperature).softmax(-1).cpu()
                 for row, i in zip(probs, chunk):
                     out[i] = row
                 bar.update(len(chunk))

@@ -3,6 +3,8 @@
     loss_sum = sum_i -log softmax(W pool(h(x_i)) + b)[y_i]
     with task.label_smoothing e (training only; eval_loss stays the plain cross-entropy):
     loss_sum = sum_i [(1 - e) (-log p_i[y_i]) + e mean_c (-log p_i[c])]      (Szegedy et al. 2016; torch's rule)
+    with task.distill, the teachers' word-span crops j of the training texts add (train/distill.py):
+    loss_sum += sum_j -sum_c q_j[c] log softmax(z_j / T)[c] * T^2        (q_j: the teachers' mean probabilities)
 
 The pooling (`task.pooling`) is by default the one the checkpoint was trained with: a sentence-transformers
 encoder (all-MiniLM-L6-v2) the mean of its last hidden states over real tokens, as its Pooling module does;
@@ -28,6 +30,8 @@ from torch import nn
 from ...data.padding import pad
 from ...errors import ConfigError, DataError
 from ...registry import TASKS
+from ..distill import distill_targets, soft_cross_entropy_sum
+from ..distill_config import DistillConfig
 from ..self_training_config import SelfTrainingConfig
 from .base import BaseTask, batch_context
 
@@ -92,7 +96,18 @@ class ClassifyConfig:
     """Self-training on pseudo-labels of unlabelled records (`{unlabeled: FILE, threshold, rounds, balance,
     max_per_round, reinit, limit}`): see train/self_training.py and docs/self_training.md."""
 
+    distill: Union[DistillConfig, None] = None
+    """Knowledge distillation from trained classify runs (`{teachers: [RUN, ...], crops_per_record, min_words,
+    temperature}`): the training records keep their labels and word-span crops of them train on the teachers'
+    mean probabilities; see train/distill.py and docs/encoders.md."""
+
     def validate(self) -> None:
+        if self.distill is not None and self.self_training is not None:
+            raise ConfigError("distill and self_training cannot be combined in one run: distil first, then "
+                              "self-train from the distilled run's data, or the reverse", key="distill")
+        if self.distill is not None and self.text_pair_field:
+            raise ConfigError("distill crops single texts; a text pair (text_pair_field) has no crops that keep "
+                              "its meaning", key="distill")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}", key="pooling")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -265,11 +280,25 @@ class ClassifyTask(BaseTask):
                               f"{expected} outputs; set model.num_labels: {len(self.labels)}", key="model.num_labels")
         self.report = {}
         train = self.encode(train_records, tokenizer, data.max_length, train_source)
+        if self.cfg.distill is not None:
+            train += self._distill_examples(train_records, tokenizer, run_cfg)
         evals = []
         if data.validation is not None:
             records, source = load_records(data, "validation")
             evals = self.encode(records, tokenizer, data.max_length, source, "validation")
         return train, evals
+
+    def _distill_examples(self, train_records: list[dict], tokenizer, run_cfg) -> list[dict]:
+        """Word-span crops of the training texts with the teachers' probabilities under "soft" (and their argmax
+        under "label", for the length grouping and the data report)."""
+        settings = self.cfg.distill
+        texts = [str(r[self.cfg.text_field]) for r in train_records]
+        crops, probs = distill_targets(type(self), settings, texts, self.labels, run_cfg.output_dir)
+        examples = self._tokenize([{self.cfg.text_field: c} for c in crops], probs.argmax(-1).tolist(), tokenizer,
+                                  run_cfg.data.max_length, "distill")
+        for example, row in zip(examples, probs.tolist()):
+            example["soft"] = row
+        return examples
 
     def data_report(self) -> dict:
         """Records read and truncated per split (classification drops none; see train/data_report.py)."""
@@ -279,6 +308,10 @@ class ClassifyTask(BaseTask):
         """Right-padded rows; a decoder's classifier finds the last real token by the pad id."""
         ids, mask = pad([ex["input_ids"] for ex in examples], self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([ex["label"] for ex in examples])}
+        if any("soft" in ex for ex in examples):  # distillation: crops train on the teachers' probabilities
+            width = len(next(ex["soft"] for ex in examples if "soft" in ex))
+            batch["soft_rows"] = torch.tensor(["soft" in ex for ex in examples])
+            batch["soft_targets"] = torch.tensor([ex.get("soft", [0.0] * width) for ex in examples])
         if "token_type_ids" in examples[0]:
             types = [ex.get("token_type_ids") or [0] * len(ex["input_ids"]) for ex in examples]
             batch["token_type_ids"] = pad(types, 0)[0]
@@ -294,8 +327,17 @@ class ClassifyTask(BaseTask):
         return model(**inputs).logits.float()
 
     def loss_sum(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="sum",
-                               label_smoothing=float(self.cfg.label_smoothing))
+        logits = self.logits(model, batch)
+        soft = batch.get("soft_rows")
+        if soft is None:
+            return F.cross_entropy(logits, batch["labels"], reduction="sum",
+                                   label_smoothing=float(self.cfg.label_smoothing))
+        gold = ~soft
+        loss = soft_cross_entropy_sum(logits[soft], batch["soft_targets"][soft], float(self.cfg.distill.temperature))
+        if gold.any():
+            loss = loss + F.cross_entropy(logits[gold], batch["labels"][gold], reduction="sum",
+                                          label_smoothing=float(self.cfg.label_smoothing))
+        return loss
 
     def evaluate(self, model: nn.Module, batches: Iterable[dict]) -> dict:
         total, labels, preds = 0.0, [], []
