@@ -1,5 +1,6 @@
 """Knowledge distillation into a classifier (task.distill): the crops, the soft-target loss, the teachers' mean
 probabilities, the cache a resumed run and sibling seeds reuse, and the errors bad settings give."""
+import os
 import shutil
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from tuneforge.config import load_config
 from tuneforge.errors import ConfigError
+from tuneforge.train import distill
 from tuneforge.train.api import train
 from tuneforge.train.distill import CACHE, distill_targets, soft_cross_entropy_sum, word_crops
 from tuneforge.train.distill_config import DistillConfig
@@ -80,7 +82,7 @@ def _teacher(tiny_bert_dir, out, seed, labels=LABELS):
     return out
 
 
-def test_distilled_run_trains_on_crops_labelled_by_the_teachers_mean(tiny_bert_dir, tmp_path):
+def test_distilled_run_trains_on_crops_labelled_by_the_teachers_mean(tiny_bert_dir, tmp_path, monkeypatch):
     from tuneforge.eval.classification import classifier_predictions
 
     teachers = [_teacher(tiny_bert_dir, tmp_path / f"teacher-{s}", s) for s in (1, 2)]
@@ -97,6 +99,20 @@ def test_distilled_run_trains_on_crops_labelled_by_the_teachers_mean(tiny_bert_d
     mean = sum(torch.tensor(_probs(t, crops)) for t in teachers) / 2
     torch.testing.assert_close(saved["probs"], mean, rtol=1e-5, atol=1e-6)
     assert classifier_predictions(tmp_path / "student" / "seed-1")["num_examples"] == 16
+
+    # a teacher trained again into its folder makes the labelling stale: a new seed labels anew
+    calls = []
+    real = distill.teacher_probabilities
+    monkeypatch.setattr(distill, "teacher_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    settings = load_config(tmp_path / "student" / "seed-1" / "config.yaml").task_config.distill
+    distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0", progress=False)
+    assert calls == []  # the same teachers: seed-1's labelling is reused
+    adapter_file = next(f for f in (teachers[0] / "adapter").iterdir() if f.is_file())
+    os.utime(adapter_file, ns=(adapter_file.stat().st_atime_ns, adapter_file.stat().st_mtime_ns + 10**9))
+    shutil.rmtree(tmp_path / "student" / "seed-0")
+    distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0", progress=False)
+    assert calls == [1]
+    shutil.rmtree(tmp_path / "student" / "seed-0")
 
     # a sibling seed of a --seeds run reuses the labelling: with the teachers gone it still gets the same targets
     for t in teachers:

@@ -14,7 +14,7 @@ all-MiniLM-L6-v2 the crops are what helps: gold labels copied onto the same crop
 
 The teachers' targets are cached in output_dir/distill_targets.pt with the settings that made them, so a resumed
 run labels nothing again and the seeds of a `--seeds` run (output_dir/seed-N) share one labelling; changed
-settings (teachers, crops, temperature) label anew.
+settings (teachers, crops, temperature) or a teacher trained again into its folder label anew.
 """
 from __future__ import annotations
 
@@ -108,9 +108,11 @@ def distill_targets(task_class, settings, train_texts: list[str], labels: list[s
                           f"min_words", key="task.distill.min_words")
     key = _fingerprint(settings, train_texts)
     cache = Path(output_dir) / CACHE if output_dir else None
+    stamps = [_stamp(t) for t in settings.teachers]
     for candidate in _caches(cache):
         saved = torch.load(candidate, weights_only=True)
-        if saved.get("key") == key and saved.get("crops") == crops:
+        retrained = any(now is not None and now != then for now, then in zip(stamps, saved.get("stamps", stamps)))
+        if saved.get("key") == key and saved.get("crops") == crops and not retrained:
             if candidate != cache:
                 _write_cache(cache, saved)
             return crops, saved["probs"]
@@ -118,8 +120,18 @@ def distill_targets(task_class, settings, train_texts: list[str], labels: list[s
     probs = teacher_probabilities(task_class, settings.teachers, crops, labels, settings.temperature,
                                   settings.batch_size, progress)
     if cache is not None:
-        _write_cache(cache, {"key": key, "crops": crops, "probs": probs})
+        _write_cache(cache, {"key": key, "crops": crops, "probs": probs, "stamps": stamps})
     return crops, probs
+
+
+def _stamp(folder) -> str | None:
+    """Names, sizes and modification times of a teacher's adapter files (None when it is gone): a teacher trained
+    again into the same folder makes a cached labelling stale; a teacher removed after labelling does not."""
+    adapter = Path(folder) / "adapter"
+    if not adapter.is_dir():
+        return None
+    return json.dumps(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in adapter.iterdir()
+                             if f.is_file()))
 
 
 def _caches(cache: Path | None) -> list[Path]:
