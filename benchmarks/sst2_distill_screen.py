@@ -2,8 +2,9 @@
 training sentences plus word-span crops of them labelled by the ensemble, beat a single full fine-tune?
 
 A plain PyTorch + transformers loop (the reference of benchmarks/sst2_reference.py: mean pooling, AdamW, 10%
-warm-up, linear decay, batch 32), nothing of tuneforge in it, so it runs on a GPU machine that has only torch,
-transformers, the checkpoint folder and the two JSONL files:
+warm-up, linear decay, batch 32); of tuneforge only the crops (train/distill.py's word_crops, so the screen draws
+what `task.distill` trains on), so it runs on a GPU machine that has torch, transformers, the checkpoint folder
+and the two JSONL files (the screens of session 17 ran an inline copy of the same function: same crops):
 
     python benchmarks/sst2_distill_screen.py --model .dev2/minilm --data .dev2/sst2 --out /tmp/screen
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -28,23 +28,14 @@ def read(path: Path) -> list[dict]:
 
 
 def crops(texts: list[str], per_text: int, seed: int, min_words: int = 3, sources: list | None = None) -> list[str]:
-    """Contiguous word spans of each sentence (what SST's phrase level is made of), distinct, not the whole."""
-    rng = random.Random(seed)
-    out, seen = [], set(texts)
-    for index, text in enumerate(texts):
-        words = text.split()
-        if len(words) <= min_words:
-            continue
-        for _ in range(per_text):
-            length = rng.randint(min_words, len(words) - 1)
-            start = rng.randint(0, len(words) - length)
-            span = " ".join(words[start:start + length])
-            if span not in seen:
-                seen.add(span)
-                out.append(span)
-                if sources is not None:
-                    sources.append(index)
-    return out
+    """tuneforge's word-span crops (train/distill.py: what `task.distill` trains on); `sources` gets the index of
+    the text each came from. On a GPU machine without the project installed: PYTHONPATH=src."""
+    from tuneforge.train.distill import word_crops
+
+    spans, index = word_crops(texts, per_text, min_words, seed)
+    if sources is not None:
+        sources.extend(index)
+    return spans
 
 
 class Classifier(torch.nn.Module):
