@@ -6,6 +6,7 @@ warm-up, linear decay, batch 32); of tuneforge only the crops (train/distill.py'
 what `task.distill` trains on), so it runs on a GPU machine that has torch, transformers, the checkpoint folder
 and the two JSONL files (the screens of session 17 ran an inline copy of the same function: same crops):
 
+    bash benchmarks/sst2_screen_bundle.sh          # here: .dev2/ (45 MB), then carry it to the GPU machine
     python benchmarks/sst2_distill_screen.py --model .dev2/minilm --data .dev2/sst2 --out /tmp/screen
 
 Teachers: --teachers seeds of the plain recipe (2 epochs). Students: for each --variants entry and each
