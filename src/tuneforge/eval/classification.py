@@ -20,7 +20,7 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
     from ..data import read_records, select_records
     from ..io import load_adapter
     from ..models import load_model_for, load_tokenizer
-    from ..train.tasks.classify import ClassifyConfig, ClassifyTask
+    from ..train.tasks.classify import ClassifyTask
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
@@ -36,13 +36,9 @@ def classifier_predictions(run_dir, data_file=None, batch_size: int | None = Non
     model = load_model_for(m)
     load_adapter(model, run_dir / "adapter", allow_pickle=m.allow_pickle)
     tokenizer = load_tokenizer(m.name)
-    task = ClassifyTask()
-    task.cfg = cfg.task_config or ClassifyConfig()
-    task.pooling = task.cfg.pooling if task.cfg.pooling != "auto" else "model"  # "auto": a run from before #24
-    task.labels = [str(x) for x in task.cfg.labels or []]
+    task = ClassifyTask.for_run(cfg, tokenizer)
     if not task.labels:
         raise ConfigError(f"{run_dir / 'config.yaml'} records no labels", key="task.labels")
-    task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     records = select_records(read_records(data_file), limit)
     examples = task.encode(records, tokenizer, cfg.data.max_length, data_file)
     return _predictions(model, task, examples, cfg, batch_size)

@@ -78,10 +78,7 @@ def teacher_probabilities(task_class, teachers: list[str], texts: list[str], lab
         load_adapter(model, Path(folder) / "adapter", allow_pickle=cfg.model.allow_pickle)
         model.to(_device())
         tokenizer = load_tokenizer(cfg.model.name)
-        task = task_class()
-        task.cfg, task.labels = cfg.task_config, teacher_labels
-        task.pooling = task.cfg.pooling if task.cfg.pooling != "auto" else "model"
-        task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        task = task_class.for_run(cfg, tokenizer)
         examples = task._tokenize([{task.cfg.text_field: t} for t in texts], [-1] * len(texts), tokenizer,
                                   cfg.data.max_length, "distill")
         probs = predict_proba(model, task, examples, batch_size, progress=progress, temperature=temperature,

@@ -194,6 +194,18 @@ class ClassifyTask(BaseTask):
         self.last_predictions: tuple[list[int], list[int]] = ([], [])
         """(gold, predicted) label indices of the latest evaluate(), for per-example intervals."""
 
+    @classmethod
+    def for_run(cls, run_cfg, tokenizer) -> "ClassifyTask":
+        """The task set up as a finished run was trained (its labels, pooling and pad id), to score texts with its
+        model: classify-eval and distillation's teachers. A run from before #24 records pooling "auto": its
+        model's own pooling, as it was trained then."""
+        task = cls()
+        task.cfg = run_cfg.task_config or ClassifyConfig()
+        task.pooling = task.cfg.pooling if task.cfg.pooling != "auto" else "model"
+        task.labels = [str(x) for x in task.cfg.labels or []]
+        task.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return task
+
     def configure_method(self, method_cfg, model):
         """Train and save the new head with the adapter: fill an empty `modules_to_save` with the head's name."""
         heads = [name for name in HEAD_MODULES if isinstance(getattr(model, name, None), nn.Module)]
