@@ -39,6 +39,40 @@ def crops(texts: list[str], per_text: int, seed: int, min_words: int = 3, source
     return spans
 
 
+def word_deletions(texts: list[str], per_text: int, seed: int, p: float = 0.2, sources: list | None = None) -> list[str]:
+    """`per_text` copies of each text with every word dropped with probability p (at least 2 words kept; a copy
+    equal to its text or to an earlier one is dropped): a second kind of neighbour for the teachers to label."""
+    import random
+    rng = random.Random(seed)
+    seen, out = set(texts), []
+    for index, text in enumerate(texts):
+        words = text.split()
+        if len(words) < 4:
+            continue
+        for _ in range(per_text):
+            kept = [w for w in words if rng.random() >= p]
+            copy = " ".join(kept)
+            if len(kept) >= 2 and copy not in seen:
+                seen.add(copy)
+                out.append(copy)
+                if sources is not None:
+                    sources.append(index)
+    return out
+
+
+PTB = [(" n't", "n't"), (" 's", "'s"), (" 're", "'re"), (" 've", "'ve"), (" 'll", "'ll"), (" 'd", "'d"),
+       (" 'm", "'m"), ("-lrb- ", "("), (" -rrb-", ")"), ("-lrb-", "("), ("-rrb-", ")"), ("`` ", '"'), (" ''", '"'),
+       (" ,", ","), (" .", "."), (" ;", ";"), (" :", ":"), (" ?", "?"), (" !", "!"), (" %", "%")]
+
+
+def ptb_detokenize(text: str) -> str:
+    """SST's PTB tokens back to plain text ("do n't" -> "don't", "-lrb-" -> "("), as the checkpoint read in
+    pre-training; WordPiece splits "do n't" and "don't" differently, and "-lrb-" is three pieces of noise."""
+    for old, new in PTB:
+        text = text.replace(old, new)
+    return text
+
+
 class Classifier(torch.nn.Module):
     def __init__(self, model_dir: str):
         super().__init__()
@@ -116,6 +150,8 @@ def main() -> None:
     parser.add_argument("--teachers", default="1,2,3,4,5")
     parser.add_argument("--student-seeds", default="42,43,44")
     parser.add_argument("--variants", default="single,kd_train,kd_crops4_e1,kd_crops4_e2,kd_crops8_e1")
+    parser.add_argument("--detok", action="store_true", help="train and validate on ptb_detokenize(text)")
+    parser.add_argument("--lr", type=float, default=5e-5, help="the students' learning rate")
     args = parser.parse_args()
     from transformers import AutoTokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -127,12 +163,30 @@ def main() -> None:
     if (Path(args.model) / "id_map.pt").exists():
         ID_MAP = torch.load(Path(args.model) / "id_map.pt")
     train_rows, validation = read(Path(args.data) / "train.jsonl"), read(Path(args.data) / "validation.jsonl")
-    texts = [r["text"] for r in train_rows]
+    fix = ptb_detokenize if args.detok else (lambda t: t)
+    texts = [fix(r["text"]) for r in train_rows]
     onehot = F.one_hot(torch.tensor([int(r["label"]) for r in train_rows]), 2).float()
-    val_texts, gold = [r["text"] for r in validation], torch.tensor([int(r["label"]) for r in validation])
-    sizes = {int(v.split("crops")[1].split("_")[0]) for v in args.variants.split(",") if "crops" in v}
-    pool_sources = {k: [] for k in sizes}
-    pool = {k: crops(texts, k, seed=0, sources=pool_sources[k]) for k in sorted(sizes)}
+    val_texts, gold = [fix(r["text"]) for r in validation], torch.tensor([int(r["label"]) for r in validation])
+    def pool_key(variant):  # kd_crops8_e1 -> ("crops", 8); kinds: crops, dels (word deletions), mix (both)
+        body = variant.split("_")[1]
+        kind = body.rstrip("0123456789")
+        return kind, int(body[len(kind):])
+
+    keys = {pool_key(v) for v in args.variants.split(",") if v.split("_")[0] in ("kd", "gold", "hard")
+            and v != "kd_train"}
+    pool_sources = {key: [] for key in keys}
+    pool = {}
+    for kind, k in sorted(keys):
+        if kind == "crops":
+            pool[(kind, k)] = crops(texts, k, seed=0, sources=pool_sources[(kind, k)])
+        elif kind == "dels":
+            pool[(kind, k)] = word_deletions(texts, k, seed=0, sources=pool_sources[(kind, k)])
+        elif kind == "mix":
+            a_src, b_src = [], []
+            a, b = crops(texts, k, seed=0, sources=a_src), word_deletions(texts, k, seed=0, sources=b_src)
+            pool[(kind, k)], pool_sources[(kind, k)] = a + b, a_src + b_src
+        else:
+            raise SystemExit(f"unknown pool kind {kind}")
     print(f"device {device}; crops per sentence -> pool size: {({k: len(v) for k, v in pool.items()})}", flush=True)
 
     def record(name, seed, val_logits, seconds, **extra):
@@ -155,7 +209,7 @@ def main() -> None:
             teacher_pool[k].append(logits_of(model, tokenizer, pool[k], device))
         record("teacher", seed, teacher_val[-1], time.time() - started)
         del model
-    for n in (3, len(teacher_val)):
+    for n in sorted({min(3, len(teacher_val)), len(teacher_val)}):
         mean_probs = torch.stack([t.softmax(-1) for t in teacher_val[:n]]).mean(0)
         record(f"ensemble{n}", 0, mean_probs.log(), 0.0)
     ens_train = torch.stack([t.softmax(-1) for t in teacher_train]).mean(0)
@@ -170,20 +224,20 @@ def main() -> None:
                 model = train(args.model, tokenizer, texts, onehot, seed, device)
             elif variant == "kd_train":
                 model = train(args.model, tokenizer, texts, ens_train, seed, device)
-            elif variant.startswith("kd_crops"):
-                k, epochs = int(variant[8:].split("_")[0]), int(variant.split("_e")[1])
-                all_texts = texts + pool[k]
+            elif variant.startswith("kd_"):
+                key, epochs = pool_key(variant), int(variant.split("_e")[1])
                 # the training sentences keep their gold labels; the crops take the ensemble's probabilities
-                targets = torch.cat([onehot, ens_pool[k]])
-                model = train(args.model, tokenizer, all_texts, targets, seed, device, epochs=epochs)
-            elif variant.startswith("gold_crops"):  # no teacher: a crop takes its sentence's gold label
-                k, epochs = int(variant[10:].split("_")[0]), int(variant.split("_e")[1])
-                targets = torch.cat([onehot, onehot[pool_sources[k]]])
-                model = train(args.model, tokenizer, texts + pool[k], targets, seed, device, epochs=epochs)
-            elif variant.startswith("hard_crops"):
-                k, epochs = int(variant[10:].split("_")[0]), int(variant.split("_e")[1])
-                targets = torch.cat([onehot, F.one_hot(ens_pool[k].argmax(-1), 2).float()])
-                model = train(args.model, tokenizer, texts + pool[k], targets, seed, device, epochs=epochs)
+                targets = torch.cat([onehot, ens_pool[key]])
+                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs,
+                              lr=args.lr)
+            elif variant.startswith("gold_"):  # no teacher: a crop takes its sentence's gold label
+                key, epochs = pool_key(variant), int(variant.split("_e")[1])
+                targets = torch.cat([onehot, onehot[pool_sources[key]]])
+                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs)
+            elif variant.startswith("hard_"):
+                key, epochs = pool_key(variant), int(variant.split("_e")[1])
+                targets = torch.cat([onehot, F.one_hot(ens_pool[key].argmax(-1), 2).float()])
+                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs)
             else:
                 raise SystemExit(f"unknown variant {variant}")
             record(variant, seed, logits_of(model, tokenizer, val_texts, device), time.time() - started)

@@ -19,12 +19,16 @@ cp "$DATA"/sst2/train.jsonl "$DATA"/sst2/validation.jsonl .dev2/sst2/
 $PY - <<'PYEOF'
 import json
 import shutil
+import sys
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
 from tuneforge.models.packaged import packaged_path
+
+sys.path.insert(0, "benchmarks")
+from sst2_distill_screen import ptb_detokenize  # noqa: E402  (--detok runs read the plain-text form)
 
 src = packaged_path("all-minilm-l6-v2")
 for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -35,7 +39,8 @@ for split in ("train", "validation"):
     for line in open(f".dev2/sst2/{split}.jsonl"):
         text = json.loads(line)["text"]
         used.update(tokenizer(text)["input_ids"])
-        for word in text.split():  # crops are word spans: every word's own tokens
+        used.update(tokenizer(ptb_detokenize(text))["input_ids"])
+        for word in text.split() + ptb_detokenize(text).split():  # crops are word spans: every word's own tokens
             used.update(tokenizer(word, add_special_tokens=False)["input_ids"])
 keep = torch.tensor(sorted(used))
 id_map = torch.zeros(tokenizer.vocab_size, dtype=torch.long)
