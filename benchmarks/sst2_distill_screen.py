@@ -10,7 +10,10 @@ and the two JSONL files (the screens of session 17 ran an inline copy of the sam
     python benchmarks/sst2_distill_screen.py --model .dev2/minilm --data .dev2/sst2 --out /tmp/screen
 
 Teachers: --teachers seeds of the plain recipe (2 epochs). Students: for each --variants entry and each
---student-seeds seed, a fresh MiniLM trained on the ensemble's probabilities. Prints one line per run as it
+--student-seeds seed, a fresh MiniLM trained on the ensemble's probabilities. A variant names its neighbours,
+how many per sentence and the epochs: kd_crops8_e1 (word-span crops), kd_dels8_e1 (word deletions), kd_mix8_e1
+(both), gold_/hard_ (the sentence's label / the ensemble's argmax instead of its probabilities), single,
+kd_train. --lr sets the students' learning rate; --detok turns SST's PTB tokens back into plain text. Prints one line per run as it
 finishes and writes results.jsonl (validation predictions included, for paired intervals later).
 """
 from __future__ import annotations
