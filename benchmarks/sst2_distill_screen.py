@@ -13,8 +13,9 @@ Teachers: --teachers seeds of the plain recipe (2 epochs). Students: for each --
 --student-seeds seed, a fresh MiniLM trained on the ensemble's probabilities. A variant names its neighbours,
 how many per sentence and the epochs: kd_crops8_e1 (word-span crops), kd_dels8_e1 (word deletions), kd_mix8_e1
 (both), gold_/hard_ (the sentence's label / the ensemble's argmax instead of its probabilities), single,
-kd_train. --lr sets the students' learning rate; --detok turns SST's PTB tokens back into plain text. Prints one line per run as it
-finishes and writes results.jsonl (validation predictions included, for paired intervals later).
+kd_train. --lr sets the kd_ students' learning rate; --detok turns SST's PTB tokens back into plain text.
+Prints one line per run as it finishes and writes results.jsonl (validation predictions included, for paired
+intervals later).
 """
 from __future__ import annotations
 
@@ -154,7 +155,7 @@ def main() -> None:
     parser.add_argument("--student-seeds", default="42,43,44")
     parser.add_argument("--variants", default="single,kd_train,kd_crops4_e1,kd_crops4_e2,kd_crops8_e1")
     parser.add_argument("--detok", action="store_true", help="train and validate on ptb_detokenize(text)")
-    parser.add_argument("--lr", type=float, default=5e-5, help="the students' learning rate")
+    parser.add_argument("--lr", type=float, default=5e-5, help="the kd_ students' learning rate")
     args = parser.parse_args()
     from transformers import AutoTokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -227,20 +228,15 @@ def main() -> None:
                 model = train(args.model, tokenizer, texts, onehot, seed, device)
             elif variant == "kd_train":
                 model = train(args.model, tokenizer, texts, ens_train, seed, device)
-            elif variant.startswith("kd_"):
+            elif variant.split("_")[0] in ("kd", "gold", "hard"):
                 key, epochs = pool_key(variant), int(variant.split("_e")[1])
-                # the training sentences keep their gold labels; the crops take the ensemble's probabilities
-                targets = torch.cat([onehot, ens_pool[key]])
-                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs,
-                              lr=args.lr)
-            elif variant.startswith("gold_"):  # no teacher: a crop takes its sentence's gold label
-                key, epochs = pool_key(variant), int(variant.split("_e")[1])
-                targets = torch.cat([onehot, onehot[pool_sources[key]]])
-                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs)
-            elif variant.startswith("hard_"):
-                key, epochs = pool_key(variant), int(variant.split("_e")[1])
-                targets = torch.cat([onehot, F.one_hot(ens_pool[key].argmax(-1), 2).float()])
-                model = train(args.model, tokenizer, texts + pool[key], targets, seed, device, epochs=epochs)
+                # the training sentences keep their gold labels; the neighbours take the ensemble's probabilities
+                # (kd), their sentence's gold label (gold: no teacher) or the ensemble's argmax (hard)
+                neighbour_targets = {"kd": ens_pool[key], "gold": onehot[pool_sources[key]],
+                                     "hard": F.one_hot(ens_pool[key].argmax(-1), 2).float()}[variant.split("_")[0]]
+                lr = args.lr if variant.startswith("kd_") else 5e-5
+                model = train(args.model, tokenizer, texts + pool[key], torch.cat([onehot, neighbour_targets]), seed,
+                              device, epochs=epochs, lr=lr)
             else:
                 raise SystemExit(f"unknown variant {variant}")
             record(variant, seed, logits_of(model, tokenizer, val_texts, device), time.time() - started)
