@@ -1,0 +1,55 @@
+"""How far can one more SST-2 run of this family go? Scores trained classify runs on the 872 validation sentences,
+each alone and as a mean-probability ensemble per group, and counts the sentences every run gets wrong (none of
+them will learn these) and the ones the runs disagree on (where a better single run has to win its points).
+
+    python benchmarks/sst2_ensemble_ceiling.py teachers=runs/sst2-full/seed-4{2,3,4} \
+        students=runs/sst2-distill/seed-4{2,3,4}
+
+Arguments: run folders, each optionally prefixed `group=` (consecutive folders after a prefixed one join its
+group). Needs TUNEFORGE_DATA (the sst2 folder) like the training configs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from tuneforge.train.distill import teacher_probabilities
+from tuneforge.train.tasks.classify import ClassifyTask
+
+
+def main(arguments: list[str]) -> None:
+    rows = [json.loads(line) for line in (Path(os.environ["TUNEFORGE_DATA"]) / "sst2" / "validation.jsonl")
+            .read_text().splitlines() if line.strip()]
+    texts, gold = [r["text"] for r in rows], torch.tensor([r["label"] for r in rows])
+    groups: dict[str, list[str]] = {}
+    group = "runs"
+    for argument in arguments:
+        if "=" in argument:
+            group, argument = argument.split("=", 1)
+        groups.setdefault(group, []).append(argument)
+    probs = {}
+    for name, runs in groups.items():
+        for run in runs:
+            probs[run] = teacher_probabilities(ClassifyTask, [run], texts, ["negative", "positive"], 1.0, 128,
+                                               progress=False)
+            print(f"{name:>10}  {run}  accuracy {(probs[run].argmax(1) == gold).float().mean():.4f}", flush=True)
+    for name, runs in list(groups.items()) + [("all", list(probs))]:
+        ensemble = sum(probs[r] for r in runs) / len(runs)
+        print(f"ensemble of {name} ({len(runs)} runs): accuracy {(ensemble.argmax(1) == gold).float().mean():.4f}")
+    wrong = torch.stack([p.argmax(1) != gold for p in probs.values()]).sum(0)
+    n = len(probs)
+    right = torch.stack([p.argmax(1) == gold for p in probs.values()]).sum(1)
+    always = int((wrong == 0).sum())
+    print(f"of {len(gold)} sentences: every run wrong {int((wrong == n).sum())}, every run right {always}, runs "
+          f"disagree {int(((wrong > 0) & (wrong < n)).sum())}; a single run at 0.89 needs "
+          f"{math.ceil(0.89 * len(gold)) - always} of the disagreed ones, these runs win "
+          f"{int(right.min()) - always}-{int(right.max()) - always}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
