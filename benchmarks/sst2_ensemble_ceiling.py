@@ -6,7 +6,7 @@ them will learn these) and the ones the runs disagree on (where a better single 
         students=runs/sst2-distill/seed-4{2,3,4}
 
 Arguments: run folders, each optionally prefixed `group=` (consecutive folders after a prefixed one join its
-group). Needs TUNEFORGE_DATA (the sst2 folder) like the training configs.
+group). Reads sst2/validation.jsonl under TUNEFORGE_DATA, as the training configs do.
 """
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from tuneforge.train.tasks.classify import ClassifyTask
 
 
 def main(arguments: list[str]) -> None:
+    if not arguments or "TUNEFORGE_DATA" not in os.environ:
+        sys.exit(__doc__)
     rows = [json.loads(line) for line in (Path(os.environ["TUNEFORGE_DATA"]) / "sst2" / "validation.jsonl")
             .read_text().splitlines() if line.strip()]
     texts, gold = [r["text"] for r in rows], torch.tensor([r["label"] for r in rows])
