@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge.errors import ConfigError
 from tuneforge.train.distill import teacher_probabilities
 from tuneforge.train.tasks.classify import ClassifyTask
 
@@ -37,15 +38,18 @@ def main(arguments: list[str]) -> None:
     probs = {}
     for name, runs in groups.items():
         for run in runs:
-            probs[run] = teacher_probabilities(ClassifyTask, [run], texts, ["negative", "positive"], 1.0, 128,
-                                               progress=False)
+            try:
+                probs[run] = teacher_probabilities(ClassifyTask, [run], texts, ["negative", "positive"], 1.0, 128,
+                                                   progress=False)
+            except ConfigError as error:
+                sys.exit(f"{run}: not a finished classify run ({error})")
             print(f"{name:>10}  {run}  accuracy {(probs[run].argmax(1) == gold).float().mean():.4f}", flush=True)
     for name, runs in list(groups.items()) + [("all", list(probs))]:
         ensemble = sum(probs[r] for r in runs) / len(runs)
         print(f"ensemble of {name} ({len(runs)} runs): accuracy {(ensemble.argmax(1) == gold).float().mean():.4f}")
-    wrong = torch.stack([p.argmax(1) != gold for p in probs.values()]).sum(0)
-    n = len(probs)
-    right = torch.stack([p.argmax(1) == gold for p in probs.values()]).sum(1)
+    correct = torch.stack([p.argmax(1) == gold for p in probs.values()])  # runs x sentences
+    n, right = len(probs), correct.sum(1)
+    wrong = n - correct.sum(0)
     always = int((wrong == 0).sum())
     print(f"of {len(gold)} sentences: every run wrong {int((wrong == n).sum())}, every run right {always}, runs "
           f"disagree {int(((wrong > 0) & (wrong < n)).sum())}; a single run at 0.89 needs "
