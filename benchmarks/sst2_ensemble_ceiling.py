@@ -6,7 +6,9 @@ them will learn these) and the ones the runs disagree on (where a better single 
         students=runs/sst2-distill/seed-4{2,3,4}
 
 Arguments: run folders, each optionally prefixed `group=` (consecutive folders after a prefixed one join its
-group). Reads sst2/validation.jsonl under TUNEFORGE_DATA, as the training configs do.
+group). With two groups or more it also scores the groups' ensemble with every group weighing the same (what
+task.distill.teacher_weights [1, 1, 1, 3] gives three seeds of one family and one run of another). Reads
+sst2/validation.jsonl under TUNEFORGE_DATA, as the training configs do.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ def main(arguments: list[str]) -> None:
     for name, runs in list(groups.items()) + [("all", list(probs))]:
         ensemble = sum(probs[r] for r in runs) / len(runs)
         print(f"ensemble of {name} ({len(runs)} runs): accuracy {(ensemble.argmax(1) == gold).float().mean():.4f}")
+    if len(groups) > 1:  # every group one vote: a family of three seeds counts as much as a single other model
+        ensemble = sum(sum(probs[r] for r in runs) / len(runs) for runs in groups.values()) / len(groups)
+        print(f"ensemble of the {len(groups)} groups, each weighing the same: accuracy "
+              f"{(ensemble.argmax(1) == gold).float().mean():.4f}")
     correct = torch.stack([p.argmax(1) == gold for p in probs.values()])  # runs x sentences
     n, right = len(probs), correct.sum(1)
     wrong = n - correct.sum(0)

@@ -100,10 +100,10 @@ def test_distilled_run_trains_on_crops_labelled_by_the_teachers_mean(tiny_bert_d
     torch.testing.assert_close(saved["probs"], mean, rtol=1e-5, atol=1e-6)
     assert classifier_predictions(tmp_path / "student" / "seed-1")["num_examples"] == 16
 
-    # a teacher trained again into its folder makes the labelling stale: a new seed labels anew
+    # a teacher trained again into its folder makes its labelling stale: a new seed labels it (and only it) anew
     calls = []
-    real = distill.teacher_probabilities
-    monkeypatch.setattr(distill, "teacher_probabilities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = distill._one_teacher
+    monkeypatch.setattr(distill, "_one_teacher", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     settings = load_config(tmp_path / "student" / "seed-1" / "config.yaml").task_config.distill
     distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0", progress=False)
     assert calls == []  # the same teachers: seed-1's labelling is reused
@@ -111,7 +111,22 @@ def test_distilled_run_trains_on_crops_labelled_by_the_teachers_mean(tiny_bert_d
     os.utime(adapter_file, ns=(adapter_file.stat().st_atime_ns, adapter_file.stat().st_mtime_ns + 10**9))
     shutil.rmtree(tmp_path / "student" / "seed-0")
     distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0", progress=False)
-    assert calls == [1]
+    assert calls == [str(teachers[0])]
+    # weights change the mean, not the labellings: nothing is labelled again
+    settings.teacher_weights = [3.0, 1.0]
+    _, weighted = distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0",
+                                  progress=False)
+    first, second = (torch.tensor(_probs(t, crops)) for t in teachers)
+    torch.testing.assert_close(weighted, 0.75 * first + 0.25 * second, rtol=1e-5, atol=1e-6)
+    assert calls == [str(teachers[0])]
+    # a teacher added to the labelled ones is the only one that labels
+    third = _teacher(tiny_bert_dir, tmp_path / "teacher-3", 3)
+    settings.teachers, settings.teacher_weights = [str(t) for t in teachers] + [str(third)], None
+    _, three = distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-0",
+                               progress=False)
+    assert calls == [str(teachers[0]), str(third)]
+    torch.testing.assert_close(three, (first + second + torch.tensor(_probs(third, crops))) / 3, rtol=1e-5,
+                               atol=1e-6)
     shutil.rmtree(tmp_path / "student" / "seed-0")
 
     # a sibling seed of a --seeds run reuses the labelling: with the teachers gone it still gets the same targets
@@ -173,6 +188,10 @@ def test_config_errors_name_file_line_and_key(tmp_path):
                        ({"distill": {"teachers": ["t"], "crops": 4}}, "task.distill.crops"),
                        ({"distill": {"crops_per_record": 4}}, "task.distill.teachers"),
                        ({"distill": {"teachers": "runs/one"}}, "task.distill.teachers"),  # a list, even of one
+                       ({"distill": {"teachers": ["t", "u"], "teacher_weights": [1]}},
+                        "task.distill.teacher_weights"),
+                       ({"distill": {"teachers": ["t"], "teacher_weights": [-1]}}, "task.distill.teacher_weights"),
+                       ({"distill": {"teachers": ["t"], "teacher_weights": [0]}}, "task.distill.teacher_weights"),
                        ({"distill": {"teachers": ["t"]}, "self_training": {"unlabeled": pool}}, "task.distill"),
                        ({"distill": {"teachers": ["t"]}, "text_pair_field": "b"}, "task.distill")]:
         path = write(extra)
@@ -181,3 +200,20 @@ def test_config_errors_name_file_line_and_key(tmp_path):
         assert err.value.key == key and str(path) in str(err.value) and err.value.line is not None, extra
     cfg = load_config(write({"distill": {"teachers": ["runs/one"]}}))
     assert cfg.task_config.distill.crops_per_record == 8 and cfg.task_config.distill.temperature == 1.0
+
+
+def test_a_cache_written_before_per_teacher_labellings_is_still_read(tmp_path):
+    """Runs of sessions 17-19 cached only the teachers' mean: a resumed run or a new seed beside them reuses it."""
+    texts = ["a fine and moving film", "a dull , lifeless plot", "good acting , bad script overall"]
+    settings = DistillConfig(teachers=[str(tmp_path / "gone-1"), str(tmp_path / "gone-2")], crops_per_record=2)
+    crops, _ = word_crops(texts, 2, 3, 0)
+    probs = torch.softmax(torch.randn(len(crops), 2), -1)
+    (tmp_path / "student" / "seed-1").mkdir(parents=True)
+    torch.save({"key": distill._old_fingerprint(settings, texts), "crops": crops, "probs": probs,
+                "stamps": [None, None]}, tmp_path / "student" / "seed-1" / CACHE)
+    got_crops, got = distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-2",
+                                     progress=False)
+    assert got_crops == crops and torch.equal(got, probs)
+    settings.teacher_weights = [1.0, 2.0]  # a weighted mean cannot come from an equal-weight one: label anew
+    with pytest.raises(ConfigError, match="is not a finished run folder"):
+        distill_targets(ClassifyTask, settings, texts, LABELS, tmp_path / "student" / "seed-3", progress=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Union
 
 from ..errors import ConfigError
 
@@ -19,6 +20,10 @@ class DistillConfig:
     teachers: list[str]
     """Folders of finished `task: classify` runs (each with config.yaml and adapter/), any model and method:
     their mean class probabilities are the crops' targets. Their label sets must be the student's, in order."""
+
+    teacher_weights: Union[list[float], None] = None
+    """Weight of each teacher in the targets' mean, in the order of `teachers` (normalised to sum 1): a teacher of
+    another family can count as much as several seeds of one. null: every teacher the same."""
 
     crops_per_record: int = 8
     """Word-span crops drawn per training record (contiguous runs of its words, shorter than the record, at
@@ -37,10 +42,10 @@ class DistillConfig:
     batch_size: int = 256
     """Crops per teacher forward pass while labelling."""
 
-    def check_teachers(self) -> None:
-        """Every teacher is a finished run folder: checked when the teachers are needed (labelling), not when a
-        config is read, so a distilled run still evaluates after its teachers are gone."""
-        for folder in self.teachers:
+    def check_teachers(self, folders: list[str] | None = None) -> None:
+        """Every teacher (or those of `folders`) is a finished run folder: checked when the teachers are needed
+        (labelling), not when a config is read, so a distilled run still evaluates after its teachers are gone."""
+        for folder in self.teachers if folders is None else folders:
             if not (Path(folder) / "config.yaml").is_file():
                 raise ConfigError(f"teacher {folder} is not a finished run folder (no config.yaml in it): train "
                                   f"it first (`tuneforge train ...`)", key="task.distill.teachers")
@@ -53,6 +58,15 @@ class DistillConfig:
             raise ConfigError("teachers must list at least one trained classify run folder", key="teachers")
         if not all(isinstance(t, str) and t for t in self.teachers):
             raise ConfigError("teachers must be run folder paths", key="teachers")
+        if self.teacher_weights is not None:
+            weights = self.teacher_weights
+            if not isinstance(weights, list) or len(weights) != len(self.teachers):
+                raise ConfigError(f"teacher_weights must list one number per teacher ({len(self.teachers)}), got "
+                                  f"{weights!r}", key="teacher_weights")
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights) \
+                    or not sum(weights) > 0:
+                raise ConfigError(f"teacher_weights must be numbers of at least 0, not all 0, got {weights!r}",
+                                  key="teacher_weights")
         for key in ("crops_per_record", "min_words", "batch_size"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
