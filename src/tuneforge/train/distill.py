@@ -57,12 +57,11 @@ def _device() -> torch.device:
 
 
 def teacher_probabilities(task_class, teachers: list[str], texts: list[str], labels: list[str], temperature: float,
-                          batch_size: int, progress: bool = True, weights: list[float] | None = None) -> torch.Tensor:
-    """(len(texts), classes): the mean over teacher runs of their softened class probabilities (weighted by
-    `weights`, normalised; None: equal). Each teacher is loaded as it was trained (its own model, tokenizer,
-    pooling and max_length) and must declare `labels`."""
-    probs = [_one_teacher(task_class, folder, texts, labels, temperature, batch_size, progress) for folder in teachers]
-    return weighted_mean(probs, weights)
+                          batch_size: int, progress: bool = True) -> torch.Tensor:
+    """(len(texts), classes): the mean over teacher runs of their softened class probabilities. Each teacher is
+    loaded as it was trained (its own model, tokenizer, pooling and max_length) and must declare `labels`."""
+    return weighted_mean([_one_teacher(task_class, folder, texts, labels, temperature, batch_size, progress)
+                          for folder in teachers], None)
 
 
 def weighted_mean(probs: list[torch.Tensor], weights: list[float] | None) -> torch.Tensor:
