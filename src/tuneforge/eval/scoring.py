@@ -41,9 +41,13 @@ def text_example(tokenizer, text: str, max_length: int = 1024) -> dict:
 
 
 @torch.no_grad()
-def sequence_nll(model, examples: list[dict], pad_token_id: int, batch_size: int = 8) -> list[tuple[float, int]]:
+def sequence_nll(model, examples: list[dict], pad_token_id: int, batch_size: int = 8,
+                 progress: bool = True) -> list[tuple[float, int]]:
     """(summed nll, scored tokens) per example, in input order. Batches examples of similar length; applies
-    the output head only at scored positions when the model allows it (see train/tasks/sft.py)."""
+    the output head only at scored positions when the model allows it (see train/tasks/sft.py). A progress bar
+    (stderr) counts the examples: scoring every choice of a full validation split takes minutes on a CPU."""
+    from tqdm.auto import tqdm
+
     from ..train.tasks.base import batch_context
     from ..train.tasks.sft import fused_head_parts
 
@@ -53,6 +57,8 @@ def sequence_nll(model, examples: list[dict], pad_token_id: int, batch_size: int
     model.eval()
     device = next(model.parameters()).device
     parts = fused_head_parts(model)
+    bar = tqdm(total=len(examples), disable=not progress, desc="scoring", unit="ex", dynamic_ncols=True,
+               leave=False)
     try:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -73,7 +79,9 @@ def sequence_nll(model, examples: list[dict], pad_token_id: int, batch_size: int
             counts = keep.sum(1)
             for j, i in enumerate(chunk):
                 results[i] = (float(sums[j]), int(counts[j]))
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return results
 
