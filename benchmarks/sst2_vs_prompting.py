@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuneforge.errors import ConfigError
 from tuneforge.eval.bootstrap import mean_of, paired_interval
 from tuneforge.eval.classification import classifier_predictions
 
@@ -28,7 +29,10 @@ def main(arguments: list[str]) -> None:
     runs, predictions = arguments[:-1], Path(arguments[-1])
     hits = []
     for run in runs:
-        scored = classifier_predictions(run)
+        try:
+            scored = classifier_predictions(run)
+        except (ConfigError, FileNotFoundError) as error:
+            sys.exit(f"{run}: not a finished classify run ({error})")
         hits.append(np.asarray(scored["gold"]) == np.asarray(scored["predicted"]))
         print(f"{run}: accuracy {hits[-1].mean():.4f}", flush=True)
     tuned = np.mean(hits, axis=0)  # per sentence: the share of seeds that get it right
